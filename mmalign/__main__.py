@@ -1,0 +1,3 @@
+from mmalign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Atomic training checkpoints: ``<output_dir>/checkpoints/checkpoint-<step>``.
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when complete, so a
+kill during a write never leaves a broken latest checkpoint (``os.replace`` of a directory is atomic on
+POSIX filesystems). Older checkpoints beyond ``keep`` are deleted after the new one is in place.
+
+Contents (written by :meth:`accelerate.Accelerator.save_state` plus our hooks):
+``trainable.safetensors`` (only parameters with ``requires_grad``: LoRA checkpoints stay small),
+optimizer / scheduler / RNG states, and ``trainer_state.json`` (step, epoch, counters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINABLE_FILE = "trainable.safetensors"
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = CHECKPOINT_RE.match(child.name)
+        if m and child.is_dir() and (child / STATE_FILE).is_file():
+            found.append((int(m.group(1)), child))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """``None``/"" → no resume; ``"latest"`` → newest complete checkpoint (or none); else a path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"train.resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:
+    save_file(trainable_state_dict(model), str(Path(folder) / TRAINABLE_FILE))
+
+
+def load_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:
+    """Load the trainable parameters saved by :func:`save_trainable`; every one must be present."""
+    state = load_file(str(Path(folder) / TRAINABLE_FILE))
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    missing = sorted(expected - state.keys())
+    unexpected = sorted(state.keys() - params.keys())
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].dtype))
+
+
+def write_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:
+    with open(Path(folder) / STATE_FILE, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, indent=2)
+
+
+def read_state(folder: str | os.PathLike) -> dict[str, Any]:
+    with open(Path(folder) / STATE_FILE, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def temp_path(output_dir: str | os.PathLike, step: int) -> Path:
+    return checkpoints_dir(output_dir) / f".tmp-checkpoint-{step}"
+
+
+def final_path(output_dir: str | os.PathLike, step: int) -> Path:
+    return checkpoints_dir(output_dir) / f"checkpoint-{step}"
+
+
+def commit(output_dir: str | os.PathLike, step: int, keep: int) -> Path:
+    """Rename the finished temporary folder into place, then prune to the newest ``keep``."""
+    tmp, final = temp_path(output_dir, step), final_path(output_dir, step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_temporaries(output_dir: str | os.PathLike) -> None:
+    """Remove half-written checkpoints left by a killed run."""
+    root = checkpoints_dir(output_dir)
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith(".tmp-checkpoint-"):
+                shutil.rmtree(child, ignore_errors=True)

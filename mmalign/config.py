@@ -1,0 +1,165 @@
+"""Typed recipe configs: dataclasses loaded from YAML with dotted ``key=value`` overrides.
+
+OmegaConf structured configs do the merging and type checking; this module only turns their errors
+into messages that name the offending key and list the valid names, and checks required paths before
+any model is loaded.
+
+Usage::
+
+    cfg = load_config(DiffusionRecipeConfig, "recipes/configs/diffusion/toy_dpo.yaml",
+                      ["train.max_steps=10", "--method.beta", "2500"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+T = TypeVar("T")
+
+__all__ = ["MISSING", "ConfigError", "load_config", "parse_overrides", "to_dict", "require_paths", "is_remote_id"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any model is loaded. The message names the key."""
+
+
+def parse_overrides(args: Sequence[str]) -> list[str]:
+    """Normalise ``key=value``, ``--key=value`` and ``--key value`` into ``key=value`` strings."""
+    out: list[str] = []
+    i = 0
+    args = list(args)
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" not in arg:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"override '--{arg}' has no value")
+                arg = f"{arg}={args[i + 1]}"
+                i += 1
+        if "=" not in arg:
+            raise ConfigError(f"override '{arg}' is not of the form key=value")
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _check_keys(schema_cls: type, data: Any, prefix: str = "") -> None:
+    """Reject unknown keys with the list of valid names (OmegaConf's own message omits them)."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(schema_cls):
+        return
+    import typing
+
+    hints = typing.get_type_hints(schema_cls)
+    names = {f.name for f in dataclasses.fields(schema_cls)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; valid keys here: {', '.join(sorted(names))}")
+        sub = hints.get(key)
+        if dataclasses.is_dataclass(sub):
+            _check_keys(sub, value, f"{dotted}.")
+
+
+def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load ``path`` (YAML, safe loader) onto the dataclass ``schema_cls`` and apply overrides.
+
+    Unknown keys, wrong types and missing mandatory values raise :class:`ConfigError` naming the key.
+    Returns a real ``schema_cls`` instance (not an OmegaConf container).
+    """
+    schema = OmegaConf.structured(schema_cls)
+    merged = schema
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        _check_keys(schema_cls, data)
+        merged = _merge(merged, OmegaConf.create(data), source=str(path))
+    dotlist = parse_overrides(overrides)
+    if dotlist:
+        for item in dotlist:
+            key = item.split("=", 1)[0]
+            _check_key_path(schema_cls, key)
+        merged = _merge(merged, OmegaConf.from_dotlist(dotlist), source="command line")
+    try:
+        obj = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"missing required config value '{exc.full_key}'") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe(exc, "config")) from None
+    return obj  # type: ignore[return-value]
+
+
+def _check_key_path(schema_cls: type, dotted: str) -> None:
+    import typing
+
+    node: Any = schema_cls
+    walked = []
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return
+        names = {f.name for f in dataclasses.fields(node)}
+        walked.append(part)
+        if part not in names:
+            raise ConfigError(
+                f"unknown config key '{'.'.join(walked)}'; valid keys here: {', '.join(sorted(names))}"
+            )
+        node = typing.get_type_hints(node).get(part)
+
+
+def _merge(base: Any, other: Any, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, other)
+    except (ConfigKeyError, ConfigAttributeError, ValidationError, OmegaConfBaseException) as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _describe(exc: OmegaConfBaseException, source: str) -> str:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    return f"{source}: bad value for config key '{key}': {msg}"
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def is_remote_id(value: str) -> bool:
+    """True for something that looks like a hub id (``org/name``) rather than a local path."""
+    if not value or os.path.exists(value) or value.startswith((".", "/", "~")):
+        return False
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def require_paths(**named_paths: str | None) -> None:
+    """Fail early when a configured local path does not exist. Hub ids (``org/name``) pass through.
+
+    ``require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})``
+    """
+    for key, value in named_paths.items():
+        if value in (None, ""):
+            raise ConfigError(f"config key '{key}' is required but empty")
+        if is_remote_id(str(value)):
+            continue
+        if not os.path.exists(os.path.expanduser(str(value))):
+            raise ConfigError(f"config key '{key}' points to a path that does not exist: {value}")

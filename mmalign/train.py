@@ -1,0 +1,388 @@
+"""The one accelerate training loop shared by every recipe.
+
+A recipe builds its pieces (model with trainable parameters, dataset, collate function) and a
+``step_fn(model, batch) -> (loss, metrics)`` that runs policy and reference forwards and applies an
+objective from :mod:`mmalign.objectives`. This loop does the rest: gradient accumulation, clipping,
+mixed precision, LR schedule, NaN/inf guard, tqdm + TensorBoard metrics, atomic checkpoints,
+``resume: latest`` and a final ``summary.json``.
+
+Data order is a pure function of ``(seed, epoch)``, and checkpoints store the RNG states, so a run
+resumed from step k reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from mmalign import checkpoint as ckpt
+
+StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings (the ``train:`` block of every recipe config)."""
+
+    max_steps: int = 100
+    """Optimizer steps to run (each is ``grad_accum`` micro-batches)."""
+    batch_size: int = 1
+    """Per-device micro-batch size (pairs for pairwise methods)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    lr_scheduler: str = "constant_with_warmup"
+    """One of transformers' schedules: constant, constant_with_warmup, linear, cosine, ..."""
+    warmup_steps: int = 0
+    optimizer: str = "adamw"
+    """adamw | adamw_fused (CUDA) | adamw_8bit (bitsandbytes) | adafactor."""
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (<= 0 disables)."""
+    mixed_precision: str = "no"
+    """no | fp16 | bf16 (accelerate autocast)."""
+    seed: int = 0
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    log_every: int = 1
+    """Console/TensorBoard logging interval in optimizer steps."""
+    checkpoint_every: int = 0
+    """Write a checkpoint every N optimizer steps (0: only at the end if ``checkpoint_at_end``)."""
+    checkpoint_at_end: bool = False
+    keep_checkpoints: int = 2
+    """Keep the newest K checkpoints (0 keeps all)."""
+    resume: str | None = None
+    """``latest`` (newest complete checkpoint in output_dir, if any) or a checkpoint folder."""
+    max_nonfinite_steps: int = 5
+    """Skip optimizer steps whose loss or gradient norm is NaN/inf; stop after this many in a row."""
+    progress_bar: bool = True
+
+
+class EpochSampler(Sampler[int]):
+    """A random permutation that depends only on ``(seed, epoch)``: resumable and rank-independent."""
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.length))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``max_nonfinite_steps`` consecutive NaN/inf steps."""
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError("no trainable parameters: check the LoRA / fine-tuning settings")
+    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adamw", "adamw_fused"):
+        fused = cfg.optimizer == "adamw_fused" and all(p.is_cuda for p in params)
+        return torch.optim.AdamW(
+            params, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused or None, **kw
+        )
+    if cfg.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:  # pragma: no cover - optional extra
+            raise ImportError("train.optimizer=adamw_8bit needs `pip install mmalign[bnb]`") from exc
+        return bnb.optim.AdamW8bit(params, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, **kw)
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, scale_parameter=False, relative_step=False, clip_threshold=1.0, **kw)
+    raise ValueError(f"train.optimizer: unknown optimizer '{cfg.optimizer}' (adamw, adamw_fused, adamw_8bit, adafactor)")
+
+
+def make_accelerator(cfg: TrainConfig, output_dir: str | os.PathLike, log_with: str | None = "tensorboard") -> Accelerator:
+    """The Accelerator every recipe uses (one per process)."""
+    return Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
+        step_scheduler_with_optimizer=False,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+    )
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB (Linux)
+
+
+def _to_float(value: Any) -> float:
+    return float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
+
+
+def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
+    """Merge ``summary`` into ``<output_dir>/summary.json`` (atomic replace)."""
+    path = Path(output_dir) / "summary.json"
+    data: dict[str, Any] = {}
+    if path.is_file():
+        data = json.loads(path.read_text())
+    data.update(summary)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    output_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    dataset: Dataset,
+    step_fn: StepFn,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    accelerator: Accelerator | None = None,
+    validate_fn: Callable[[int], dict[str, Any] | None] | None = None,
+    validate_every: int = 0,
+    run_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg.max_steps`` optimizer steps of ``step_fn`` over ``dataset``; return the summary.
+
+    ``model`` holds the trainable parameters (``requires_grad``); only those are optimised and
+    checkpointed. ``step_fn`` receives the accelerate-prepared model (DDP-wrapped when distributed) and
+    one collated micro-batch already moved to the device, and returns the scalar loss and a dict of
+    metrics (tensors or floats). ``validate_fn(step)`` runs on every process every ``validate_every``
+    steps and at the end; what it returns is logged and stored in the summary.
+    """
+    output_dir = Path(output_dir)
+    accelerator = accelerator or make_accelerator(cfg, output_dir)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_temporaries(output_dir)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+    )
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
+        num_workers=cfg.num_workers, drop_last=True, pin_memory=accelerator.device.type == "cuda",
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    accelerator.register_save_state_pre_hook(lambda models, weights, folder: _save_hook(unwrapped, weights, folder))
+    accelerator.register_load_state_pre_hook(lambda models, folder: _load_hook(unwrapped, models, folder))
+
+    micro_per_epoch = len(loader)
+    if micro_per_epoch == 0:
+        raise ValueError(
+            f"dataset has {len(dataset)} examples, fewer than one global batch "
+            f"({cfg.batch_size} x {accelerator.num_processes} processes)"
+        )
+    step, micro_done, nonfinite_run, skipped_steps = 0, 0, 0, 0
+    resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = ckpt.read_state(resume_from)
+        step, micro_done = state["step"], state["micro_batches"]
+        nonfinite_run, skipped_steps = state.get("nonfinite_run", 0), state.get("skipped_steps", 0)
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+
+    if accelerator.is_main_process and accelerator.log_with:
+        accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
+
+    progress = tqdm(
+        total=cfg.max_steps, initial=step, desc="train",
+        disable=not (cfg.progress_bar and accelerator.is_local_main_process),
+    )
+    history: list[dict[str, float]] = []
+    validation: dict[str, Any] = {}
+    t_start, samples_seen = time.perf_counter(), 0
+    acc_loss, acc_metrics, acc_count = 0.0, {}, 0
+    model.train()
+
+    def save(at_step: int) -> None:
+        _write_checkpoint(accelerator, output_dir, at_step, cfg.keep_checkpoints, {
+            "step": at_step, "micro_batches": micro_done, "nonfinite_run": nonfinite_run,
+            "skipped_steps": skipped_steps,
+        })
+
+    while step < cfg.max_steps:
+        epoch, offset = divmod(micro_done, micro_per_epoch)
+        sampler.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+        for batch in epoch_loader:
+            micro_done += 1
+            with accelerator.accumulate(model):
+                loss, metrics = step_fn(model, batch)
+                finite = torch.isfinite(loss.detach())
+                accelerator.backward(torch.where(finite, loss, torch.zeros_like(loss)))
+                acc_loss += _to_float(loss) if bool(finite) else math.nan
+                for k, v in metrics.items():
+                    acc_metrics[k] = acc_metrics.get(k, 0.0) + _to_float(v)
+                acc_count += 1
+                samples_seen += cfg.batch_size * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                grad_norm = (
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if cfg.max_grad_norm > 0 else _grad_norm(params)
+                )
+                ok = _all_finite(accelerator, acc_loss, grad_norm)
+                if ok:
+                    optimizer.step()
+                    nonfinite_run = 0
+                else:
+                    nonfinite_run += 1
+                    skipped_steps += 1
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+            record = {"loss": acc_loss / acc_count, "grad_norm": _to_float(grad_norm),
+                      "lr": scheduler.get_last_lr()[0]}
+            record.update({k: v / acc_count for k, v in acc_metrics.items()})
+            acc_loss, acc_metrics, acc_count = 0.0, {}, 0
+            if not ok:
+                accelerator.print(f"step {step}: non-finite loss/grad, optimizer step skipped ({nonfinite_run} in a row)")
+                if nonfinite_run >= cfg.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_run} consecutive non-finite steps (train.max_nonfinite_steps="
+                        f"{cfg.max_nonfinite_steps}); last finite checkpoint: {ckpt.latest_checkpoint(output_dir)}"
+                    )
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                record = _reduce(accelerator, record)
+                elapsed = time.perf_counter() - t_start
+                record["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
+                record["peak_mem_gib"] = _peak_memory_gib(accelerator.device)
+                history.append({"step": step, **record})
+                accelerator.log(record, step=step)
+                progress.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr") if k in record})
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save(step)
+            if validate_fn is not None and validate_every and step % validate_every == 0 and step < cfg.max_steps:
+                validation = _run_validation(accelerator, model, validate_fn, step)
+            if step >= cfg.max_steps:
+                break
+    progress.close()
+    if cfg.checkpoint_at_end and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        save(step)
+    if validate_fn is not None:
+        validation = _run_validation(accelerator, model, validate_fn, step)
+    accelerator.wait_for_everyone()
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "steps": step,
+        "skipped_steps": skipped_steps,
+        "world_size": accelerator.num_processes,
+        "train_seconds": elapsed,
+        "final": history[-1] if history else {},
+        "history": history,
+        "validation": validation,
+    }
+    if accelerator.is_main_process:
+        write_summary(output_dir, summary)
+    accelerator.end_training()
+    return summary
+
+
+def _all_finite(accelerator: Accelerator, loss_sum: float, grad_norm: Any) -> bool:
+    """One decision for all ranks: step only if every rank's loss and the global grad norm are finite."""
+    flag = float(math.isfinite(loss_sum) and math.isfinite(_to_float(grad_norm)))
+    if accelerator.num_processes > 1:
+        flag = float(accelerator.reduce(torch.tensor(flag, device=accelerator.device), reduction="sum"))
+        return flag == accelerator.num_processes
+    return bool(flag)
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
+def _reduce(accelerator: Accelerator, record: dict[str, float]) -> dict[str, float]:
+    """Mean of each metric over processes (one collective for the whole dict)."""
+    if accelerator.num_processes == 1:
+        return record
+    keys = sorted(record)
+    values = torch.tensor([record[k] for k in keys], device=accelerator.device, dtype=torch.float64)
+    values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist()))
+
+
+def _run_validation(accelerator: Accelerator, model: torch.nn.Module, fn: Callable, step: int) -> dict[str, Any]:
+    model.eval()
+    try:
+        with torch.no_grad():
+            result = fn(step) or {}
+    finally:
+        model.train()
+    numeric = {f"val/{k}": v for k, v in result.items() if isinstance(v, int | float)}
+    if numeric:
+        accelerator.log(numeric, step=step)
+    return result
+
+
+def _save_hook(model: torch.nn.Module, weights: list, folder: str) -> None:
+    """Save only trainable parameters (keeps LoRA checkpoints small)."""
+    weights.clear()
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    ckpt.save_trainable(model, folder)
+
+
+def _load_hook(model: torch.nn.Module, models: list, folder: str) -> None:
+    models.clear()
+    ckpt.load_trainable(model, folder)
+
+
+def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, state: dict) -> None:
+    tmp = ckpt.temp_path(output_dir, step)
+    if accelerator.is_main_process:
+        tmp.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.write_state(tmp, state)
+        ckpt.commit(output_dir, step, keep)
+    accelerator.wait_for_everyone()
+
+
+def _flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, f"{prefix}{k}."))
+        elif isinstance(v, int | float | str | bool):
+            out[f"{prefix}{k}"] = v
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
