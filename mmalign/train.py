@@ -236,8 +236,8 @@ def train(
 
     while step < cfg.max_steps:
         epoch, offset = divmod(micro_done, micro_per_epoch)
-        sampler.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+        epoch_loader.set_epoch(epoch)  # accelerate forwards it to EpochSampler (and keeps its own counter in step)
         for batch in epoch_loader:
             micro_done += 1
             with accelerator.accumulate(model):

@@ -1,0 +1,22 @@
+"""Suite-wide test settings: offline, deterministic, small thread pools (CI has 2 cores)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir(tmp_path_factory):
+    """A folder with the real CLIP tokenizer files (built offline from open_clip's vocabulary)."""
+    from mmalign.clip_tokenizer import write_clip_tokenizer_files
+
+    return write_clip_tokenizer_files(tmp_path_factory.mktemp("clip_tokenizer"))
