@@ -1,0 +1,1 @@
+"""Scores for VLMs and video LLMs: batching, log-probs, video IO, temporal perturbations, curricula."""
