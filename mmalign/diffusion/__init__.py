@@ -1,0 +1,1 @@
+"""Text-to-image diffusion: per-sample scores, model adapters, reference providers, caching, LoRA export."""
