@@ -194,6 +194,9 @@ def train(
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
         num_workers=cfg.num_workers, drop_last=True, pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: iterating a DataLoader draws the workers' base seed from this generator, which
+        # would otherwise be the global torch RNG, shifting the noise a step draws after a mid-epoch resume.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
@@ -237,7 +240,8 @@ def train(
     while step < cfg.max_steps:
         epoch, offset = divmod(micro_done, micro_per_epoch)
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
-        epoch_loader.set_epoch(epoch)  # accelerate forwards it to EpochSampler (and keeps its own counter in step)
+        epoch_loader.set_epoch(epoch)  # accelerate's own epoch counter (and datasets with set_epoch)
+        sampler.set_epoch(epoch)  # directly: accelerate does not forward it through SkipBatchSampler(BatchSamplerShard)
         for batch in epoch_loader:
             micro_done += 1
             with accelerator.accumulate(model):

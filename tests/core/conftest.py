@@ -1,0 +1,36 @@
+"""Fixtures for the shared-loop tests: the tiny problem module and a clean accelerate state per test."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+TINY_RUN_SCRIPT = HERE / "tiny_run.py"
+
+
+def _load_tiny_run():
+    spec = importlib.util.spec_from_file_location("mmalign_tests_core_tiny_run", TINY_RUN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The module ``tests/core/tiny_run.py`` (dataset, model, step_fn, driver)."""
+    return _load_tiny_run()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process ``train()`` call must start from a fresh accelerate singleton state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

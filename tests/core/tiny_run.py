@@ -1,0 +1,116 @@
+"""A tiny regression problem run through the shared loop (:func:`mmalign.train.train`).
+
+Imported by the tests in this folder (through ``conftest.py``) and run as a script by the
+subprocess tests (kill during a checkpoint write; two processes under ``torchrun``)::
+
+    python tests/core/tiny_run.py OUTPUT_DIR '{"max_steps": 6, "batch_size": 2}' [--noise] [--dropout]
+
+Writes ``OUTPUT_DIR/final.safetensors`` (the trained weights, main process only) next to the loop's
+own ``summary.json``. With ``MMALIGN_TEST_KILL_AT_CHECKPOINT=k`` the process SIGKILLs itself in the
+middle of writing checkpoint ``k`` (after half of the trainable-weights file is on disk), which is
+what a pre-emption or an OOM kill looks like to the checkpoint code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from mmalign import checkpoint as ckpt
+from mmalign.train import TrainConfig, train
+
+IN_FEATURES = 4
+
+
+class TinyRegression(Dataset):
+    """``n`` fixed (x, y) pairs with y a noisy linear function of x; each item carries its index."""
+
+    def __init__(self, n: int = 24, seed: int = 123) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, IN_FEATURES, generator=g)
+        self.y = self.x @ torch.randn(IN_FEATURES, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i], "index": torch.tensor(i)}
+
+
+def make_model(seed: int = 7, dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(IN_FEATURES, 8), torch.nn.Tanh()]
+    if dropout:
+        layers.append(torch.nn.Dropout(dropout))
+    layers.append(torch.nn.Linear(8, 1))
+    return torch.nn.Sequential(*layers)
+
+
+def make_step_fn(noise: bool = False, nan_at_calls: set[int] | None = None):
+    """``step_fn(model, batch) -> (mean squared error, metrics)``.
+
+    ``noise``: perturb the inputs with noise drawn from the *global* torch RNG inside the step, as a
+    diffusion step draws timesteps and noise. ``nan_at_calls``: 1-based micro-batch calls whose loss is
+    multiplied by NaN (the loss and its gradients become non-finite).
+    """
+    calls = {"n": 0}
+
+    def step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        calls["n"] += 1
+        x = batch["x"]
+        if noise:
+            x = x + 0.3 * torch.randn_like(x)
+        loss = torch.nn.functional.mse_loss(model(x), batch["y"])
+        if nan_at_calls and calls["n"] in nan_at_calls:
+            loss = loss * float("nan")
+        return loss, {"first_index": batch["index"][0].float()}
+
+    step_fn.calls = calls  # type: ignore[attr-defined]
+    return step_fn
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def install_kill_hook(kill_at_step: int) -> None:
+    """SIGKILL this process halfway through writing the trainable weights of checkpoint ``kill_at_step``."""
+    original = ckpt.save_trainable
+
+    def save_then_die(model: torch.nn.Module, folder: str | os.PathLike) -> None:
+        if Path(folder).name == ckpt.temp_path(".", kill_at_step).name:
+            path = Path(folder) / ckpt.TRAINABLE_FILE
+            original(model, folder)
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(model, folder)
+
+    ckpt.save_trainable = save_then_die
+
+
+def main(argv: list[str]) -> int:
+    output_dir, overrides = Path(argv[0]), json.loads(argv[1])
+    flags = set(argv[2:])
+    if os.environ.get("MMALIGN_TEST_KILL_AT_CHECKPOINT"):
+        install_kill_hook(int(os.environ["MMALIGN_TEST_KILL_AT_CHECKPOINT"]))
+    torch.set_num_threads(1)
+    cfg = TrainConfig(**{"progress_bar": False, **overrides})
+    model = make_model(dropout=0.25 if "--dropout" in flags else 0.0)
+    train(cfg, output_dir=output_dir, model=model, dataset=TinyRegression(),
+          step_fn=make_step_fn(noise="--noise" in flags))
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_file(weights(model), str(output_dir / "final.safetensors"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
