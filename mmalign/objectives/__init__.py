@@ -1,0 +1,34 @@
+"""Modality-free, model-free preference objectives on per-example scores (pure functions of tensors).
+
+A score is a summed completion log-prob for language models and ``-e/2`` (minus half the element-mean denoising
+error) for diffusion models; see :mod:`mmalign.objectives.pairwise`. Every loss returns ``(losses, metrics)`` with
+per-example losses (batch loss = ``losses.mean()``) and detached scalar metrics named as TRL logs them.
+"""
+
+from mmalign.objectives.kto import kto_loss, kto_z0
+from mmalign.objectives.mapo import mapo_link, mapo_loss
+from mmalign.objectives.pairwise import (
+    PREFERENCE_KINDS,
+    REFERENCE_FREE_KINDS,
+    REFERENCE_KINDS,
+    log1mexp,
+    preference_loss,
+    sft_term,
+)
+from mmalign.objectives.rankdpo import rankdpo_loss, rankdpo_pair_weights, ranks_descending
+
+__all__ = [
+    "PREFERENCE_KINDS",
+    "REFERENCE_FREE_KINDS",
+    "REFERENCE_KINDS",
+    "kto_loss",
+    "kto_z0",
+    "log1mexp",
+    "mapo_link",
+    "mapo_loss",
+    "preference_loss",
+    "rankdpo_loss",
+    "rankdpo_pair_weights",
+    "ranks_descending",
+    "sft_term",
+]
