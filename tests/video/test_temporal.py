@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from mmalign.mllm.temporal import MAGNITUDES, contiguous_groups, perturb_frames, perturb_indices, perturb_sequence
+from mmalign.mllm.temporal import (
+    MAGNITUDES,
+    contiguous_groups,
+    perturb_frames,
+    perturb_indices,
+    perturb_sequence,
+)
 
 
 @pytest.mark.parametrize("n", [1, 3, 8, 16, 20, 33])
