@@ -83,8 +83,29 @@ class PreferenceDataset(Dataset):
         raise TooManyBadSamplesError(f"no readable item in the dataset; last: {skipped[-1].describe()}")
 
     def item_id(self, index: int) -> str:
+        """``"<file>:<row>"`` (for jsonl files the 0-based line index), plus ``:chosen``/``:rejected``
+        for pairs split into unpaired items."""
         r = self.records[index]
-        return f"{self.sources[r.source].name}:{r.row}{r.suffix}"
+        source = self.sources[r.source]
+        return f"{source.name}:{source.lines[r.row] if source.is_jsonl else r.row}{r.suffix}"
+
+    def image_keys(self, index: int) -> list[str] | BadSample:
+        """Content keys of the item's images in item order (chosen, rejected / best first) without decoding
+        them — lets a latent cache skip decoding what it already holds. Unreadable bytes → BadSample."""
+        record = self.records[index]
+        keys = []
+        for ref in record.images:
+            try:
+                keys.append(image_key(self._image_bytes(record, ref)))
+            except BadImageError as exc:
+                return self._bad(index, ref, exc)
+        return keys
+
+    def _bad(self, index: int, ref, exc: Exception) -> BadSample:
+        source = self.sources[self.records[index].source]
+        record = self.records[index]
+        row = source.lines[record.row] if source.is_jsonl else record.row
+        return BadSample(index, self.item_id(index), source.name, row, ref.field, str(exc), source.is_jsonl)
 
     def read(self, index: int) -> dict[str, Any] | BadSample:
         """The item at ``index`` or a :class:`BadSample` saying which image failed and why."""
@@ -95,9 +116,7 @@ class PreferenceDataset(Dataset):
                 data = self._image_bytes(record, ref)
                 images.append(decode_image(data, min_image_size=self.min_image_size))
             except BadImageError as exc:
-                source = self.sources[record.source]
-                row = source.lines[record.row] if source.is_jsonl else record.row
-                return BadSample(index, self.item_id(index), source.name, row, ref.field, str(exc), source.is_jsonl)
+                return self._bad(index, ref, exc)
             keys.append(image_key(data))
         item: dict[str, Any] = {"id": self.item_id(index), "prompt": record.prompt}
         if self.kind == "pairs":

@@ -110,6 +110,12 @@ def _require(source: Source, columns: list[str], what: str) -> None:
             )
 
 
+def _check_jsonl_images(source: Source, columns: list[str]) -> None:
+    """jsonl records are independent objects: every line must carry every image field (names the line)."""
+    if source.is_jsonl:
+        source.read_columns(columns)
+
+
 def _prompt_column(source: Source, opts: ReadOptions) -> str:
     if opts.prompt_column:
         _require(source, [opts.prompt_column], "the prompt")
@@ -166,6 +172,7 @@ def _text(source: Source, row: int, field_name: str, value: Any, opts: ReadOptio
 def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> list[Record]:
     prompt_col = _prompt_column(source, opts)
     _require(source, [prompt_col, *PICKAPIC_COLUMNS], "Pick-a-Pic pairs")
+    _check_jsonl_images(source, ["jpg_0", "jpg_1"])
     dual = opts.caption_columns or (DUAL_CAPTION_COLUMNS if all(c in source.column_names for c in DUAL_CAPTION_COLUMNS) else None)
     if dual:
         _require(source, list(dual), "dual captions")
@@ -214,6 +221,7 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
 def _explicit_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> list[Record]:
     prompt_col = _prompt_column_or_dual(source, opts)
     _require(source, ["chosen", "rejected"], "explicit pairs")
+    _check_jsonl_images(source, ["chosen", "rejected"])
     dual = all(c in source.column_names for c in ("prompt_chosen", "prompt_rejected"))
     if not dual and prompt_col is None:
         _prompt_column(source, opts)  # raises the missing-prompt error
@@ -256,6 +264,7 @@ def _split_pairs(pairs: list[Record]) -> list[Record]:
 def _unpaired(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> list[Record]:
     prompt_col = _prompt_column(source, opts)
     _require(source, [prompt_col, "image", "label"], "unpaired data")
+    _check_jsonl_images(source, ["image"])
     table = source.read_columns([prompt_col, "label"])
     out = []
     for row in range(source.num_rows):

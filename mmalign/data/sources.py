@@ -77,13 +77,19 @@ class HFSource:
         self.dataset, self.name, self.root, self.is_jsonl = dataset, name, root or Path.cwd(), False
         self.column_names = list(dataset.column_names)
         self.num_rows = len(dataset)
+        self._last: tuple[int, tuple[str, ...], dict[str, Any]] | None = None
 
     def read_columns(self, names: list[str]) -> dict[str, list]:
         table = self.dataset.select_columns(names).with_format("arrow")[:]
         return {n: table.column(n).to_pylist() for n in names}
 
     def read_cell(self, row: int, column: str, columns: tuple[str, ...]) -> Any:
-        return self.dataset[row][column]
+        if self._last is None or self._last[:2] != (row, columns):
+            self._last = (row, columns, self.dataset.select_columns(list(columns))[row])
+        return self._last[2][column]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_last": None}
 
 
 class JsonlSource:
