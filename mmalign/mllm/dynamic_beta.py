@@ -1,0 +1,53 @@
+"""Per-sample beta for MM-DPO (MM-RLHF, Zhang et al. 2025, arXiv 2502.10391), always detached.
+
+Modes (``method.beta_mode``):
+
+* ``fixed``: ``beta`` for every pair.
+* ``per_sample`` (paper, Dynamic Reward Scaling): ``beta_i = beta * (1 + w * (1 - exp(-k * delta_i)))`` with
+  ``delta_i = max(0, R(y_w) - R(y_l))`` from the row's ``chosen_reward`` / ``rejected_reward`` (the paper gets
+  them from MM-RLHF-Reward-7B). The functional form is from the paper [unverified against its text here, see
+  spec §6]; rows without rewards get ``beta``.
+* ``ls_factor`` (official code's data path, Kwai-YuanQi/MM-RLHF ``trl/trainer/dpo_trainer.py``):
+  ``beta_i = max(1e-3, beta * (1 + w * ls_factor_i))`` with the per-row ``ls_factor`` (1.0 when absent).
+  Note: the released code then *overwrites* this with a batch-level implicit beta (``implicit_beta=True`` is the
+  default and never overridden), so the data factor has no effect there; ``ls_factor`` here is what the data
+  path was written to do, not what the released run computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BETA_MODES = ("fixed", "per_sample", "ls_factor")
+
+
+def per_sample_beta(
+    mode: str,
+    beta: float,
+    rewards: dict[str, torch.Tensor],
+    n: int,
+    *,
+    weight: float = 0.1,
+    k: float = 1.0,
+    device: torch.device | None = None,
+) -> float | torch.Tensor:
+    """``beta`` (float) for ``fixed``, else a detached ``[n]`` float32 tensor (see module docstring)."""
+    if mode == "fixed":
+        return beta
+    if mode == "per_sample":
+        if "chosen_reward" not in rewards or "rejected_reward" not in rewards:
+            raise ValueError("method.beta_mode=per_sample needs 'chosen_reward' and 'rejected_reward' in the data rows")
+        delta = (rewards["chosen_reward"] - rewards["rejected_reward"]).float().clamp(min=0.0)
+        scale = 1.0 + weight * (1.0 - torch.exp(-k * delta))
+        out = torch.where(torch.isnan(delta), torch.ones_like(delta), scale) * beta
+    elif mode == "ls_factor":
+        factor = rewards.get("ls_factor", torch.ones(n))
+        factor = torch.where(torch.isnan(factor), torch.ones_like(factor), factor.float())
+        out = (beta * (1.0 + weight * factor)).clamp(min=1e-3)
+    else:
+        raise ValueError(f"method.beta_mode must be one of {BETA_MODES}, got {mode!r}")
+    if out.shape[0] != n or not torch.isfinite(out).all() or math.isnan(float(out.sum())):
+        raise ValueError(f"per-sample beta has shape {tuple(out.shape)} / non-finite values for a batch of {n}")
+    return out.detach().to(device)

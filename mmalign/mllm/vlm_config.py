@@ -1,0 +1,125 @@
+"""Typed config of ``recipes/vlm.py`` (loaded with :func:`mmalign.config.load_config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmalign.config import MISSING
+from mmalign.train import TrainConfig
+
+
+@dataclass
+class VLMModelConfig:
+    """The ``model:`` block."""
+
+    pretrained: str = MISSING
+    """Hub id or local folder of an ``AutoModelForImageTextToText`` checkpoint (and its processor)."""
+    processor: str | None = None
+    """Processor folder / hub id when it differs from ``pretrained``."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16: weights dtype."""
+    attn_implementation: str | None = "sdpa"
+    """sdpa | eager | flash_attention_2 (``None``: transformers' default)."""
+    trust_remote_code: bool = False
+    """Only for models whose code is not in transformers; off unless you trust the repository."""
+    freeze_vision: bool = True
+    """Freeze the vision tower and projector (no gradients, no LoRA there). Enables shared vision features."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward (saves memory)."""
+
+
+@dataclass
+class LoraSettings:
+    """The ``lora:`` block (peft ``LoraConfig``)."""
+
+    enabled: bool = True
+    """LoRA adapter (reference = adapters disabled); false: full fine-tuning with a frozen reference copy."""
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+    """``all-linear`` = every linear layer of the language model (vision tower and projector excluded when
+    ``model.freeze_vision``; lm_head always excluded), or a comma-separated list of module-name suffixes."""
+
+
+@dataclass
+class VLMMethodConfig:
+    """The ``method:`` block: objective and its options."""
+
+    name: str = "dpo"
+    """dpo (any ``loss``) | mdpo (DPO + conditional + anchor terms) | rdpo (DPO + retrieved-image term)."""
+    loss: str = "sigmoid"
+    """A kind of :func:`mmalign.objectives.preference_loss`: sigmoid, cdpo, robust, hinge, ipo, bco_pair, simpo,
+    orpo. RPO = sigmoid with ``sft_weight`` > 0."""
+    beta: float = 0.1
+    """Inverse temperature (IPO's tau, ORPO's lambda)."""
+    label_smoothing: float = 0.0
+    """eps of cdpo / robust / simpo."""
+    gamma: float = 0.0
+    """SimPO target margin."""
+    sft_weight: float = 0.0
+    """Weight of the chosen NLL term (token mean over the batch, TRL ``sft``); RPO alpha, MM-DPO gamma (0.25)."""
+    anchor_delta: float = 0.0
+    """mDPO anchor delta in ``-logsig(beta rho_w - delta)`` (0 in the official code)."""
+    crop_scale_min: float = 0.01
+    """mDPO crop: smallest kept fraction of the image area."""
+    crop_scale_max: float = 0.2
+    """mDPO crop: largest kept fraction of the image area."""
+    rdpo_noisy: bool = False
+    """rDPO: score rejected and retrieved-image terms with the official code's top-1-non-label log-probs
+    (reproduction only; the paper uses label log-probs)."""
+    beta_mode: str = "fixed"
+    """fixed | per_sample (MM-RLHF paper: reward margins) | ls_factor (MM-RLHF code's per-row factor)."""
+    beta_weight: float = 0.1
+    """MM-RLHF w."""
+    beta_k: float = 1.0
+    """MM-RLHF k in ``1 - exp(-k delta)``."""
+    share_vision_features: bool = True
+    """Encode each image once per step and reuse the features for chosen, rejected, extra and reference rows
+    (only when the vision tower and projector are frozen and carry no adapter)."""
+
+
+@dataclass
+class VLMDataConfig:
+    """The ``data:`` block."""
+
+    path: str = MISSING
+    """jsonl file, parquet file/folder, ``save_to_disk`` folder or hub dataset id."""
+    split: str | None = None
+    image_root: str | None = None
+    """Folder that relative image paths resolve against (default: the data file's folder)."""
+    extra_image_field: str | None = None
+    """Row field holding the mDPO corrupted / rDPO retrieved image (mDPO crops on the fly when absent)."""
+    max_length: int | None = 1024
+    """Maximum tokens per row; completions are cut at the end, prompts (with visual tokens) never."""
+    on_overlong: str = "error"
+    """error | drop: a prompt that leaves no room for the completion."""
+    on_bad_row: str = "error"
+    """error | skip: missing fields, empty completions, missing image files (found at load time)."""
+    max_bad_fraction: float = 0.05
+    """Stop when unreadable images (found while training) exceed this fraction of the rows seen."""
+    max_rows: int | None = None
+    """Use only the first N rows."""
+
+
+@dataclass
+class VLMExportConfig:
+    """The ``export:`` block."""
+
+    adapter_dir: str = "adapter"
+    """Sub-folder of output_dir for the peft adapter (LoRA) or the full model (full fine-tuning)."""
+    merge: bool = False
+    """Also write ``merged/``: the base model with the adapter merged in (a plain transformers folder)."""
+
+
+@dataclass
+class VLMRecipeConfig:
+    """``recipes/vlm.py`` configuration."""
+
+    output_dir: str = "outputs/vlm"
+    model: VLMModelConfig = field(default_factory=VLMModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    method: VLMMethodConfig = field(default_factory=VLMMethodConfig)
+    data: VLMDataConfig = field(default_factory=VLMDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: VLMExportConfig = field(default_factory=VLMExportConfig)

@@ -1,0 +1,106 @@
+"""Load a VLM + processor, freeze the vision side, add LoRA (peft) or prepare full fine-tuning + reference copy."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from mmalign.mllm.vlm_config import LoraSettings, VLMModelConfig
+from mmalign.mllm.vlm_forward import base_model, vision_modules
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_vlm(cfg: VLMModelConfig) -> tuple[torch.nn.Module, Any]:
+    """``(model, processor)`` from a hub id or local folder (``AutoModelForImageTextToText`` / ``AutoProcessor``)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if cfg.dtype not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
+    processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    disable_dropout(model)
+    return model, processor
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every ``nn.Dropout`` to p=0 (TRL ``disable_dropout=True``): policy and reference must be deterministic."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def vision_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Full names (in ``model``) of the vision tower + projector parameters."""
+    ids = {id(p) for m in vision_modules(model) for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def freeze_vision(model: torch.nn.Module) -> int:
+    """Freeze vision tower + projector; returns the number of frozen parameters."""
+    n = 0
+    for m in vision_modules(model):
+        for p in m.parameters():
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
+def lora_target_modules(model: torch.nn.Module, target: str, *, include_vision: bool) -> list[str]:
+    """Module names for peft: ``all-linear`` = every ``nn.Linear`` outside lm_head (and outside the vision side
+    unless ``include_vision``); otherwise the comma-separated suffixes, filtered the same way."""
+    inner = base_model(model)
+    vision_ids = {id(m) for v in vision_modules(inner) for m in v.modules()}
+    head = inner.get_output_embeddings()
+    suffixes = None if target == "all-linear" else [s.strip() for s in target.split(",") if s.strip()]
+    names = []
+    for name, module in inner.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        if id(module) in vision_ids and not include_vision:
+            continue
+        if suffixes is None or any(name == s or name.endswith("." + s) for s in suffixes):
+            names.append(name)
+    if not names:
+        raise ValueError(f"lora.target_modules={target!r} matches no linear layer of {type(inner).__name__}")
+    return names
+
+
+def add_lora(model: torch.nn.Module, cfg: LoraSettings, *, include_vision: bool = False) -> torch.nn.Module:
+    """Wrap ``model`` in a peft LoRA model (only adapter weights trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_target_modules(model, cfg.target_modules, include_vision=include_vision)
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                        bias="none")
+    return get_peft_model(model, config)
+
+
+def prepare_policy(
+    model: torch.nn.Module, model_cfg: VLMModelConfig, lora: LoraSettings, *, needs_reference: bool
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """``(policy, ref_model)``: LoRA → ``ref_model=None`` (adapters off is the reference); full fine-tuning →
+    a frozen ``eval()`` deep copy taken before training (``None`` for reference-free objectives)."""
+    if model_cfg.freeze_vision:
+        freeze_vision(model)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora.enabled:
+        policy = add_lora(model, lora, include_vision=not model_cfg.freeze_vision)
+        if model_cfg.gradient_checkpointing:
+            policy.enable_input_require_grads()
+        return policy, None
+    ref = None
+    if needs_reference:
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+    return model, ref

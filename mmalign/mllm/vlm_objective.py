@@ -1,0 +1,122 @@
+"""One VLM preference step: policy / reference scores → :func:`mmalign.objectives.preference_loss` terms.
+
+No loss is written here; every term is the core objective applied to a different pair of scores
+(spec/vlm_video_objectives.md §1, §4–§6). With ``rho(y|v) = S_theta(y|v) - S_ref(y|v)``:
+
+* **DPO family** (``method.name=dpo``): ``preference_loss(loss, chosen=S(y_w|v), rejected=S(y_l|v), ...)`` —
+  any kind (sigmoid, cdpo, robust, hinge, ipo, bco_pair, simpo, orpo; RPO = sigmoid + ``sft_weight``).
+  Scores are summed completion log-probs; completion lengths are passed, so IPO normalises by length and
+  SimPO / ORPO use mean log-probs, as TRL does.
+* **mDPO** (Wang et al. 2024, luka-group/mDPO ``mdpo_trainer.py``; code = paper):
+  ``L = L_DPO + L_CoPO + L_AncPO`` with ``L_CoPO = -logsig(beta [rho(y_w|m) - rho(y_w|m')])`` (sigmoid core on
+  the pair chosen-under-image vs chosen-under-corrupted-image) and ``L_AncPO = -logsig(beta rho(y_w|m) - delta)``
+  (sigmoid core with a constant rejected score ``delta / beta``), delta = 0 in the code. One shared beta.
+* **rDPO** (Re-Align, Xing et al. 2025): ``L = L_DPO + L_vDPO``, ``L_vDPO = -logsig(beta [rho(y_w|v) -
+  rho(y_w|v_retrieved)])`` (paper figure). Code difference: the official ``rDPOTrainer`` scores the rejected and
+  the retrieved-image terms with top-1-non-label log-probs; ``method.rdpo_noisy=true`` reproduces that.
+* **MM-DPO per-sample beta** (MM-RLHF): ``beta`` becomes a detached ``[B]`` tensor from
+  :mod:`mmalign.mllm.dynamic_beta`; with ``sft_weight=0.25`` this is the MM-DPO objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmalign.mllm.dynamic_beta import per_sample_beta
+from mmalign.mllm.logprobs import sequence_logps
+from mmalign.mllm.vlm_config import VLMMethodConfig
+from mmalign.mllm.vlm_forward import encode_images, forward_logits, noisy_sequence_logps, reference_mode
+from mmalign.objectives import REFERENCE_FREE_KINDS, preference_loss
+
+METHODS = ("dpo", "mdpo", "rdpo")
+
+
+def needs_reference(method: VLMMethodConfig) -> bool:
+    """Reference-free objectives (SimPO, ORPO) load no reference unless an mDPO/rDPO term needs one."""
+    return method.loss not in REFERENCE_FREE_KINDS or method.name != "dpo"
+
+
+def _scores(model, text, vision, features, *, times, noisy_from: int | None = None):
+    """Summed scores and token counts; rows from ``noisy_from`` on use the noisy (rDPO-code) scorer."""
+    logits = forward_logits(model, text, vision, times=times, features=features)
+    scores, n_tokens = sequence_logps(logits, text["input_ids"], text["completion_mask"], "sum")
+    if noisy_from is not None:
+        noisy = noisy_sequence_logps(logits, text["input_ids"], text["completion_mask"])
+        scores = torch.cat([scores[:noisy_from], noisy[noisy_from:]])
+    return scores, n_tokens
+
+
+def _all_scores(model, batch, method, features, extra_features) -> dict[str, torch.Tensor]:
+    noisy = method.name == "rdpo" and method.rdpo_noisy
+    n_pairs = len(batch["row_ids"])
+    scores, n_tokens = _scores(model, batch["pair"], batch["vision"], features, times=2,
+                               noisy_from=n_pairs if noisy else None)
+    out = {"chosen": scores[:n_pairs], "rejected": scores[n_pairs:],
+           "chosen_len": n_tokens[:n_pairs], "rejected_len": n_tokens[n_pairs:]}
+    if method.name in ("mdpo", "rdpo"):
+        extra, _ = _scores(model, batch["extra"], batch["extra_vision"], extra_features, times=1,
+                           noisy_from=0 if noisy else None)
+        out["chosen_extra"] = extra
+    return out
+
+
+def preference_step(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    method: VLMMethodConfig,
+    *,
+    ref_model: torch.nn.Module | None = None,
+    share_features: bool = True,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Loss (mean over pairs) and metrics of one collated batch (:class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator`).
+
+    ``share_features``: encode each image once and reuse the features everywhere (valid only when the vision
+    tower and projector are frozen and un-adapted; the recipe decides). ``ref_model=None`` with a peft
+    ``model`` uses the adapters-disabled model as reference.
+    """
+    if method.name not in METHODS:
+        raise ValueError(f"method.name must be one of {METHODS}, got {method.name!r}")
+    has_extra = method.name in ("mdpo", "rdpo")
+    features = encode_images(model, batch["vision"]) if share_features else None
+    extra_features = encode_images(model, batch["extra_vision"]) if share_features and has_extra else None
+
+    policy = _all_scores(model, batch, method, features, extra_features)
+    ref: dict[str, torch.Tensor] = {}
+    if needs_reference(method):
+        with reference_mode(model, ref_model) as scorer:
+            ref = _all_scores(scorer, batch, method, features, extra_features)
+    n_pairs = policy["chosen"].shape[0]
+    beta = per_sample_beta(method.beta_mode, method.beta, batch.get("rewards", {}), n_pairs,
+                           weight=method.beta_weight, k=method.beta_k, device=policy["chosen"].device)
+    losses, metrics = preference_loss(
+        method.loss, chosen=policy["chosen"], rejected=policy["rejected"],
+        ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"), beta=beta,
+        chosen_len=policy["chosen_len"], rejected_len=policy["rejected_len"],
+        label_smoothing=method.label_smoothing, gamma=method.gamma,
+        chosen_nll=-policy["chosen"], sft_weight=method.sft_weight,
+    )
+    metrics = dict(metrics)
+    if has_extra:
+        conditional, _ = preference_loss(
+            "sigmoid", chosen=policy["chosen"], rejected=policy["chosen_extra"],
+            ref_chosen=ref["chosen"], ref_rejected=ref["chosen_extra"], beta=beta,
+        )
+        metrics[f"{method.name}/conditional_loss"] = conditional.detach().mean()
+        losses = losses + conditional
+        if method.name == "mdpo":
+            offset = torch.full_like(policy["chosen"], method.anchor_delta) / torch.as_tensor(beta)
+            anchor, _ = preference_loss(
+                "sigmoid", chosen=policy["chosen"], rejected=offset.detach(),
+                ref_chosen=ref["chosen"], ref_rejected=torch.zeros_like(offset), beta=beta,
+            )
+            metrics["mdpo/anchor_loss"] = anchor.detach().mean()
+            losses = losses + anchor
+    metrics["logps/chosen"] = policy["chosen"].detach().mean()
+    metrics["logps/rejected"] = policy["rejected"].detach().mean()
+    if torch.is_tensor(beta):
+        metrics["beta/mean"] = beta.mean()
+    metrics["data/bad_images"] = float(batch.get("n_bad", 0))
+    metrics["data/overlong_dropped"] = float(batch.get("n_overlong", 0))
+    return losses.mean(), metrics
