@@ -1,0 +1,58 @@
+"""``load_scorer(name, checkpoint=..., device=..., dtype=..., **card_overrides)``: card -> backbone -> Scorer."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+from scorers.backbones import build_backbone
+from scorers.cards import load_card
+from scorers.checkpoints import resolve_checkpoint
+from scorers.heads import load_aesthetic_mlp
+from scorers.scorer import Scorer
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def _dtype(value: str | torch.dtype) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    if value not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {value!r}")
+    return _DTYPES[value]
+
+
+def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+                dtype: str | torch.dtype = torch.float32, autocast: str | None = None,
+                **card_overrides: Any) -> Scorer:
+    """Build the scorer ``name`` (a card in ``scorers/cards`` or a card YAML path) and load its weights strictly.
+
+    Args:
+        name: ``hpsv2``, ``hpsv2.1``, ``pickscore``, ``clipscore``, ``aesthetic``, ``toy``, ...
+        checkpoint: local file/folder or hub reference (``org/repo`` or ``org/repo/file``); default: the card's.
+            For ``aesthetic`` this is the MLP head; its CLIP backbone is ``backbone_checkpoint=`` (a card field).
+        device, dtype: where and in which weight dtype the models run.
+        autocast: ``"bf16"`` / ``"fp16"``: run forwards under ``torch.autocast`` (weights stay in ``dtype``).
+        **card_overrides: card fields, e.g. ``arch="ViT-B-32"``, ``arch={<tiny open_clip or CLIPConfig dict>}``,
+            ``backbone_checkpoint=<path>``, ``prefix=""``.
+
+    Raises ``FileNotFoundError`` naming the path for a missing checkpoint, ``ValueError`` listing the first
+    differing keys for a checkpoint that does not match the card's architecture.
+    """
+    card = load_card(name, **card_overrides)
+    if card.layout == "aesthetic_mlp":
+        head_path = resolve_checkpoint(checkpoint or card.default_checkpoint, f"{card.name} head checkpoint")
+        clip_path = resolve_checkpoint(card.backbone_checkpoint, f"{card.name} CLIP backbone checkpoint")
+        backbone = build_backbone(card, clip_path)
+        head = load_aesthetic_mlp(head_path, backbone.embed_dim)
+    else:
+        path = resolve_checkpoint(checkpoint or card.default_checkpoint, f"{card.name} checkpoint")
+        backbone = build_backbone(card, path)
+        head = None
+    if backbone.image_size != card.image_size:  # the vision tower fixes the input size
+        card = dataclasses.replace(card, image_size=backbone.image_size)
+    return Scorer(card, backbone, head, device=device, dtype=_dtype(dtype), autocast=autocast)
