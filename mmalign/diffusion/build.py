@@ -1,0 +1,138 @@
+"""Builders the diffusion recipe calls in order: check the config, load data, make the training set, set up the UNet.
+
+Each function does one step of ``recipes/diffusion.py`` so the recipe reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+
+from mmalign.config import ConfigError, require_paths
+from mmalign.diffusion.adapter import DiffusionParts
+from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, collate_members
+from mmalign.diffusion.cache import LatentTextCache
+from mmalign.diffusion.config import DATA_KIND, METHODS, REFERENCE_FREE, DiffusionRecipeConfig
+from mmalign.diffusion.lora import add_lora
+from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.speed import apply_speed_options
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_config(cfg: DiffusionRecipeConfig) -> str:
+    """Validate names and paths before anything heavy is loaded; returns the data kind."""
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"config key 'method.name': unknown method '{cfg.method.name}' ({', '.join(METHODS)})")
+    kind = cfg.data.kind or DATA_KIND[cfg.method.name]
+    if kind != DATA_KIND[cfg.method.name]:
+        raise ConfigError(f"config key 'data.kind': method '{cfg.method.name}' needs '{DATA_KIND[cfg.method.name]}' data")
+    if cfg.method.loss_type not in ("sigmoid", "hinge", "ipo"):
+        raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
+    if cfg.lora.rank < 0:
+        raise ConfigError("config key 'lora.rank' must be >= 0 (0 = full fine-tuning)")
+    if cfg.train.mixed_precision not in WEIGHT_DTYPES:
+        raise ConfigError(f"config key 'train.mixed_precision': '{cfg.train.mixed_precision}' (no, fp16, bf16)")
+    if cfg.export.ema and cfg.lora.rank > 0:
+        raise ConfigError("config key 'export.ema' is for full fine-tuning (lora.rank=0)")
+    require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
+    return kind
+
+
+def load_data(cfg: DiffusionRecipeConfig, kind: str):
+    """Validated records with lazily decoded images (:func:`mmalign.data.load_preference_data`)."""
+    from mmalign.data import load_preference_data
+
+    return load_preference_data(
+        cfg.data.path, kind=kind, max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
+        bad_image="drop" if cfg.data.cache else "replace",
+    )
+
+
+def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple:
+    """``(train_dataset, collate_fn, skip_counter, stats)``: the cached set (built/reused in a first pass on the
+    main process) or the pixel set encoded in the step."""
+    from mmalign.data import SkipCounter, collate_skipping
+
+    device = accelerator.device
+    if not cfg.data.cache:
+        counter = SkipCounter(len(dataset), cfg.data.max_skip_fraction)
+        return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip),
+                functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False})
+    if cfg.data.random_flip:
+        warnings.warn("data.random_flip is ignored with data.cache=true (latents are cached unflipped)", stacklevel=2)
+    for module in [parts.vae, *parts.text_encoders]:
+        module.to(device)
+    cache = LatentTextCache.for_model(parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.cache_dtype)
+    entries, stats = None, {}
+    if accelerator.is_main_process:
+        entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device,
+                                     max_skip_fraction=cfg.data.max_skip_fraction,
+                                     progress=cfg.train.progress_bar)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device, progress=False,
+                                     max_skip_fraction=cfg.data.max_skip_fraction)
+    stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats}
+    return CachedDataset(entries, cache), collate_members, None, stats
+
+
+def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator) -> tuple[Any, ReferenceProvider, dict]:
+    """LoRA or full fine-tuning, the reference provider, dtypes and speed options. Returns
+    ``(unet, reference, applied)``; the UNet is the pipeline's own (trained in place)."""
+    weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
+    device = accelerator.device
+    unet = parts.unet
+    use_lora = cfg.lora.rank > 0
+    needs_reference = cfg.method.name not in REFERENCE_FREE
+    if use_lora:
+        unet.to(device, weight_dtype)  # frozen base in the compute dtype
+        add_lora(unet, cfg.lora)
+        for p in unet.parameters():  # trainable LoRA weights in fp32 (diffusers cast_training_params)
+            if p.requires_grad:
+                p.data = p.data.float()
+    else:
+        unet.to(device).requires_grad_(True)
+    reference = ReferenceProvider.for_training(unet, use_lora, needs_reference, weight_dtype).to(device)
+    vae_dtype = torch.float32 if cfg.model.vae_dtype == "float32" else weight_dtype
+    parts.vae.to(device, vae_dtype)
+    for encoder in parts.text_encoders:
+        encoder.to(device, weight_dtype)
+    applied = apply_speed_options(
+        unet, attention=cfg.model.attention, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
+    )
+    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    applied.update(mode="lora" if use_lora else "full", reference=reference.mode, trainable_params=trainable,
+                   weight_dtype=str(weight_dtype).replace("torch.", ""))
+    return unet, reference, applied
+
+
+class LazyEMA:
+    """EMA of the UNet (diffusers ``EMAModel``) for full fine-tuning.
+
+    The shared loop calls ``step_fn`` before each optimizer step, so the EMA update for optimizer step k is applied
+    at the start of the next micro-batch (or by :meth:`finish`) — the same sequence of averages, one call later.
+    """
+
+    def __init__(self, unet, decay: float, accelerator) -> None:
+        from diffusers.training_utils import EMAModel
+
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        self.ema = EMAModel(self.params, decay=decay)
+        self.ema.to(accelerator.device)
+        self.accelerator, self.pending = accelerator, False
+
+    def before_micro_batch(self) -> None:
+        if self.pending:
+            self.ema.step(self.params)
+        self.pending = self.accelerator.sync_gradients
+
+    def finish(self) -> None:
+        if self.pending:
+            self.ema.step(self.params)
+            self.pending = False
+        self.ema.copy_to(self.params)

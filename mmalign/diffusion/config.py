@@ -1,0 +1,135 @@
+"""The diffusion recipe's config schema (``recipes/diffusion.py``), loaded with :func:`mmalign.config.load_config`.
+
+Beta convention: the official Diffusion-DPO form ``-logsig(-(beta/2) * Delta)`` with element-mean errors
+(SalesforceAIResearch/DiffusionDPO ``train.py``), i.e. beta 5000 for SD1.5/SDXL epsilon; the diffusers SD1.5
+script's 2500 (without the 1/2) is the same loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmalign.config import MISSING
+from mmalign.train import TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = MISSING
+    """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL)."""
+    revision: str | None = None
+    """Hub revision (ignored for local folders)."""
+    prediction_type: str | None = None
+    """Override the scheduler's prediction type: epsilon | v_prediction | flow (null: read from the scheduler)."""
+    attention: str = "sdpa"
+    """sdpa (PyTorch scaled_dot_product_attention) | xformers | auto (xformers when a working build is found)."""
+    gradient_checkpointing: bool = False
+    """Recompute UNet activations in the backward pass (less memory, ~+1/3 step time)."""
+    compile: bool = False
+    """torch.compile the UNet forward."""
+    channels_last: bool = False
+    """Use channels-last memory format for the UNet (faster convolutions on GPU)."""
+    vae_dtype: str = "float32"
+    """dtype of the VAE when encoding (the SDXL VAE produces NaNs in fp16; keep float32 unless fp16-fixed)."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    """LoRA rank; 0 means full fine-tuning of the UNet (frozen reference copy)."""
+    alpha: float | None = None
+    """LoRA alpha (null: equal to rank, as in the diffusers DPO scripts)."""
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    """UNet sub-modules that get adapters."""
+    init: str = "gaussian"
+    """peft ``init_lora_weights``: gaussian (diffusers DPO scripts) | true (kaiming A, zero B)."""
+    dropout: float = 0.0
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dpo"
+    """dpo | sft | mapo | dcpo | rankdpo | kto."""
+    beta: float = 5000.0
+    """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
+    KTO beta (1000)."""
+    loss_type: str = "sigmoid"
+    """dpo/dcpo: sigmoid | hinge | ipo (through mmalign.objectives.preference_loss)."""
+    mapo_snr: float = 0.5
+    """MaPO ``s`` in the bounded link g_s(l) = s*l / (exp(s*l) - 1)."""
+    rank_source: str = "model"
+    """RankDPO discount ranking: model (current scores) | label (preference scores)."""
+    kto_lambda_desirable: float = 1.0
+    kto_lambda_undesirable: float = 1.0
+    timestep_weight: str = "none"
+    """Per-timestep weight omega(t) multiplying the per-sample error: none (official, 1) | snr_inverse."""
+    empty_prompt_prob: float = 0.0
+    """Probability of replacing a pair's prompt by "" (official Diffusion-DPO default 0.2)."""
+    sdxl_time_ids: str = "constant"
+    """SDXL micro-conditioning: constant [res,res,0,0,res,res] (official DPO) | original (image size + crop)."""
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING
+    """Preference data: folder, file or hub id (read by mmalign.data.load_preference_data)."""
+    kind: str | None = None
+    """pairs | ranked | unpaired (null: pairs, or as the method requires)."""
+    resolution: int = 512
+    """Images are resized (shorter side) and center-cropped to this size."""
+    random_flip: bool = False
+    """Horizontal flip with p=0.5 (only without cache: cached latents are fixed)."""
+    cache: bool = True
+    """Cache VAE latents and text embeddings on disk (keyed by content hash, model and resolution)."""
+    cache_dir: str | None = None
+    """Cache root (null: $MMALIGN_CACHE/diffusion or ~/.cache/mmalign/diffusion)."""
+    cache_dtype: str = "float32"
+    """dtype of cached tensors: float32 | float16 | bfloat16."""
+    latent_sample: str = "sample"
+    """sample (posterior sample each step, as the official code) | mean (posterior mean)."""
+    max_skip_fraction: float = 0.05
+    """Stop when more than this fraction of samples is corrupt (they are skipped and counted)."""
+    limit: int | None = None
+    """Use only the first N examples."""
+
+
+@dataclass
+class ValidationConfig:
+    prompts: list[str] = field(default_factory=list)
+    """Prompts rendered every ``every`` steps (and once with the reference model)."""
+    every: int = 0
+    """Validation interval in optimizer steps (0: only at the end; no prompts: never)."""
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int = 0
+    height: int | None = None
+    """Image size (null: data.resolution)."""
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    """Write the final model into output_dir (LoRA: pytorch_lora_weights.safetensors; full FT: a pipeline)."""
+    ema: bool = False
+    """Full fine-tuning: keep an EMA of the UNet and export it."""
+    ema_decay: float = 0.9999
+
+
+@dataclass
+class DiffusionRecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output_dir: str = "outputs/diffusion"
+    """Where checkpoints, logs, validation grids, the exported model and summary.json go."""
+    note: str = ""
+    """Free text copied into summary.json (e.g. what the run is for)."""
+
+
+METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto")
+DATA_KIND = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "pairs", "rankdpo": "ranked", "kto": "unpaired"}
+REFERENCE_FREE = ("sft", "mapo")

@@ -1,0 +1,184 @@
+"""Step functions of the diffusion preference methods: per-sample errors → :mod:`mmalign.objectives` → loss.
+
+Every step: build ``x0``/conditioning (:mod:`mmalign.diffusion.inputs`), sample ``t`` and noise, compute policy
+errors with gradient and reference errors without, and hand *scores* to the modality-free objective. The score of
+an image is ``-e/2`` (element-mean error ``e``), which makes ``preference_loss("sigmoid")`` the official
+Diffusion-DPO loss ``-logsig(-(beta/2) * ((e_w - e_ref_w) - (e_l - e_ref_l)))``.
+
+=========  =================================================================================================
+method     what the step does (spec section; official code)
+=========  =================================================================================================
+dpo        pairs ``[w; l]``, shared t and noise; ``preference_loss(loss_type)`` (§1; SalesforceAIResearch/
+           DiffusionDPO ``train.py``; hinge/ipo as the diffusers script's ``--loss_type``)
+sft        winners only, independent t and noise; ``mean(e_w)`` (§1, official ``--sft``)
+mapo       pairs, shared t and noise, no reference; ``mapo_loss`` (§2; mapo-t2i/mapo ``utils.compute_loss``)
+dcpo       dpo whose winner and loser carry their own captions (§6; sahsaeedi/DCPO-T2I ``dcpo_trainer.py``)
+rankdpo    k ranked images per prompt, shared t and noise per prompt; ``rankdpo_loss`` (§7, paper Alg. 2)
+kto        unpaired images, independent t and noise; ``kto_loss`` with z0 = clamp(mean(rho), 0) over the batch
+           (§8.1; jacklishufan/diffusion-kto ``train_kto_sd_v1.5.py``). ``method.beta`` is Diffusion-KTO's
+           ``beta_dpo`` on ``g = e_ref - e``; with scores ``-e/2`` that is ``beta = 2 * beta_dpo`` for the core.
+=========  =================================================================================================
+
+Logged: ``loss``, ``implicit_acc`` (official: fraction with the DPO logit > 0), ``rewards/*`` from the objective,
+``model_mse`` / ``ref_mse`` (official names), ``e_w``, ``e_l``, ``e_ref_w``, ``e_ref_l``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmalign import objectives
+from mmalign.diffusion.adapter import DiffusionParts
+from mmalign.diffusion.config import MethodConfig
+from mmalign.diffusion.inputs import InputBuilder
+from mmalign.diffusion.reference import ReferenceProvider, unwrap
+from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, sample_shared_timesteps_and_noise, unet_errors
+
+Metrics = dict[str, Any]
+
+
+@dataclass
+class StepContext:
+    """What every method step needs besides the policy and the batch."""
+
+    parts: DiffusionParts
+    inputs: InputBuilder
+    reference: ReferenceProvider
+    method: MethodConfig
+    device: torch.device
+    autocast: Callable[[], Any] = nullcontext
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.parts.scheduler.config.num_train_timesteps)
+
+    def errors(self, unet, x0, noise, t, cond) -> torch.Tensor:
+        weight = TIMESTEP_WEIGHTS[self.method.timestep_weight]
+        with self.autocast():
+            return unet_errors(unet, self.parts.scheduler, x0, noise, t, cond, self.parts.prediction_type, weight)
+
+    @torch.no_grad()
+    def reference_errors(self, policy, x0, noise, t, cond) -> torch.Tensor:
+        with self.reference.model(unwrap(policy)) as ref:
+            return self.errors(ref, x0, noise, t, cond)
+
+    def shared_noise(self, x0: torch.Tensor, groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_shared_timesteps_and_noise(groups, group_size, tuple(x0.shape[1:]), self.num_train_timesteps,
+                                                 self.device)
+
+    def independent_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_shared_timesteps_and_noise(x0.shape[0], 1, tuple(x0.shape[1:]), self.num_train_timesteps,
+                                                 self.device)
+
+
+def _empty_step(policy) -> tuple[torch.Tensor, Metrics]:
+    """A batch whose items were all unreadable: a zero loss that still touches the graph (DDP-safe)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    return sum(p.sum() * 0.0 for p in params[:1]), {}
+
+
+def _error_metrics(e: torch.Tensor, e_ref: torch.Tensor | None, group_size: int = 2) -> Metrics:
+    out: Metrics = {"model_mse": e.detach().mean()}
+    e_w, e_l = e.detach().chunk(group_size)[0], e.detach().chunk(group_size)[-1]
+    out.update({"e_w": e_w.mean(), "e_l": e_l.mean()})
+    if e_ref is not None:
+        r_w, r_l = e_ref.chunk(group_size)[0], e_ref.chunk(group_size)[-1]
+        out.update({"ref_mse": e_ref.mean(), "e_ref_w": r_w.mean(), "e_ref_l": r_l.mean()})
+    return out
+
+
+def dpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+    """Diffusion-DPO (and DCPO: the batch already carries per-side captions)."""
+    x0, cond = ctx.inputs(batch, ctx.device)
+    t, noise = ctx.shared_noise(x0, batch["groups"], 2)
+    e = ctx.errors(policy, x0, noise, t, cond)
+    e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
+    e_w, e_l = e.chunk(2)
+    r_w, r_l = e_ref.chunk(2)
+    losses, metrics = objectives.preference_loss(
+        ctx.method.loss_type, chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w,
+        ref_rejected=-0.5 * r_l, beta=ctx.method.beta,
+    )
+    inside = (-0.5 * ctx.method.beta * ((e_w - e_l) - (r_w - r_l))).detach()
+    metrics.update(_error_metrics(e, e_ref), implicit_acc=(inside > 0).float().mean())
+    return losses.mean(), metrics
+
+
+def sft_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+    """Diffusion-SFT baseline: plain denoising loss on the preferred image only."""
+    x0, cond = ctx.inputs(batch, ctx.device)
+    groups = batch["groups"]
+    x0_w, cond_w = x0[:groups], {k: v[:groups] for k, v in cond.items()}
+    t, noise = ctx.independent_noise(x0_w)
+    e_w = ctx.errors(policy, x0_w, noise, t, cond_w)
+    return e_w.mean(), {"model_mse": e_w.detach().mean()}
+
+
+def mapo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+    """MaPO: reference-free, ``mean(e_w) - beta * mean(logsig(T * (g(e_w) - g(e_l))))``."""
+    x0, cond = ctx.inputs(batch, ctx.device)
+    t, noise = ctx.shared_noise(x0, batch["groups"], 2)
+    e = ctx.errors(policy, x0, noise, t, cond)
+    e_w, e_l = e.chunk(2)
+    losses, metrics = objectives.mapo_loss(
+        e_w, e_l, beta=ctx.method.beta, snr_value=ctx.method.mapo_snr, num_train_timesteps=ctx.num_train_timesteps
+    )
+    metrics.update(_error_metrics(e, None))
+    return losses.mean(), metrics
+
+
+def rankdpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+    """RankDPO: k images per prompt (member-major layout), one t and one noise shared by the list."""
+    x0, cond = ctx.inputs(batch, ctx.device)
+    groups, k = batch["groups"], batch["group_size"]
+    t, noise = ctx.shared_noise(x0, groups, k)
+    e = ctx.errors(policy, x0, noise, t, cond)
+    e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
+    scores, ref_scores = (-0.5 * e).view(k, groups).T, (-0.5 * e_ref).view(k, groups).T
+    losses, metrics = objectives.rankdpo_loss(
+        scores, ref_scores, batch["scores"].float(), beta=ctx.method.beta, rank_source=ctx.method.rank_source
+    )
+    metrics.update({"model_mse": e.detach().mean(), "ref_mse": e_ref.mean()})
+    return losses.mean(), metrics
+
+
+def kto_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+    """Diffusion-KTO on unpaired images with per-image t and noise; z0 from the matched samples of the batch."""
+    x0, cond = ctx.inputs(batch, ctx.device)
+    t, noise = ctx.independent_noise(x0)
+    e = ctx.errors(policy, x0, noise, t, cond)
+    e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
+    score, ref_score = -0.5 * e, -0.5 * e_ref
+    losses, metrics = objectives.kto_loss(
+        score, ref_score, batch["label"].bool(), beta=2.0 * ctx.method.beta,
+        kl_policy=score.detach(), kl_reference=ref_score, lambda_d=ctx.method.kto_lambda_desirable,
+        lambda_u=ctx.method.kto_lambda_undesirable,
+    )
+    metrics.update({"model_mse": e.detach().mean(), "ref_mse": e_ref.mean()})
+    return losses.mean(), metrics
+
+
+STEPS = {"dpo": dpo_step, "dcpo": dpo_step, "sft": sft_step, "mapo": mapo_step, "rankdpo": rankdpo_step,
+         "kto": kto_step}
+
+
+def make_step_fn(ctx: StepContext, skip_counter: Any | None = None) -> Callable[[Any, dict[str, Any]], tuple[torch.Tensor, Metrics]]:
+    """The ``step_fn(model, batch)`` for :func:`mmalign.train.train`; ``skip_counter`` (a
+    :class:`mmalign.data.SkipCounter`) counts the readers' skipped items carried in ``batch["skipped"]``."""
+    if ctx.method.name not in STEPS:
+        raise ValueError(f"method.name: unknown method '{ctx.method.name}' ({', '.join(STEPS)})")
+    method = STEPS[ctx.method.name]
+
+    def step_fn(policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+        if skip_counter is not None and "skipped" in batch:
+            skip_counter.update(batch)
+        if not batch.get("groups"):
+            return _empty_step(policy)
+        return method(ctx, policy, batch)
+
+    return step_fn

@@ -1,0 +1,111 @@
+"""Text-to-image preference training: Diffusion-DPO, Diffusion-SFT, MaPO, DCPO, RankDPO, Diffusion-KTO.
+
+    accelerate launch recipes/diffusion.py --config recipes/configs/diffusion/sd15_dpo.yaml [key=value ...]
+
+SD1.x, SD2.x (v-prediction) and SDXL; LoRA (``lora.rank > 0``, reference = adapters disabled) or full fine-tuning
+(``lora.rank=0``, reference = frozen copy). Formulas and defaults: ``mmalign.diffusion.methods`` and the spec.
+
+Steps: parse and check the config (before any model loads) → read the data → load the pipeline → cache latents
+and text embeddings → set up the UNet (LoRA / full, reference, speed options) → reference validation grid → the
+shared training loop → export → summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmalign.config import load_config, to_dict
+from mmalign.diffusion.adapter import load_parts
+from mmalign.diffusion.build import LazyEMA, check_config, load_data, prepare_unet, training_set
+from mmalign.diffusion.config import DiffusionRecipeConfig
+from mmalign.diffusion.export import export_trained, save_run_config
+from mmalign.diffusion.inputs import InputBuilder
+from mmalign.diffusion.methods import StepContext, make_step_fn
+from mmalign.diffusion.reference import unwrap
+from mmalign.diffusion.validation import render_grid
+from mmalign.train import make_accelerator, train, write_summary
+
+
+def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="recipe YAML (recipes/configs/diffusion/*.yaml)")
+    args, overrides = parser.parse_known_args(argv)
+    return args.config, overrides
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config: typed, unknown keys rejected, paths checked — all before any model is loaded.
+    config_path, overrides = parse_args(argv)
+    cfg = load_config(DiffusionRecipeConfig, config_path, overrides)
+    kind = check_config(cfg)
+    output_dir = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg.train, output_dir)
+    if accelerator.is_main_process:
+        save_run_config(cfg, output_dir)
+
+    # 2. Data (validated records, lazy images) and the pipeline.
+    dataset = load_data(cfg, kind)
+    parts = load_parts(cfg.model.pretrained, cfg.model.revision, cfg.model.prediction_type)
+
+    # 3. Training set: cached latents/text (first pass) or pixels encoded in the step.
+    train_set, collate_fn, skip_counter, data_stats = training_set(cfg, kind, dataset, parts, accelerator)
+
+    # 4. UNet: LoRA or full fine-tuning, reference provider, dtypes, attention/checkpointing/compile.
+    unet, reference, applied = prepare_unet(cfg, parts, accelerator)
+    ema = LazyEMA(unet, cfg.export.ema_decay, accelerator) if cfg.export.ema else None
+
+    # 5. The step: inputs → policy/reference errors → objective.
+    inputs = InputBuilder(parts, cfg.data.resolution, cfg.data.latent_sample, cfg.method.empty_prompt_prob,
+                          cfg.method.sdxl_time_ids)
+    ctx = StepContext(parts, inputs, reference, cfg.method, accelerator.device, accelerator.autocast)
+    method_step = make_step_fn(ctx, skip_counter)
+
+    def step_fn(model, batch):
+        if ema is not None:
+            ema.before_micro_batch()
+        return method_step(model, batch)
+
+    # 6. Validation grids: the reference once now (policy == base), the policy every N steps and at the end.
+    val = cfg.validation
+    size = val.height or cfg.data.resolution
+
+    def grid(name: str) -> str:
+        path = output_dir / "validation" / f"{name}.png"
+        render_grid(parts.pipeline, val.prompts, path, size=size, steps=val.num_inference_steps,
+                    guidance=val.guidance_scale, seed=val.seed, device=accelerator.device)
+        return str(path)
+
+    validate_fn = None
+    if val.prompts:
+        if accelerator.is_main_process:
+            grid("reference")
+
+        def validate_fn(step: int) -> dict:
+            return {"grid": grid(f"step_{step:06d}")} if accelerator.is_main_process else {}
+
+    # 7. Train with the shared loop.
+    summary = train(
+        cfg.train, output_dir=output_dir, model=unet, dataset=train_set, step_fn=step_fn, collate_fn=collate_fn,
+        accelerator=accelerator, validate_fn=validate_fn, validate_every=val.every, run_config=to_dict(cfg),
+    )
+
+    # 8. Export and summary.
+    extra = {"method": cfg.method.name, "model": cfg.model.pretrained, "family": parts.family,
+             "prediction_type": parts.prediction_type, "setup": applied, "data": {**dataset.summary(), **data_stats},
+             "note": cfg.note}
+    if skip_counter is not None:
+        extra["data"]["skips"] = skip_counter.as_dict()
+    if ema is not None:
+        ema.finish()
+    if accelerator.is_main_process and cfg.export.enabled:
+        extra["export"] = str(export_trained(unwrap(unet), parts.pipeline_class, cfg.model.pretrained, output_dir,
+                                             use_lora=cfg.lora.rank > 0))
+    if accelerator.is_main_process:
+        write_summary(output_dir, extra)
+    return {**summary, **extra}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
