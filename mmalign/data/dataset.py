@@ -87,7 +87,7 @@ class PreferenceDataset(Dataset):
         for pairs split into unpaired items."""
         r = self.records[index]
         source = self.sources[r.source]
-        return f"{source.name}:{source.lines[r.row] if source.is_jsonl else r.row}{r.suffix}"
+        return f"{source.name}:{source.lines[r.row] if source.by_line else r.row}{r.suffix}"
 
     def image_keys(self, index: int) -> list[str] | BadSample:
         """Content keys of the item's images in item order (chosen, rejected / best first) without decoding
@@ -104,8 +104,8 @@ class PreferenceDataset(Dataset):
     def _bad(self, index: int, ref, exc: Exception) -> BadSample:
         source = self.sources[self.records[index].source]
         record = self.records[index]
-        row = source.lines[record.row] if source.is_jsonl else record.row
-        return BadSample(index, self.item_id(index), source.name, row, ref.field, str(exc), source.is_jsonl)
+        row = source.lines[record.row] if source.by_line else record.row
+        return BadSample(index, self.item_id(index), source.name, row, ref.field, str(exc), source.by_line)
 
     def read(self, index: int) -> dict[str, Any] | BadSample:
         """The item at ``index`` or a :class:`BadSample` saying which image failed and why."""
@@ -127,6 +127,8 @@ class PreferenceDataset(Dataset):
             item.update(images=images, image_keys=keys, scores=list(record.scores))
         else:
             item.update(image=images[0], image_key=keys[0], label=record.label)
+        if record.extra:
+            item.update(record.extra)
         return item
 
     def _image_bytes(self, record: Record, ref) -> bytes:
@@ -216,13 +218,15 @@ def load_preference_data(
     dreamlike_pairs_only: bool = False,
     empty_prompt: str = "skip",
     max_items: int | None = None,
+    extra_columns: tuple[str, ...] | list[str] = (),
 ) -> PreferenceDataset:
     """Load preference data for text-to-image training (schemas: :mod:`mmalign.data.records`).
 
     Args:
         path: a folder of parquet shards (Pick-a-Pic layout ``<split>-*.parquet`` or ``<split>/``), one
-            parquet file, a ``datasets.save_to_disk`` folder, a ``.jsonl`` file (image paths relative to it) or
-            a folder holding exactly one, or a hub id ``owner/name`` (``datasets.load_dataset``; online only).
+            parquet file, a ``datasets.save_to_disk`` folder, a ``.jsonl`` or ``.csv`` file (image paths relative
+            to it), a folder holding exactly one ``.jsonl``, or a hub id ``owner/name``
+            (``datasets.load_dataset``; online only).
         kind: ``"pairs"``, ``"ranked"`` or ``"unpaired"`` (item contracts in :mod:`mmalign.data.dataset`).
         split: split of a ``DatasetDict`` / hub dataset / split-named parquet folder; default ``train``.
         max_bad_fraction: largest tolerated fraction of items with unusable images (and of rows with empty
@@ -236,6 +240,8 @@ def load_preference_data(
         dreamlike_pairs_only: keep only pairs whose ``model_0`` and ``model_1`` contain "dream" (official option).
         empty_prompt: ``"skip"`` (counted) or ``"error"``.
         max_items: keep only the first N items (after filtering), e.g. DCPO's 20k subset.
+        extra_columns: columns copied unchanged into every item (e.g. ``("user_id",)`` for PPD); a missing one
+            is a :class:`DataFormatError`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -243,7 +249,8 @@ def load_preference_data(
         raise ValueError(f"empty_prompt must be 'skip' or 'error', got {empty_prompt!r}")
     sources = open_sources(path, split)
     opts = ReadOptions(kind, prompt_column, tuple(caption_columns) if caption_columns else None,
-                       honour_has_label, honour_are_different, dreamlike_pairs_only, empty_prompt)
+                       honour_has_label, honour_are_different, dreamlike_pairs_only, empty_prompt,
+                       tuple(extra_columns))
     stats = LoadStats()
     records = build_records(sources, opts, stats)
     if stats.dropped_empty_prompt and stats.dropped_empty_prompt > max_bad_fraction * max(stats.rows_read, 1):

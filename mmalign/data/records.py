@@ -13,8 +13,11 @@ Schemas (column names exact; ``prompt`` may be called ``caption``, as in Pick-a-
 * **explicit pairs** (jsonl, or any table): ``prompt, chosen, rejected`` (+ optional ``prompt_chosen``,
   ``prompt_rejected`` for dual captions).
 * **ranked**: ``prompt, images, scores`` — ``scores`` higher = better; items are sorted best first (stable).
-* **unpaired**: ``prompt, image, label`` with ``label`` true/1 = desirable, false/0/-1 = undesirable. A pairs
-  source read with ``kind="unpaired"`` yields two items per pair: chosen (desirable), rejected (undesirable).
+* **unpaired**: ``prompt, image, label`` with ``label`` true/1 = desirable, false/0/-1 = undesirable (strings
+  too, see ``UNPAIRED_LABELS``; Diffusion-KTO's csv ``file_path, caption, label`` with ``exclusive_win`` /
+  ``exclusive_lose`` / ``intersections`` is read as is). A pairs source read with ``kind="unpaired"`` yields two
+  items per pair: chosen (desirable), rejected (undesirable).
+* ``extra_columns`` (e.g. ``("user_id",)`` for PPD) are read at load and copied into every item unchanged.
 
 Image cells are bytes, ``{"bytes", "path"}`` dicts (``datasets.Image``), or file paths relative to the
 source file's folder; they are read lazily, never at load.
@@ -60,6 +63,7 @@ class Record:
     scores: tuple[float, ...] | None = None
     label: bool | None = None
     suffix: str = ""
+    extra: dict[str, Any] | None = None
 
 
 @dataclass
@@ -89,6 +93,19 @@ class ReadOptions:
     honour_are_different: bool = True
     dreamlike_pairs_only: bool = False
     empty_prompt: str = "skip"
+    extra_columns: tuple[str, ...] = ()
+
+
+def _extra(source: Source, opts: ReadOptions) -> dict[str, list] | None:
+    """Values of ``extra_columns`` (e.g. ``user_id`` for PPD), passed through to the items unchanged."""
+    if not opts.extra_columns:
+        return None
+    _require(source, list(opts.extra_columns), "extra_columns")
+    return source.read_columns(list(opts.extra_columns))
+
+
+def _row(extra: dict[str, list] | None, row: int) -> dict[str, Any] | None:
+    return {k: v[row] for k, v in extra.items()} if extra is not None else None
 
 
 def build_records(sources: list[Source], opts: ReadOptions, stats: LoadStats) -> list[Record]:
@@ -112,7 +129,7 @@ def _require(source: Source, columns: list[str], what: str) -> None:
 
 def _check_jsonl_images(source: Source, columns: list[str]) -> None:
     """jsonl records are independent objects: every line must carry every image field (names the line)."""
-    if source.is_jsonl:
+    if source.by_line:
         source.read_columns(columns)
 
 
@@ -131,7 +148,7 @@ def _prompt_column(source: Source, opts: ReadOptions) -> str:
 def _records_of(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> list[Record]:
     cols = source.column_names
     if opts.kind in ("pairs", "unpaired"):
-        if opts.kind == "unpaired" and "image" in cols:
+        if opts.kind == "unpaired" and ("image" in cols or "file_path" in cols):
             return _unpaired(index, source, opts, stats)
         if "chosen" in cols or "rejected" in cols:
             pairs = _explicit_pairs(index, source, opts, stats)
@@ -152,8 +169,8 @@ def _records_of(index: int, source: Source, opts: ReadOptions, stats: LoadStats)
 
 
 def _loc(source: Source, row: int, field_name: str | None = None) -> str:
-    display = source.lines[row] if source.is_jsonl else row
-    return where(source.name, display, field_name, jsonl=source.is_jsonl)
+    display = source.lines[row] if source.by_line else row
+    return where(source.name, display, field_name, by_line=source.by_line)
 
 
 def _text(source: Source, row: int, field_name: str, value: Any, opts: ReadOptions, stats: LoadStats) -> str | None:
@@ -183,6 +200,7 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
         _require(source, ["model_0", "model_1"], "dreamlike_pairs_only")
         optional += ["model_0", "model_1"]
     table = source.read_columns(wanted + optional)
+    extra = _extra(source, opts)
     out = []
     for row in range(source.num_rows):
         if "has_label" in table and table["has_label"][row] is False:
@@ -214,7 +232,8 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
             if p_w is None or p_l is None:
                 continue
             prompts = (p_w, p_l)
-        out.append(Record(index, row, prompt, (ImageRef(first, first), ImageRef(second, second)), prompts))
+        refs = (ImageRef(first, first), ImageRef(second, second))
+        out.append(Record(index, row, prompt, refs, prompts, extra=_row(extra, row)))
     return out
 
 
@@ -227,6 +246,7 @@ def _explicit_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
         _prompt_column(source, opts)  # raises the missing-prompt error
     wanted = [c for c in ([prompt_col] if prompt_col else []) + (["prompt_chosen", "prompt_rejected"] if dual else [])]
     table = source.read_columns(wanted)
+    extra = _extra(source, opts)
     out = []
     for row in range(source.num_rows):
         prompts = None
@@ -242,7 +262,8 @@ def _explicit_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
                 continue
         else:
             prompt = prompts[0]
-        out.append(Record(index, row, prompt, (ImageRef("chosen", "chosen"), ImageRef("rejected", "rejected")), prompts))
+        refs = (ImageRef("chosen", "chosen"), ImageRef("rejected", "rejected"))
+        out.append(Record(index, row, prompt, refs, prompts, extra=_row(extra, row)))
     return out
 
 
@@ -257,37 +278,55 @@ def _split_pairs(pairs: list[Record]) -> list[Record]:
     for r in pairs:
         for side, (ref, good) in enumerate(zip(r.images, (True, False))):
             prompt = r.prompts[side] if r.prompts else r.prompt
-            out.append(Record(r.source, r.row, prompt, (ref,), label=good, suffix=":" + ("chosen", "rejected")[side]))
+            suffix = ":" + ("chosen", "rejected")[side]
+            out.append(Record(r.source, r.row, prompt, (ref,), label=good, suffix=suffix, extra=r.extra))
     return out
+
+
+UNPAIRED_LABELS = {
+    "true": True, "1": True, "1.0": True, "desirable": True, "exclusive_win": True, "intersections": True,
+    "false": False, "0": False, "0.0": False, "-1": False, "-1.0": False, "undesirable": False,
+    "exclusive_lose": False,
+}
+"""String labels (csv files, Diffusion-KTO's processed Pick-a-Pic CSV). ``intersections`` (images that win
+some pairs and lose others) counts as desirable: the official default policy ``gt_label_wi_l``."""
+
+
+def _unpaired_label(source: Source, row: int, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (1, 0, -1):
+        return value == 1
+    if isinstance(value, str) and value.strip().lower() in UNPAIRED_LABELS:
+        return UNPAIRED_LABELS[value.strip().lower()]
+    raise DataFormatError(
+        f"{_loc(source, row, 'label')}: label must be true/false, 1/0, 1/-1 or one of "
+        f"{sorted(UNPAIRED_LABELS)}, got {value!r}"
+    )
 
 
 def _unpaired(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> list[Record]:
     prompt_col = _prompt_column(source, opts)
-    _require(source, [prompt_col, "image", "label"], "unpaired data")
-    _check_jsonl_images(source, ["image"])
+    image_col = "image" if "image" in source.column_names else "file_path"
+    _require(source, [prompt_col, image_col, "label"], "unpaired data")
+    _check_jsonl_images(source, [image_col])
     table = source.read_columns([prompt_col, "label"])
+    extra = _extra(source, opts)
     out = []
     for row in range(source.num_rows):
-        value = table["label"][row]
-        if isinstance(value, bool):
-            label = value
-        elif isinstance(value, int | float) and value in (1, 0, -1):
-            label = value == 1
-        else:
-            raise DataFormatError(
-                f"{_loc(source, row, 'label')}: label must be true/false, 1/0 or 1/-1, got {value!r}"
-            )
+        label = _unpaired_label(source, row, table["label"][row])
         prompt = _text(source, row, prompt_col, table[prompt_col][row], opts, stats)
         if prompt is None:
             continue
-        out.append(Record(index, row, prompt, (ImageRef("image", "image"),), label=label))
+        out.append(Record(index, row, prompt, (ImageRef(image_col, image_col),), label=label, extra=_row(extra, row)))
     return out
 
 
 def _ranked(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> list[Record]:
     prompt_col = _prompt_column(source, opts)
     _require(source, [prompt_col, "images", "scores"], "ranked data")
-    table = source.read_columns([prompt_col, "scores"] + (["images"] if source.is_jsonl else []))
+    table = source.read_columns([prompt_col, "scores"] + (["images"] if source.by_line else []))
+    extra = _extra(source, opts)
     out = []
     for row in range(source.num_rows):
         scores = table["scores"][row]
@@ -306,5 +345,5 @@ def _ranked(index: int, source: Source, opts: ReadOptions, stats: LoadStats) -> 
             continue
         order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: equal scores keep file order
         refs = tuple(ImageRef(f"images[{i}]", "images", i) for i in order)
-        out.append(Record(index, row, prompt, refs, scores=tuple(float(scores[i]) for i in order)))
+        out.append(Record(index, row, prompt, refs, scores=tuple(float(scores[i]) for i in order), extra=_row(extra, row)))
     return out

@@ -22,7 +22,7 @@ from mmalign.data.errors import BadSample, TooManyBadSamplesError
 
 
 def collate_skipping(items: list[Any], collate_fn: Callable[[list[dict]], Any] | None = None) -> dict[str, Any]:
-    """Drop :class:`BadSample` entries, collect every item's ``"skipped"`` list, collate the rest.
+    """Drop :class:`BadSample` (and ``None``) entries, collect every item's ``"skipped"`` list, collate the rest.
 
     Returns ``collate_fn(good_items)`` (which must return a dict; default: ``{"items": good_items}``) with
     ``"skipped"`` (list of BadSample) and ``"num_items"`` (good items) added. When every item of the batch
@@ -32,6 +32,8 @@ def collate_skipping(items: list[Any], collate_fn: Callable[[list[dict]], Any] |
     skipped: list[BadSample] = []
     good = []
     for item in items:
+        if item is None:  # a wrapper's own "unreadable" marker; its BadSample should travel in "skipped"
+            continue
         if isinstance(item, BadSample):
             skipped.append(item)
             continue

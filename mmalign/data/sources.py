@@ -9,6 +9,7 @@ cheap).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -26,7 +27,7 @@ class ParquetSource:
     """One parquet file."""
 
     def __init__(self, path: Path, name: str) -> None:
-        self.path, self.name, self.root, self.is_jsonl = path, name, path.parent, False
+        self.path, self.name, self.root, self.by_line = path, name, path.parent, False
         try:
             metadata = pq.read_metadata(path)
             self.column_names = list(pq.read_schema(path).names)
@@ -59,22 +60,14 @@ class ParquetSource:
 
 
 class HFSource:
-    """A ``datasets.Dataset`` (from ``load_from_disk`` or ``load_dataset``); Image features are not decoded."""
+    """A ``datasets.Dataset`` (from ``load_from_disk`` or ``load_dataset``).
+
+    Cells are read in the ``arrow`` format, so ``datasets.Image`` features (also inside lists) come back
+    undecoded as ``{"bytes", "path"}`` dicts without rewriting the (memory-mapped) dataset.
+    """
 
     def __init__(self, dataset: Any, name: str, root: Path | None) -> None:
-        import datasets
-
-        for column, feature in dataset.features.items():
-            if isinstance(feature, datasets.Image) and feature.decode:
-                dataset = dataset.cast_column(column, datasets.Image(decode=False))
-            elif isinstance(feature, datasets.Sequence | list) and isinstance(
-                getattr(feature, "feature", None) or (feature[0] if isinstance(feature, list) else None),
-                datasets.Image,
-            ):
-                inner = feature.feature if isinstance(feature, datasets.Sequence) else feature[0]
-                if inner.decode:
-                    dataset = dataset.cast_column(column, [datasets.Image(decode=False)])
-        self.dataset, self.name, self.root, self.is_jsonl = dataset, name, root or Path.cwd(), False
+        self.dataset, self.name, self.root, self.by_line = dataset, name, root or Path.cwd(), False
         self.column_names = list(dataset.column_names)
         self.num_rows = len(dataset)
         self._last: tuple[int, tuple[str, ...], dict[str, Any]] | None = None
@@ -85,45 +78,33 @@ class HFSource:
 
     def read_cell(self, row: int, column: str, columns: tuple[str, ...]) -> Any:
         if self._last is None or self._last[:2] != (row, columns):
-            self._last = (row, columns, self.dataset.select_columns(list(columns))[row])
+            table = self.dataset.select_columns(list(columns)).with_format("arrow")[row]
+            self._last = (row, columns, {c: table.column(c)[0].as_py() for c in columns})
         return self._last[2][column]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_last": None}
 
 
-class JsonlSource:
-    """A jsonl file, one JSON object per line; blank lines are ignored (but keep line numbering)."""
+class RowsSource:
+    """Records of a line-based text file (jsonl, csv) held in memory, with their 0-based line numbers."""
 
-    def __init__(self, path: Path, name: str) -> None:
-        self.path, self.name, self.root, self.is_jsonl = path, name, path.parent, True
-        self.rows: list[dict[str, Any]] = []
-        self.lines: list[int] = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataFormatError(f"{where(name, line_no, jsonl=True)}: invalid JSON ({exc.msg})") from exc
-                if not isinstance(obj, dict):
-                    raise DataFormatError(f"{where(name, line_no, jsonl=True)}: expected a JSON object")
-                self.rows.append(obj)
-                self.lines.append(line_no)
-        self.column_names = sorted({k for r in self.rows for k in r})
-        self.num_rows = len(self.rows)
+    def __init__(self, path: Path, name: str, rows: list[dict[str, Any]], lines: list[int]) -> None:
+        self.path, self.name, self.root, self.by_line = path, name, path.parent, True
+        self.rows, self.lines = rows, lines
+        self.column_names = sorted({k for r in rows for k in r if k is not None})
+        self.num_rows = len(rows)
 
     def row_label(self, row: int) -> int:
-        """The 0-based line of record ``row`` (messages print it as row N (line N+1))."""
+        """The 0-based line of record ``row`` (messages print it 1-based: ``line N+1``)."""
         return self.lines[row]
 
     def read_columns(self, names: list[str]) -> dict[str, list]:
         out: dict[str, list] = {n: [] for n in names}
         for i, record in enumerate(self.rows):
             for n in names:
-                if n not in record:
-                    raise DataFormatError(f"{where(self.name, self.lines[i], n, jsonl=True)}: field is missing")
+                if record.get(n, _MISSING) is _MISSING:
+                    raise DataFormatError(f"{where(self.name, self.lines[i], n, by_line=True)}: field is missing")
                 out[n].append(record[n])
         return out
 
@@ -131,11 +112,51 @@ class JsonlSource:
         return self.rows[row][column]
 
 
-Source = ParquetSource | HFSource | JsonlSource
+JsonlSource = RowsSource
+"""Former name of :class:`RowsSource` (kept: ``mmalign.data.vlm_rows`` uses it)."""
+
+_MISSING = object()
+
+
+def jsonl_source(path: Path, name: str) -> RowsSource:
+    """A jsonl file, one JSON object per line; blank lines are ignored (line numbers stay true)."""
+    rows, lines = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{where(name, line_no, by_line=True)}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise DataFormatError(f"{where(name, line_no, by_line=True)}: expected a JSON object")
+            rows.append(obj)
+            lines.append(line_no)
+    return RowsSource(path, name, rows, lines)
+
+
+def csv_source(path: Path, name: str) -> RowsSource:
+    """A csv file with a header line (Diffusion-KTO's ``file_path, caption, label``); all values are strings;
+    a field missing from a short line is reported as missing."""
+    rows, lines = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, restval=_MISSING)
+        start = 1
+        for record in reader:
+            if None in record:
+                raise DataFormatError(f"{where(name, start, by_line=True)}: more values than header columns")
+            rows.append(record)
+            lines.append(start)
+            start = reader.line_num
+    return RowsSource(path, name, rows, lines)
+
+
+Source = ParquetSource | HFSource | RowsSource
 
 
 def open_sources(path: str | os.PathLike, split: str | None) -> list[Source]:
-    """Resolve ``path`` (parquet folder/file, ``save_to_disk`` folder, jsonl file, hub id) to sources.
+    """Resolve ``path`` (parquet folder/file, ``save_to_disk`` folder, jsonl or csv file, hub id) to sources.
 
     ``split``: for a ``DatasetDict`` folder, a hub id, or a parquet folder whose files are named
     ``<split>-*.parquet`` / live in ``<split>/`` (Pick-a-Pic's layout); ``None`` means ``train`` when such
@@ -144,10 +165,12 @@ def open_sources(path: str | os.PathLike, split: str | None) -> list[Source]:
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix == ".jsonl":
-            return [JsonlSource(p, str(p))]
+            return [jsonl_source(p, str(p))]
+        if p.suffix == ".csv":
+            return [csv_source(p, str(p))]
         if p.suffix == ".parquet":
             return [ParquetSource(p, str(p))]
-        raise DataFormatError(f"{p}: unsupported file type (expected .parquet or .jsonl)")
+        raise DataFormatError(f"{p}: unsupported file type (expected .parquet, .jsonl or .csv)")
     if p.is_dir():
         if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
             return [_from_disk(p, split)]
@@ -156,7 +179,7 @@ def open_sources(path: str | os.PathLike, split: str | None) -> list[Source]:
             return [ParquetSource(f, str(f)) for f in _select_split(p, parquet, split)]
         jsonl = sorted(p.glob("*.jsonl"))
         if len(jsonl) == 1:
-            return [JsonlSource(jsonl[0], str(jsonl[0]))]
+            return [jsonl_source(jsonl[0], str(jsonl[0]))]
         raise DataFormatError(
             f"{p}: no parquet files, no datasets.save_to_disk folder and not exactly one .jsonl file found"
         )

@@ -114,3 +114,44 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="not a local path"):
         load_preference_data("no-such-owner/no-such-dataset")
+
+
+def test_kto_csv_with_string_labels(tmp_path, solid):
+    (tmp_path / "imgs").mkdir()
+    for k in range(3):
+        solid(k).save(tmp_path / "imgs" / f"{k}.png")
+    (tmp_path / "kto.csv").write_text(
+        "file_path,caption,label\n"
+        "imgs/0.png,a red one,exclusive_win\n"
+        'imgs/1.png,"a green, quoted one",exclusive_lose\n'
+        "imgs/2.png,a blue one,intersections\n"
+    )
+    ds = load_preference_data(tmp_path / "kto.csv", "unpaired")
+    assert [ds[i]["label"] for i in range(3)] == [True, False, True]
+    assert ds[1]["prompt"] == "a green, quoted one" and same(ds[1]["image"], solid(1))
+    (tmp_path / "bad.csv").write_text("file_path,caption,label\nimgs/0.png,x,maybe\n")
+    with pytest.raises(Exception, match=r"bad\.csv, line 2, field 'label'"):
+        load_preference_data(tmp_path / "bad.csv", "unpaired")
+    (tmp_path / "short.csv").write_text("file_path,caption,label\nimgs/0.png,x,1\nimgs/1.png,y\n")
+    with pytest.raises(Exception, match=r"short\.csv, line 3, field 'label': field is missing"):
+        load_preference_data(tmp_path / "short.csv", "unpaired")
+
+
+def test_extra_columns_pass_through(tmp_path, pickapic_rows):
+    rows = [dict(r, user_id=100 + k) for k, r in enumerate(pickapic_rows)]
+    write_pickapic_parquet(rows, tmp_path / "p.parquet")
+    ds = load_preference_data(tmp_path / "p.parquet", extra_columns=("user_id",))
+    assert [ds[i]["user_id"] for i in range(len(ds))] == [100, 101, 103, 104, 105]
+    unpaired = load_preference_data(tmp_path / "p.parquet", "unpaired", extra_columns=["user_id"])
+    assert unpaired[3]["user_id"] == 101
+    with pytest.raises(Exception, match=r"p\.parquet: missing column 'model_0'"):
+        load_preference_data(tmp_path / "p.parquet", extra_columns=("model_0",))
+
+
+def test_ranked_dataset_folder_with_image_lists(tmp_path, solid):
+    hf = datasets.Dataset.from_dict({"prompt": ["x"], "images": [[solid(0), solid(1), solid(2)]],
+                                     "scores": [[0.1, 0.5, 0.2]]})
+    hf.save_to_disk(tmp_path / "ranked")
+    item = load_preference_data(tmp_path / "ranked", "ranked")[0]
+    assert item["scores"] == [0.5, 0.2, 0.1]
+    assert [same(a, solid(k)) for a, k in zip(item["images"], [1, 2, 0])] == [True] * 3
