@@ -22,7 +22,7 @@ from torch import nn
 
 from scorers.cards import ScorerCard
 from scorers.checkpoints import load_strict, read_folder_state_dict, read_state_dict
-from scorers.convert import is_open_clip_state_dict, open_clip_to_hf_state_dict
+from scorers.convert import hf_to_open_clip_state_dict, is_open_clip_state_dict, open_clip_to_hf_state_dict
 
 
 @dataclass
@@ -76,7 +76,8 @@ def build_open_clip(card: ScorerCard, checkpoint: Path) -> Backbone:
 
     ``checkpoint`` is a weights file (HPSv2 ``.pt`` dict with ``state_dict``, a plain state dict, or safetensors)
     or a folder in open_clip's ``local-dir`` layout (``open_clip_config.json`` with ``model_cfg`` + weights);
-    the folder's config is used when the card's ``arch`` is null.
+    the folder's config is used when the card's ``arch`` is null. A transformers ``CLIPModel`` state dict is
+    converted to open_clip keys (spec §9.6), so PickScore-layout weights also run on this backend.
     """
     import open_clip
 
@@ -88,6 +89,8 @@ def build_open_clip(card: ScorerCard, checkpoint: Path) -> Backbone:
         sd, source = read_folder_state_dict(checkpoint)
     else:
         sd, source = read_state_dict(checkpoint), checkpoint
+    if any(k.startswith(("text_model.", "vision_model.")) for k in sd):  # an HF CLIPModel checkpoint
+        sd = hf_to_open_clip_state_dict(sd)
     name, cfg = _open_clip_model_cfg(card, folder_cfg)
     text_cfg, vision_cfg = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
     if (cfg.get("custom_text") or "hf_model_name" in text_cfg or "hf_tokenizer_name" in text_cfg

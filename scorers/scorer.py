@@ -134,6 +134,8 @@ class Scorer:
         Uses torch resize/crop-or-pad/normalise (:func:`scorers.preprocess.tensor_to_pixels`), so gradients flow
         to ``pixels`` (the scorer's own weights are frozen). For use as a reward.
         """
+        if not torch.is_tensor(pixels) or not torch.is_floating_point(pixels):
+            raise ValueError(f"score_tensor expects float pixels in [0, 1], got {getattr(pixels, 'dtype', pixels)}")
         pixels = pixels.to(self.device)
         texts = self._check_prompts(broadcast_prompts(prompts, pixels.shape[0] if pixels.ndim == 4 else 1)) \
             if self.needs_text else None
