@@ -1,8 +1,8 @@
 """Parity with TRL's DPO loss, computed where TRL computes it: ``trl.DPOTrainer.compute_loss``.
 
-A tiny random ``LlamaForCausalLM``, a word-level tokenizer built locally with ``tokenizers``, a tiny preference
-dataset. TRL gets a batch from its own collator and computes its loss (fused LM head, its own masks); mmalign runs a
-plain forward of an identical policy/reference on the same ``input_ids``/``attention_mask``, scores with
+A tiny random ``LlamaForCausalLM``, a word-level tokenizer built locally with ``tokenizers`` (``conftest.py``), a
+tiny preference dataset. TRL gets a batch from its own collator and computes its loss (fused LM head, its own
+masks); mmalign runs a plain forward of an identical policy/reference on the same ``input_ids``/``attention_mask``, scores with
 ``sequence_logps(logits, input_ids, completion_mask)`` and applies ``preference_loss``. Policy != reference (the
 policy's weights are perturbed) so margins, rewards and gradients are non-trivial.
 """
@@ -15,7 +15,6 @@ from mmalign.objectives import preference_loss
 
 trl = pytest.importorskip("trl")
 
-WORDS = "the a cat dog sat ran on mat fast slow red blue big small is was and or".split()
 PROMPTS = ["the cat", "a dog ran", "the red mat is", "a big", "the dog is"]
 CHOSEN = [" sat on the mat", " fast", " big", " blue cat ran", " red and big"]
 REJECTED = [" ran", " slow on a mat", " small red", " dog", " was"]
@@ -23,38 +22,11 @@ BETA = 0.5
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tiny_lm):
     from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    reference = LlamaForCausalLM(config)
-    policy_state = {k: v + 0.2 * torch.randn_like(v) for k, v in reference.state_dict().items()}
-
-    def build(state=None):
-        model = LlamaForCausalLM(config)
-        model.load_state_dict(state if state is not None else reference.state_dict())
-        return model
 
     dataset = Dataset.from_dict({"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED})
-    return {
-        "tokenizer": tokenizer,
-        "dataset": dataset,
-        "policy": lambda: build(policy_state),
-        "reference": lambda: build(),
-        "out": tmp_path_factory.mktemp("trl_out"),
-    }
+    return {**tiny_lm, "dataset": dataset}
 
 
 def trl_loss_and_batch(world, loss_type, loss_weights=None, label_smoothing=0.0):
