@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 DEFAULT_MIN_IMAGE_SIZE = 16
 """Default smallest accepted image side in pixels (the toy world renders 64×64)."""
@@ -85,8 +85,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def decode_image(data: Any, *, min_image_size: int = DEFAULT_MIN_IMAGE_SIZE) -> Image.Image:
     """Decode encoded image bytes to a fully loaded RGB image or raise :class:`BadImageError`.
 
-    Rejects bytes PIL cannot identify or fully decode (truncated / corrupt JPEG: ``LOAD_TRUNCATED_IMAGES``
-    stays off), empty data, and images whose smaller side is below ``min_image_size`` pixels.
+    Rejects bytes PIL cannot identify or fully decode, empty data, and images whose smaller side is below
+    ``min_image_size`` pixels. Truncated files are always rejected: if another library switched PIL's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` on (which would pad them with gray), it is switched off around the
+    decode and restored afterwards.
     """
     if not isinstance(data, bytes | bytearray) or len(data) == 0:
         raise BadImageError("empty image data" if not data else f"expected image bytes, got {type(data).__name__}")
@@ -95,7 +97,12 @@ def decode_image(data: Any, *, min_image_size: int = DEFAULT_MIN_IMAGE_SIZE) -> 
         width, height = image.size
         if min(width, height) < min_image_size:
             raise BadImageError(f"image is {width}x{height}, smaller than min_image_size={min_image_size}")
-        image.load()
+        allow_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            image.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except BadImageError:

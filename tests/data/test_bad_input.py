@@ -222,3 +222,40 @@ def test_everything_bad_raises_clearly(tmp_path, solid):
     ds = load_preference_data(write_pickapic_parquet(rows, tmp_path / "a.parquet"))
     with pytest.raises(TooManyBadSamplesError, match="no readable item"):
         ds[0]
+
+
+def test_truncated_jpeg_rejected_even_if_pil_allows_truncation(png_bytes, solid, monkeypatch):
+    from PIL import ImageFile
+
+    from mmalign.data import decode_image
+    from mmalign.data.images import BadImageError
+
+    jpeg = png_bytes(solid(3, size=64), "JPEG")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(BadImageError, match="cannot decode image"):
+        decode_image(jpeg[: len(jpeg) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+    assert decode_image(jpeg).size == (64, 64)
+
+
+def test_ranked_parquet_with_short_image_list_is_a_counted_skip(tmp_path, solid):
+    from mmalign.data import write_parquet_rows
+
+    rows = [{"prompt": "ok", "images": [solid(0), solid(1)], "scores": [1.0, 0.0]},
+            {"prompt": "short", "images": [solid(2)], "scores": [1.0, 0.0]}]
+    path = write_parquet_rows(rows, tmp_path / "r.parquet", image_columns=("images",))
+    ds = load_preference_data(path, "ranked", bad_image="drop")
+    bad = ds[1]
+    assert isinstance(bad, BadSample) and bad.row == 1 and bad.field == "images[1]"
+    assert "'images' has 1 entries but the record has 2 scores" in bad.reason
+
+
+def test_dataset_pickles_for_spawned_workers(tmp_path, solid):
+    import pickle
+
+    path = write_pickapic_parquet(_rows(solid), tmp_path / "a.parquet")
+    ds = load_preference_data(path)
+    before = ds[1]  # opens the parquet handle and fills the row-group cache
+    clone = pickle.loads(pickle.dumps(ds))
+    after = clone[1]
+    assert after["chosen_key"] == before["chosen_key"] and after["chosen"].tobytes() == before["chosen"].tobytes()
