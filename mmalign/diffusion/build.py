@@ -64,20 +64,26 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
                 functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False})
     if cfg.data.random_flip:
         warnings.warn("data.random_flip is ignored with data.cache=true (latents are cached unflipped)", stacklevel=2)
+    entries, stats = None, {}
+    if accelerator.is_main_process:
+        entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=cfg.train.progress_bar)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=False)
+    stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats}
+    return CachedDataset(entries, cache), collate_members, None, stats
+
+
+def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,
+                   progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any], LatentTextCache]:
+    """Encode every image and prompt the cache lacks (also ``mmalign cache``); ``(entries, stats, cache)``."""
     for module in [parts.vae, *parts.text_encoders]:
         module.to(device)
     cache = LatentTextCache.for_model(parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.cache_dtype)
-    entries, stats = None, {}
-    if accelerator.is_main_process:
-        entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device,
-                                     max_skip_fraction=cfg.data.max_skip_fraction,
-                                     progress=cfg.train.progress_bar)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device, progress=False,
-                                     max_skip_fraction=cfg.data.max_skip_fraction)
-    stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats}
-    return CachedDataset(entries, cache), collate_members, None, stats
+    entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device,
+                                 max_skip_fraction=cfg.data.max_skip_fraction, progress=progress,
+                                 num_workers=cfg.train.num_workers)
+    return entries, stats, cache
 
 
 def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator) -> tuple[Any, ReferenceProvider, dict]:

@@ -1,0 +1,138 @@
+"""On a fixed batch the Diffusion-DPO step equals an independent computation of the official formula.
+
+Official (SalesforceAIResearch/DiffusionDPO train.py): shared t and noise for winner and loser, element-mean MSE
+against the eps (or v) target, ``loss = -logsig(-beta/2 * ((e_w - e_l) - (e_ref_w - e_ref_l)))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmalign.diffusion.adapter import load_parts
+from mmalign.diffusion.config import LoraConfig, MethodConfig
+from mmalign.diffusion.inputs import InputBuilder
+from mmalign.diffusion.lora import add_lora
+from mmalign.diffusion.methods import StepContext, dpo_step, kto_step, mapo_step
+from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.scores import per_sample_error, sample_shared_timesteps_and_noise
+
+B = 2
+
+
+def _setup(model_dir: str, method: MethodConfig, perturb: bool = True):
+    parts = load_parts(model_dir)
+    add_lora(parts.unet, LoraConfig(rank=4, alpha=8))
+    if perturb:  # make policy != reference (LoRA B starts at zero)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(1)
+            for name, p in parts.unet.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    inputs = InputBuilder(parts, resolution=32, latent_sample="mean")
+    ctx = StepContext(parts, inputs, ReferenceProvider("lora"), method, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "latent_mean": torch.randn(2 * B, 4, 16, 16, generator=g), "latent_std": torch.ones(2 * B, 4, 16, 16),
+        "prompt_embeds": torch.randn(2 * B, 77, 32, generator=g), "groups": B, "group_size": 2,
+    }
+    return parts, ctx, batch
+
+
+def _official_errors(unet, scheduler, x0, cond, t, noise, prediction_type):
+    abar = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    target = noise if prediction_type == "epsilon" else abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    pred = unet(x_t, t, encoder_hidden_states=cond).sample
+    return ((pred - target) ** 2).mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd2v"])
+def test_dpo_loss_matches_official_formula(tiny_model_dirs, kind):
+    beta = 5000.0
+    parts, ctx, batch = _setup(tiny_model_dirs[kind], MethodConfig(name="dpo", beta=beta))
+    assert parts.prediction_type == {"sd15": "epsilon", "sd2v": "v_prediction"}[kind]
+    torch.manual_seed(123)
+    loss, metrics = dpo_step(ctx, parts.unet, batch)
+
+    torch.manual_seed(123)  # same draws as the step: one t and one noise per pair, then repeated
+    t = torch.randint(0, 1000, (B,))
+    noise = torch.randn(B, 4, 16, 16)
+    t2, noise2 = t.repeat(2), noise.repeat(2, 1, 1, 1)
+    x0, cond = batch["latent_mean"], batch["prompt_embeds"]
+    with torch.no_grad():
+        e = _official_errors(parts.unet, parts.scheduler, x0, cond, t2, noise2, parts.prediction_type)
+        parts.unet.disable_adapters()
+        e_ref = _official_errors(parts.unet, parts.scheduler, x0, cond, t2, noise2, parts.prediction_type)
+        parts.unet.enable_adapters()
+    (e_w, e_l), (r_w, r_l) = e.chunk(2), e_ref.chunk(2)
+    official = -F.logsigmoid(-beta / 2 * ((e_w - e_l) - (r_w - r_l))).mean()
+    assert (e - e_ref).abs().max() > 1e-6, "policy and reference must differ for a meaningful check"
+    assert 0.0 < float(official) and float(official) != pytest.approx(math.log(2), abs=1e-4)
+    torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(metrics["model_mse"], e.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["ref_mse"], e_ref.mean(), rtol=1e-5, atol=1e-6)
+    inside = -beta / 2 * ((e_w - e_l) - (r_w - r_l))
+    assert float(metrics["implicit_acc"]) == pytest.approx(float((inside > 0).float().mean()))
+    # adapters are enabled again after the reference pass
+    assert all(p.requires_grad for n, p in parts.unet.named_parameters() if "lora_" in n)
+
+
+def test_dpo_at_init_is_log2_and_gradient_flows(tiny_model_dirs):
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="dpo"), perturb=False)
+    torch.manual_seed(0)
+    loss, _ = dpo_step(ctx, parts.unet, batch)
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6)
+    loss.backward()
+    grads = [p.grad for n, p in parts.unet.named_parameters() if "lora_B" in n]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_mapo_step_matches_official_expression(tiny_model_dirs):
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="mapo", beta=0.1, mapo_snr=0.5))
+    torch.manual_seed(5)
+    loss, metrics = mapo_step(ctx, parts.unet, batch)
+    torch.manual_seed(5)
+    t, noise = sample_shared_timesteps_and_noise(B, 2, (4, 16, 16), 1000, "cpu")
+    with torch.no_grad():
+        e = _official_errors(parts.unet, parts.scheduler, batch["latent_mean"], batch["prompt_embeds"], t, noise,
+                             "epsilon")
+    e_w, e_l = e.chunk(2)
+
+    def g(v):
+        return 0.5 * v / (torch.exp(0.5 * v) - 1)
+
+    official = e_w.mean() - 0.1 * F.logsigmoid(1000 * (g(e_w) - g(e_l))).mean()
+    torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-6)
+
+
+def test_kto_step_matches_diffusion_kto(tiny_model_dirs):
+    """Diffusion-KTO: g = e_ref - e, z0 = clamp(mean g, 0), loss = 1 - sigmoid(y * beta * (g - z0))."""
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="kto", beta=1000.0))
+    batch = {**batch, "groups": 2 * B, "group_size": 1, "label": torch.tensor([True, False, True, False])}
+    torch.manual_seed(9)
+    loss, _ = kto_step(ctx, parts.unet, batch)
+    torch.manual_seed(9)
+    t, noise = sample_shared_timesteps_and_noise(2 * B, 1, (4, 16, 16), 1000, "cpu")
+    x0, cond = batch["latent_mean"], batch["prompt_embeds"]
+    with torch.no_grad():
+        e = _official_errors(parts.unet, parts.scheduler, x0, cond, t, noise, "epsilon")
+        parts.unet.disable_adapters()
+        e_ref = _official_errors(parts.unet, parts.scheduler, x0, cond, t, noise, "epsilon")
+        parts.unet.enable_adapters()
+    g_ = e_ref - e
+    z0 = g_.mean().clamp(min=0)
+    y = batch["label"].float() * 2 - 1
+    official = (1 - torch.sigmoid(y * 1000.0 * (g_ - z0))).mean()
+    torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_timesteps_and_noise_layout():
+    t, noise = sample_shared_timesteps_and_noise(3, 2, (4, 2, 2), 1000, "cpu")
+    assert torch.equal(t[:3], t[3:]) and torch.equal(noise[:3], noise[3:])
+    pred, target = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    target[1] *= 3
+    torch.testing.assert_close(per_sample_error(pred, target), torch.tensor([1.0, 9.0]))
