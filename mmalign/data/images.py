@@ -103,7 +103,8 @@ def decode_image(data: Any, *, min_image_size: int = DEFAULT_MIN_IMAGE_SIZE) -> 
             image.load()
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation; transposing copies, so only when needed
+            image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except BadImageError:
         raise
