@@ -104,6 +104,13 @@ def _extra(source: Source, opts: ReadOptions) -> dict[str, list] | None:
     return source.read_columns(list(opts.extra_columns))
 
 
+def _read_optional(source: Source, names: list[str]) -> dict[str, list]:
+    """Columns that may be absent on some jsonl/csv lines (None there)."""
+    if source.by_line:
+        return {n: [r.get(n) for r in source.rows] for n in names}
+    return source.read_columns(names) if names else {}
+
+
 def _row(extra: dict[str, list] | None, row: int) -> dict[str, Any] | None:
     return {k: v[row] for k, v in extra.items()} if extra is not None else None
 
@@ -198,8 +205,8 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
     optional = [c for c in optional if (c == "has_label" and opts.honour_has_label) or (c == "are_different" and opts.honour_are_different)]
     if opts.dreamlike_pairs_only:
         _require(source, ["model_0", "model_1"], "dreamlike_pairs_only")
-        optional += ["model_0", "model_1"]
-    table = source.read_columns(wanted + optional)
+        wanted += ["model_0", "model_1"]
+    table = source.read_columns(wanted) | _read_optional(source, optional)
     extra = _extra(source, opts)
     out = []
     for row in range(source.num_rows):

@@ -155,3 +155,17 @@ def test_ranked_dataset_folder_with_image_lists(tmp_path, solid):
     item = load_preference_data(tmp_path / "ranked", "ranked")[0]
     assert item["scores"] == [0.5, 0.2, 0.1]
     assert [same(a, solid(k)) for a, k in zip(item["images"], [1, 2, 0])] == [True] * 3
+
+
+def test_pickapic_schema_jsonl_with_optional_fields_on_some_lines(tmp_path, solid):
+    solid(0).save(tmp_path / "a.png")
+    solid(1).save(tmp_path / "b.png")
+    lines = [
+        {"caption": "x", "jpg_0": "a.png", "jpg_1": "b.png", "label_0": 0},
+        {"caption": "y", "jpg_0": "a.png", "jpg_1": "b.png", "label_0": 1, "has_label": False},
+        {"caption": "z", "jpg_0": "a.png", "jpg_1": "b.png", "label_0": 1, "has_label": True},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    ds = load_preference_data(tmp_path / "p.jsonl")
+    assert [ds[i]["prompt"] for i in range(len(ds))] == ["x", "z"] and ds.summary()["dropped_no_label"] == 1
+    assert same(ds[0]["chosen"], solid(1))
