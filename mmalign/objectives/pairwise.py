@@ -134,7 +134,7 @@ def preference_loss(
     rejected: torch.Tensor,
     ref_chosen: torch.Tensor | None = None,
     ref_rejected: torch.Tensor | None = None,
-    beta: float,
+    beta: float | torch.Tensor,
     chosen_len: torch.Tensor | None = None,
     rejected_len: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
@@ -151,7 +151,9 @@ def preference_loss(
         chosen, rejected: policy scores of the preferred / dispreferred sample, shape ``[B]`` (summed completion
             log-probs for LMs; ``-e/2`` for diffusion, see module docstring).
         ref_chosen, ref_rejected: reference-model scores, shape ``[B]``; required by reference-based kinds.
-        beta: inverse temperature (IPO's tau; ORPO's lambda; Diffusion-DPO's beta=5000 in the official convention).
+        beta: inverse temperature (IPO's tau; ORPO's lambda; Diffusion-DPO's beta=5000 in the official convention):
+            a float, or a ``[B]`` tensor of per-example betas (e.g. MM-RLHF's dynamic reward scaling; pass it
+            detached unless gradients through beta are intended).
         chosen_len, rejected_len: completion lengths ``[B]``. ``ipo`` normalises each log-ratio by its length
             (TRL); ``simpo``/``orpo`` treat the scores as *sums* and divide by the lengths to get mean log-probs
             (without lengths the scores are taken as already averaged). Other kinds ignore them, except the SFT term.
@@ -182,6 +184,13 @@ def preference_loss(
     chosen_len = check_scores("chosen_len", chosen_len, batch)
     rejected_len = check_scores("rejected_len", rejected_len, batch)
     chosen_nll = check_scores("chosen_nll", chosen_nll, batch)
+    if isinstance(beta, torch.Tensor):
+        if beta.dim() == 1:
+            beta = check_scores("beta", beta, batch)
+        elif beta.dim() == 0:
+            beta = beta.float()
+        else:
+            raise ValueError(f"beta must be a float, a 0-dim tensor or a [B] tensor, got shape {tuple(beta.shape)}")
     if (chosen_len is None) != (rejected_len is None):
         raise ValueError("pass both chosen_len and rejected_len, or neither")
 
@@ -215,7 +224,7 @@ def _reference_loss(
     rejected: torch.Tensor,
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     chosen_len: torch.Tensor | None,
     rejected_len: torch.Tensor | None,
     label_smoothing: float,
@@ -253,7 +262,7 @@ def _reference_free_loss(
     kind: str,
     chosen: torch.Tensor,
     rejected: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     chosen_len: torch.Tensor | None,
     rejected_len: torch.Tensor | None,
     label_smoothing: float,

@@ -230,3 +230,20 @@ def test_bad_inputs_are_clear_errors():
         preference_loss("simpo", chosen=one, rejected=one, beta=0.1, rpo_alpha=1.0)
     with pytest.raises(ValueError, match="both chosen_len and rejected_len"):
         preference_loss("ipo", chosen=one, rejected=one, ref_chosen=one, ref_rejected=one, beta=0.1, chosen_len=one)
+
+
+@pytest.mark.parametrize("kind", PREFERENCE_KINDS)
+def test_per_example_beta_tensor_equals_scalar_beta_per_row(kind):
+    betas = [0.3, 1.7]
+    refs = dict(ref_chosen=t(REF_CHOSEN), ref_rejected=t(REF_REJECTED)) if kind in REFERENCE_KINDS else {}
+    common = dict(chosen_len=t(CHOSEN_LEN), rejected_len=t(REJECTED_LEN), label_smoothing=0.1, gamma=0.2)
+    batched, _ = preference_loss(kind, chosen=t(CHOSEN), rejected=t(REJECTED), beta=torch.tensor(betas),
+                                 **refs, **common)
+    for i, b in enumerate(betas):
+        row_refs = {k: v[i : i + 1] for k, v in refs.items()}
+        row_common = {k: (v[i : i + 1] if isinstance(v, torch.Tensor) else v) for k, v in common.items()}
+        single, _ = preference_loss(kind, chosen=t(CHOSEN)[i : i + 1], rejected=t(REJECTED)[i : i + 1], beta=b,
+                                    **row_refs, **row_common)
+        assert batched[i].item() == pytest.approx(single.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="beta has 3 examples"):
+        preference_loss(kind, chosen=t(CHOSEN), rejected=t(REJECTED), beta=torch.ones(3), **refs)

@@ -59,5 +59,7 @@ def test_kto_loss_matches_trl_kto_trainer(tiny_lm):
     assert abs(ours.item() - trl_loss.item()) < 1e-5, (ours.item(), trl_loss.item())
     assert metrics["kl"].item() == pytest.approx(trl_kl, abs=1e-6)
     assert trl_kl > 0.5  # the mismatched-pair estimate is active (not clamped to 0) for this batch
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert metrics[name].item() == pytest.approx(trainer._metrics["train"][name][-1], abs=1e-5), name
     for (name, ours_p), theirs_p in zip(policy.named_parameters(), trainer.model.parameters()):
         torch.testing.assert_close(ours_p.grad, theirs_p.grad, rtol=1e-4, atol=1e-6, msg=name)
