@@ -94,3 +94,21 @@ def test_bad_shapes_and_reduction():
         token_logps(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 2))
     with pytest.raises(ValueError, match="reduction"):
         sequence_logps(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), reduction="max")
+
+
+def test_backward_keeps_no_fp32_copy_of_bf16_logits():
+    """Only the bf16 logits (and [N] vectors) are saved for backward; the fp32 softmax is recomputed per chunk."""
+    logits = torch.randn(2, 8, 64).bfloat16().requires_grad_()
+    index = torch.randint(0, 64, (2, 8))
+    saved = []
+
+    def pack(tensor):
+        saved.append((tensor.dtype, tuple(tensor.shape)))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = selective_log_softmax(logits, index, max_chunk_elements=128)
+    big = [(dtype, shape) for dtype, shape in saved if len(shape) > 1 and shape[-1] == 64]
+    assert big and all(dtype == torch.bfloat16 for dtype, _ in big), saved
+    out.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
