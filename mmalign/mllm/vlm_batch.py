@@ -123,8 +123,10 @@ class VisionPreferenceCollator:
 
     Output keys: ``pair`` (text tensors of the ``2B`` rows), ``vision`` (vision tensors of the ``B`` pairs),
     optionally ``extra`` / ``extra_vision`` (chosen under the corrupted/retrieved image), ``row_ids``,
-    ``rewards`` (``{name: [B] float tensor}``, NaN where a row has none), ``n_bad`` (unreadable images dropped),
-    ``n_overlong`` (rows dropped by ``on_overlong="drop"``).
+    ``rewards`` (``{name: [B] float tensor}``, NaN where a row has none), ``skipped`` (the
+    :class:`~mmalign.data.errors.BadSample` of unreadable rows, for :class:`~mmalign.data.skipping.SkipCounter`),
+    ``n_bad``, ``n_overlong`` (rows dropped by ``on_overlong="drop"``). A batch whose rows all had unreadable
+    images has ``row_ids == []`` and nothing else to score.
     """
 
     processor: Any
@@ -153,13 +155,15 @@ class VisionPreferenceCollator:
         extra_images = [self._extra_image(r) for r in rows] if self.extra != "none" else None
         rows, rendered, extra_images, n_overlong = self._drop_overlong(rows, rendered, extra_images)
         if not rows:
-            reasons = "; ".join(b.describe() for b in bad) or f"{n_overlong} overlong rows dropped"
-            raise ValueError(f"every row of this batch was dropped ({reasons}); lower max_length or fix the data")
+            if bad and not n_overlong:  # only unreadable images: an empty batch the step skips (counted)
+                return {"row_ids": [], "skipped": bad, "n_bad": len(bad), "n_overlong": 0}
+            raise ValueError(f"every row of this batch was dropped ({n_overlong} overlong, {len(bad)} unreadable); "
+                             "raise data.max_length or fix the data")
         prompts = [p for p, _, _ in rendered]
         pair, vision = self._encode(prompts, [r.images for r in rows],
                                     [[c for _, c, _ in rendered], [x for _, _, x in rendered]])
         batch: dict[str, Any] = {"pair": pair, "vision": vision, "row_ids": [r.id for r in rows],
-                                 "n_bad": len(bad), "n_overlong": n_overlong, "bad": [b.describe() for b in bad]}
+                                 "n_bad": len(bad), "n_overlong": n_overlong, "skipped": bad}
         if extra_images is not None:
             batch["extra"], batch["extra_vision"] = self._encode(prompts, [[im] for im in extra_images],
                                                                  [[c for _, c, _ in rendered]])

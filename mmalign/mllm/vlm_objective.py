@@ -78,6 +78,9 @@ def preference_step(
     """
     if method.name not in METHODS:
         raise ValueError(f"method.name must be one of {METHODS}, got {method.name!r}")
+    if not batch["row_ids"]:  # every row had an unreadable image: nothing to learn, keep the graph valid
+        zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        return zero, {"data/bad_images": float(batch.get("n_bad", 0)), "data/overlong_dropped": 0.0}
     has_extra = method.name in ("mdpo", "rdpo")
     features = encode_images(model, batch["vision"]) if share_features else None
     extra_features = encode_images(model, batch["extra_vision"]) if share_features and has_extra else None

@@ -1,0 +1,77 @@
+"""VLM preference training: DPO family, mDPO, rDPO and MM-DPO on any image-text-to-text model.
+
+    accelerate launch recipes/vlm.py --config recipes/configs/vlm/qwen2vl_dpo.yaml [key=value ...]
+
+Reads top to bottom: config → model + processor (LoRA or full fine-tuning, vision side frozen) → rows →
+collator → step function (policy/reference scores → mmalign.objectives) → the shared training loop → export
+(peft adapter folder, optionally merged). Formulas: mmalign/mllm/vlm_objective.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmalign.config import load_config, require_paths, to_dict
+from mmalign.data.skipping import SkipCounter
+from mmalign.data.vlm_rows import VLMPreferenceDataset
+from mmalign.mllm.export import merge_adapter, save_trained
+from mmalign.mllm.vlm_batch import VisionPreferenceCollator
+from mmalign.mllm.vlm_config import VLMRecipeConfig
+from mmalign.mllm.vlm_model import load_vlm, prepare_policy
+from mmalign.mllm.vlm_objective import needs_reference, preference_step
+from mmalign.train import make_accelerator, train, write_summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe YAML (recipes/configs/vlm/*.yaml)")
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(VLMRecipeConfig, args.config, overrides)
+    require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
+    method = cfg.method
+
+    # Model: LoRA (reference = adapters off) or full fine-tuning (reference = frozen copy).
+    model, processor = load_vlm(cfg.model)
+    policy, ref_model = prepare_policy(model, cfg.model, cfg.lora, needs_reference=needs_reference(method))
+    share_features = method.share_vision_features and cfg.model.freeze_vision
+
+    # Data: rows (bad rows raise or are skipped and counted) and the collator (chat template, masks, extra image).
+    extra = {"dpo": "none", "rdpo": "row", "mdpo": "row_or_crop" if cfg.data.extra_image_field else "crop"}[method.name]
+    dataset = VLMPreferenceDataset(
+        cfg.data.path, split=cfg.data.split, image_root=cfg.data.image_root,
+        extra_image_field=cfg.data.extra_image_field, require_extra_image=method.name == "rdpo",
+        on_bad_row=cfg.data.on_bad_row, max_rows=cfg.data.max_rows,
+    )
+    collate = VisionPreferenceCollator(
+        processor, max_length=cfg.data.max_length, on_overlong=cfg.data.on_overlong, extra=extra,
+        crop_scale=(method.crop_scale_min, method.crop_scale_max), seed=cfg.train.seed,
+    )
+    skips = SkipCounter(len(dataset), cfg.data.max_bad_fraction)
+
+    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    if ref_model is not None:
+        ref_model.to(accelerator.device)
+
+    def step_fn(model, batch):
+        skips.update(batch)
+        return preference_step(model, batch, method, ref_model=ref_model, share_features=share_features)
+
+    summary = train(cfg.train, output_dir=cfg.output_dir, model=policy, dataset=dataset, step_fn=step_fn,
+                    collate_fn=collate, accelerator=accelerator, run_config=to_dict(cfg))
+
+    # Export: peft adapter folder (or full model) + processor; optionally the merged full model.
+    if accelerator.is_main_process:
+        out = save_trained(accelerator.unwrap_model(policy), processor, f"{cfg.output_dir}/{cfg.export.adapter_dir}")
+        exported = {"adapter_dir": str(out)}
+        if cfg.export.merge and cfg.lora.enabled:
+            exported["merged_dir"] = str(merge_adapter(out, f"{cfg.output_dir}/merged", base=cfg.model.pretrained))
+        summary["export"] = exported
+        summary["data"] = {"rows": len(dataset), "skipped_at_load": len(dataset.skipped),
+                           "skipped_rows": dataset.skipped[:20], **skips.as_dict()}
+        write_summary(cfg.output_dir, {"export": exported, "data": summary["data"]})
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
