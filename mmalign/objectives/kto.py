@@ -19,9 +19,9 @@ Differences from TRL, stated explicitly:
   single-process form; **gathering across ranks is the caller's job**: gather the per-example differences (or the
   per-rank means, equal per-rank batch sizes) first and then call :func:`kto_z0` on the gathered tensors, or pass
   ``z0`` directly.
-* Diffusion-KTO uses the *matched* samples of the global batch for its reference point
-  (``z0 = clamp(mean(e_ref - e_theta), min=0)``): call ``kto_z0(policy, reference)`` on the (gathered) matched
-  scores. Its ``g = e_ref - e_theta`` equals ``2 * rho`` with this package's diffusion score ``s = -e/2``, so
+* Diffusion-KTO uses the *matched* samples of the batch for its reference point: per rank
+  ``mean(e_ref - e_theta)``, averaged over ranks (``accelerator.reduce(..., "mean")``), then clamped at 0 and
+  detached: call ``kto_z0(policy, reference)`` on the (gathered) matched scores. Its ``g = e_ref - e_theta`` equals ``2 * rho`` with this package's diffusion score ``s = -e/2``, so
   Diffusion-KTO's ``beta_dpo`` corresponds to ``beta = 2 * beta_dpo`` here (default 1000 → 2000).
 """
 

@@ -10,11 +10,15 @@ A *score* is whatever the model family produces for one (condition, sample):
 With ``rho = S_theta - S_ref`` (log-ratio) and ``h = rho_w - rho_l`` (pairwise margin), the official
 Diffusion-DPO loss ``-logsig(-beta/2 * ((e_w - e_l) - (e_ref_w - e_ref_l)))`` (SalesforceAIResearch/DiffusionDPO
 ``train.py``, beta=5000) is exactly ``kind="sigmoid"`` here: ``beta * h = -beta/2 * ((e_w - e_ref_w) - (e_l - e_ref_l))``.
+(The diffusers SD1.5 LoRA script's ``beta_dpo=2500`` without the 1/2 is the same loss as beta=5000 here.)
 
 Every loss is returned per example (shape ``[B]``); the batch loss is ``losses.mean()``. All arithmetic is done in
 float32 (inputs are upcast), which matters for diffusion scores at beta=5000. The metrics dict holds detached
 scalar tensors named as TRL logs them (``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
-``rewards/accuracies``) plus ``logits`` (the mean of the quantity inside the link function).
+``rewards/accuracies``; ``beta * rho`` for reference-based kinds as TRL's DPOTrainer, ``beta * m`` (mean log-prob)
+for SimPO/ORPO as TRL's CPO/ORPO trainers) plus ``logits``, the mean of the quantity inside the link function
+(``beta h``; ``h_ipo`` for IPO; ``beta rho_w`` for BCO-pair; ``beta (m_w - m_l) - gamma`` for SimPO; the log odds
+ratio for ORPO).
 
 Formulas (TRL 1.16 ``trl/trainer/dpo_trainer.py::DPOTrainer._compute_loss`` unless noted):
 
@@ -35,7 +39,9 @@ simpo          ``-(1-eps) logsig(beta (m_w - m_l) - gamma) - eps logsig(-(beta (
                ``CPOTrainer`` ``loss_type="simpo"`` without its default ``cpo_alpha`` NLL term)
 orpo           ``-m_w - beta logsig(log_odds_w - log_odds_l)``, ``log_odds = m - log(1 - exp(m))``,
                ``beta`` is ORPO's lambda; reference-free (Hong et al. 2024; TRL ``ORPOTrainer.odds_ratio_loss``);
-               mean log-probs must be < 0 (a mean log-prob of exactly 0 gives inf, as in TRL)
+               mean log-probs must be < 0 (a mean log-prob of exactly 0 gives inf, as in TRL). ``-m_w`` is
+               the ORPO paper's per-example NLL; TRL's ORPOTrainer uses the batch token-mean NLL instead: to get
+               that, pass ``orpo_nll=False, sft_weight=1, chosen_nll=-S_w`` with lengths (SFT term below)
 =============  ==========================================================================================
 
 Composable SFT/NLL term: ``+ sft_weight * NLL(y_w)`` (RPO, Pang et al. 2024 = ``sigmoid`` + ``sft_weight`` NLL;
