@@ -13,7 +13,7 @@ Diffusion-DPO loss ``-logsig(-beta/2 * ((e_w - e_l) - (e_ref_w - e_ref_l)))`` (S
 (The diffusers SD1.5 LoRA script's ``beta_dpo=2500`` without the 1/2 is the same loss as beta=5000 here.)
 
 Every loss is returned per example (shape ``[B]``); the batch loss is ``losses.mean()``. All arithmetic is done in
-float32 (inputs are upcast), which matters for diffusion scores at beta=5000. The metrics dict holds detached
+float32 at least (inputs are upcast; float64 is kept), which matters for diffusion scores at beta=5000. The metrics dict holds detached
 scalar tensors named as TRL logs them (``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
 ``rewards/accuracies``; ``beta * rho`` for reference-based kinds as TRL's DPOTrainer, ``beta * m`` (mean log-prob)
 for SimPO/ORPO as TRL's CPO/ORPO trainers) plus ``logits``, the mean of the quantity inside the link function
@@ -61,7 +61,7 @@ Metrics = dict[str, torch.Tensor]
 
 
 def check_scores(name: str, value: torch.Tensor | None, batch: int | None) -> torch.Tensor | None:
-    """Validate a per-example tensor of shape ``[B]`` and upcast it to float32."""
+    """Validate a per-example tensor of shape ``[B]`` and upcast it to at least float32 (float64 stays float64)."""
     if value is None:
         return None
     if not isinstance(value, torch.Tensor):
@@ -70,7 +70,7 @@ def check_scores(name: str, value: torch.Tensor | None, batch: int | None) -> to
         raise ValueError(f"{name} must have shape [B] (one score per example), got shape {tuple(value.shape)}")
     if batch is not None and value.shape[0] != batch:
         raise ValueError(f"{name} has {value.shape[0]} examples, expected {batch} (the size of `chosen`)")
-    return value.float()
+    return value.to(torch.promote_types(value.dtype, torch.float32))
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ def sft_term(
       mean NLL as in the RPO paper / ms-swift ``rpo_alpha``, or the chosen denoising error for diffusion MaPO-style
       SFT terms).
     """
-    nll = chosen_nll.float()
+    nll = chosen_nll.to(torch.promote_types(chosen_nll.dtype, torch.float32))
     if reduction is None:
         reduction = "tokens" if chosen_len is not None else "example"
     if reduction == "example":
@@ -194,7 +194,7 @@ def preference_loss(
         if beta.dim() == 1:
             beta = check_scores("beta", beta, batch)
         elif beta.dim() == 0:
-            beta = beta.float()
+            beta = beta.to(torch.promote_types(beta.dtype, torch.float32))
         else:
             raise ValueError(f"beta must be a float, a 0-dim tensor or a [B] tensor, got shape {tuple(beta.shape)}")
     if (chosen_len is None) != (rejected_len is None):

@@ -43,7 +43,7 @@ def _check_lists(name: str, value: torch.Tensor, shape: torch.Size | None) -> to
         raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
     if value.shape[1] < 2:
         raise ValueError(f"{name} needs at least 2 samples per list, got k={value.shape[1]}")
-    return value.float()
+    return value.to(torch.promote_types(value.dtype, torch.float32))
 
 
 def ranks_descending(values: torch.Tensor) -> torch.Tensor:

@@ -247,3 +247,20 @@ def test_per_example_beta_tensor_equals_scalar_beta_per_row(kind):
         assert batched[i].item() == pytest.approx(single.item(), rel=1e-6)
     with pytest.raises(ValueError, match="beta has 3 examples"):
         preference_loss(kind, chosen=t(CHOSEN), rejected=t(REJECTED), beta=torch.ones(3), **refs)
+
+
+def test_float64_gradcheck_through_every_kind():
+    def make(kind):
+        refs = dict(ref_chosen=t(REF_CHOSEN).double(), ref_rejected=t(REF_REJECTED).double())
+        refs = refs if kind in REFERENCE_KINDS else {}
+
+        def fn(chosen, rejected):
+            losses, _ = preference_loss(kind, chosen=chosen, rejected=rejected, beta=0.5, label_smoothing=0.1,
+                                        gamma=0.2, chosen_len=t(CHOSEN_LEN), rejected_len=t(REJECTED_LEN), **refs)
+            assert losses.dtype == torch.float64
+            return losses
+        return fn
+
+    for kind in PREFERENCE_KINDS:
+        inputs = (t(CHOSEN).double().requires_grad_(), t(REJECTED).double().requires_grad_())
+        assert torch.autograd.gradcheck(make(kind), inputs), kind
