@@ -106,12 +106,23 @@ def commit(output_dir: str | os.PathLike, step: int, keep: int) -> Path:
     """Rename the finished temporary folder into place, then prune to the newest ``keep``."""
     tmp, final = temp_path(output_dir, step), final_path(output_dir, step)
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(tmp, final)
     if keep > 0:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    """Rename out of the ``checkpoint-*`` namespace first, then delete: a kill during the (non-atomic)
+    delete leaves a temporary folder that :func:`clean_temporaries` removes, never a partial checkpoint
+    that :func:`list_checkpoints` would take for a complete one."""
+    trash = checkpoint.with_name(f".tmp-{checkpoint.name}-deleting")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(checkpoint, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def clean_temporaries(output_dir: str | os.PathLike) -> None:

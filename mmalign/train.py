@@ -121,8 +121,14 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
 
 
 def make_accelerator(cfg: TrainConfig, output_dir: str | os.PathLike, log_with: str | None = "tensorboard") -> Accelerator:
-    """The Accelerator every recipe uses (one per process)."""
+    """The Accelerator every recipe uses (one per process).
+
+    Under torchrun on a machine without GPUs, accelerate 1.15 joins the processes only when asked for
+    ``cpu=True`` (else each process silently trains alone, all writing the same output_dir), so that is
+    set when ``WORLD_SIZE > 1`` and no accelerator is available.
+    """
     return Accelerator(
+        cpu=_distributed_without_accelerator(),
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=cfg.mixed_precision,
         log_with=log_with,
@@ -130,6 +136,20 @@ def make_accelerator(cfg: TrainConfig, output_dir: str | os.PathLike, log_with: 
         step_scheduler_with_optimizer=False,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
     )
+
+
+def _distributed_without_accelerator() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
+def _check_world_size(accelerator: Accelerator) -> None:
+    """Refuse to run N independent copies of the job when a launcher started N processes."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but the Accelerator sees "
+            f"{accelerator.num_processes}: pass cpu=True on machines without GPUs (make_accelerator does)"
+        )
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -178,6 +198,7 @@ def train(
     """
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(cfg, output_dir)
+    _check_world_size(accelerator)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

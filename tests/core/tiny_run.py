@@ -3,7 +3,8 @@
 Imported by the tests in this folder (through ``conftest.py``) and run as a script by the
 subprocess tests (kill during a checkpoint write; two processes under ``torchrun``)::
 
-    python tests/core/tiny_run.py OUTPUT_DIR '{"max_steps": 6, "batch_size": 2}' [--noise] [--dropout]
+    python tests/core/tiny_run.py OUTPUT_DIR '{"max_steps": 6, "batch_size": 2}' [--noise] [--dropout] \
+        [--then-resume-from=K]
 
 Writes ``OUTPUT_DIR/final.safetensors`` (the trained weights, main process only) next to the loop's
 own ``summary.json``. With ``MMALIGN_TEST_KILL_AT_CHECKPOINT=k`` the process SIGKILLs itself in the
@@ -103,13 +104,26 @@ def main(argv: list[str]) -> int:
     if os.environ.get("MMALIGN_TEST_KILL_AT_CHECKPOINT"):
         install_kill_hook(int(os.environ["MMALIGN_TEST_KILL_AT_CHECKPOINT"]))
     torch.set_num_threads(1)
-    cfg = TrainConfig(**{"progress_bar": False, **overrides})
-    model = make_model(dropout=0.25 if "--dropout" in flags else 0.0)
-    train(cfg, output_dir=output_dir, model=model, dataset=TinyRegression(),
+    run_once(output_dir, {"progress_bar": False, **overrides}, flags)
+    for flag in flags:
+        if flag.startswith("--then-resume-from="):
+            # A second run in the same processes (saves a second launch): resume from checkpoint-k of the
+            # first run into OUTPUT_DIR/resumed.
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+            resume = str(ckpt.final_path(output_dir, int(flag.split("=", 1)[1])))
+            run_once(output_dir / "resumed", {"progress_bar": False, **overrides, "resume": resume}, flags)
+    return 0
+
+
+def run_once(output_dir: Path, overrides: dict[str, Any], flags: set[str]) -> None:
+    model = make_model(seed=7 if "resume" not in overrides else 999, dropout=0.25 if "--dropout" in flags else 0.0)
+    train(TrainConfig(**overrides), output_dir=output_dir, model=model, dataset=TinyRegression(),
           step_fn=make_step_fn(noise="--noise" in flags))
     if int(os.environ.get("RANK", "0")) == 0:
         save_file(weights(model), str(output_dir / "final.safetensors"))
-    return 0
 
 
 if __name__ == "__main__":
