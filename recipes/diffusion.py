@@ -23,6 +23,7 @@ from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.export import export_trained, save_run_config
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.methods import StepContext, make_step_fn
+from mmalign.diffusion.placeholders import resolve_placeholders
 from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.validation import render_grid
 from mmalign.train import make_accelerator, train, write_summary
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Config: typed, unknown keys rejected, paths checked — all before any model is loaded.
     config_path, overrides = parse_args(argv)
     cfg = load_config(DiffusionRecipeConfig, config_path, overrides)
+    for note in resolve_placeholders(cfg, Path(cfg.output_dir) / "tiny_inputs"):
+        print(f"NOTE: {note}")
     kind = check_config(cfg)
     output_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg.train, output_dir)

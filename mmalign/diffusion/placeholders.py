@@ -1,0 +1,83 @@
+"""``tiny:`` placeholders for ``model.pretrained`` and ``data.path``: runnable without any download.
+
+* ``model.pretrained: tiny:sd15 | tiny:sd2v | tiny:sdxl`` — a tiny random-weight pipeline of that family
+  (:mod:`mmalign.diffusion.tiny`), saved once under ``<output_dir>/tiny_inputs/`` and loaded with
+  ``from_pretrained`` like any checkpoint;
+* ``data.path: tiny:pairs | tiny:dual | tiny:ranked | tiny:unpaired`` — a small generated preference set of
+  colored squares (caption "a {color} square"; the square of the caption's color is preferred), written with the
+  data package's jsonl writers.
+
+A random-weight model learns nothing meaningful: this is a smoke-test / demo default until real (or toy-world)
+assets are configured, and the recipe prints so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PREFIX = "tiny:"
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+
+
+def square_image(color: str, size: int = 64, seed: int = 0) -> Image.Image:
+    """A square of ``color`` on a noisy gray background."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(100, 140, size=(size, size, 3), dtype=np.uint8)
+    lo, hi = size // 4, 3 * size // 4
+    arr[lo:hi, lo:hi] = COLORS[color]
+    return Image.fromarray(arr)
+
+
+def write_tiny_data(kind: str, out_dir: str | Path, n: int = 16, size: int = 64) -> Path:
+    from mmalign.data import write_pairs_jsonl, write_ranked_jsonl, write_unpaired_jsonl
+
+    names = list(COLORS)
+    rows = []
+    for i in range(n):
+        good, bad = names[i % 4], names[(i + 1 + i // 4) % 4 if (i + 1 + i // 4) % 4 != i % 4 else (i + 2) % 4]
+        prompt = f"a {good} square"
+        if kind in ("pairs", "dual"):
+            row = {"prompt": prompt, "chosen": square_image(good, size, i), "rejected": square_image(bad, size, 1000 + i)}
+            if kind == "dual":
+                row.update(prompt_chosen=prompt, prompt_rejected=f"a {bad} square")
+            rows.append(row)
+        elif kind == "ranked":
+            colors = [good] + [c for c in names if c != good][:2]
+            rows.append({"prompt": prompt, "images": [square_image(c, size, 10 * i + j) for j, c in enumerate(colors)],
+                         "scores": [1.0, 0.5, 0.0]})
+        elif kind == "unpaired":
+            rows.append({"prompt": prompt, "image": square_image(good, size, i), "label": True})
+            rows.append({"prompt": prompt, "image": square_image(bad, size, 1000 + i), "label": False})
+        else:
+            raise ValueError(f"data.path: unknown placeholder 'tiny:{kind}' (pairs, dual, ranked, unpaired)")
+    path = Path(out_dir) / f"{kind}.jsonl"
+    writer = {"pairs": write_pairs_jsonl, "dual": write_pairs_jsonl, "ranked": write_ranked_jsonl,
+              "unpaired": write_unpaired_jsonl}[kind]
+    return writer(rows, path)
+
+
+def resolve_placeholders(cfg, workdir: str | Path) -> list[str]:
+    """Replace ``tiny:`` values of ``cfg.model.pretrained`` / ``cfg.data.path`` by generated folders (in place);
+    returns notices to print."""
+    from mmalign.diffusion.tiny import save_tiny_pipeline
+
+    notes, workdir = [], Path(workdir)
+    if str(cfg.model.pretrained).startswith(PREFIX):
+        kind = cfg.model.pretrained[len(PREFIX):]
+        path = workdir / f"model_{kind}"
+        if not (path / "model_index.json").is_file():
+            save_tiny_pipeline(kind, path)
+        cfg.model.pretrained = str(path)
+        notes.append(f"model.pretrained=tiny:{kind}: a tiny RANDOM-WEIGHT pipeline ({path}); outputs are not meaningful")
+    if str(cfg.data.path).startswith(PREFIX):
+        kind = cfg.data.path[len(PREFIX):]
+        path = workdir / f"data_{kind}"
+        jsonl = path / f"{kind}.jsonl"
+        if not jsonl.is_file():
+            write_tiny_data(kind, path)
+        cfg.data.path = str(jsonl)
+        notes.append(f"data.path=tiny:{kind}: generated colored-square preference data ({jsonl})")
+    return notes
