@@ -121,7 +121,10 @@ def token_logps(
     if mask is not None:
         scored = scored & mask[:, 1:].bool()
     safe_labels = torch.where(scored, shift_labels, torch.zeros_like(shift_labels))
-    logps = selective_log_softmax(logits[:, :-1], safe_labels, max_chunk_elements=max_chunk_elements)
+    # Score all T positions (the last one against a dummy label, then dropped) instead of slicing
+    # logits[:, :-1]: the slice is non-contiguous, and flattening it would copy the whole B x T x V tensor.
+    next_labels = torch.cat([safe_labels, safe_labels.new_zeros(labels.shape[0], 1)], dim=1)
+    logps = selective_log_softmax(logits, next_labels, max_chunk_elements=max_chunk_elements)[:, :-1]
     return logps.masked_fill(~scored, 0.0), scored
 
 

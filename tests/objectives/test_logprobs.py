@@ -112,3 +112,17 @@ def test_backward_keeps_no_fp32_copy_of_bf16_logits():
     assert big and all(dtype == torch.bfloat16 for dtype, _ in big), saved
     out.sum().backward()
     assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
+def test_token_logps_gradient_matches_log_softmax_path():
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(2, 6, 13, generator=gen)
+    labels = torch.randint(0, 13, (2, 6), generator=gen)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]])
+    ours = base.clone().requires_grad_()
+    ref = base.clone().requires_grad_()
+    sequence_logps(ours, labels, mask, max_chunk_elements=26)[0].sum().backward()
+    ref_logp = torch.log_softmax(ref[:, :-1], -1).gather(-1, labels[:, 1:, None]).squeeze(-1)
+    (ref_logp * mask[:, 1:]).sum().backward()
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-6, atol=1e-7)
+    assert (ours.grad[:, -1] == 0).all()  # the last position predicts nothing
