@@ -42,3 +42,12 @@ def tiny_lm(tmp_path_factory):
         "reference": lambda: build(reference_state),
         "out": tmp_path_factory.mktemp("trl_out"),
     }
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The models here are tiny: one intra-op thread is as fast and avoids oversubscribing the shared CI cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
