@@ -12,7 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import scorers
+from scorers.cards import available_scorers
+from scorers.loading import load_scorer
+from scorers.scorer import Scorer
 
 
 def parse_value(text: str) -> Any:
@@ -54,7 +56,7 @@ def add_scorer_arguments(parser, multiple: bool = False) -> None:
     """The scorer options shared by ``mmalign score`` / ``eval-scorer`` / ``label``."""
     parser.add_argument("--scorer", required=True,
                         help=("comma-separated scorer names" if multiple else "scorer name") +
-                        f" (cards: {', '.join(scorers.available_scorers())})")
+                        f" (cards: {', '.join(available_scorers())})")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint (local file/folder or hub id)" +
                         (" for a single scorer; use --scorer-arg NAME.checkpoint=... for several" if multiple else ""))
@@ -67,7 +69,7 @@ def add_scorer_arguments(parser, multiple: bool = False) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward")
 
 
-def load_scorers_from_args(args) -> dict[str, scorers.Scorer]:
+def load_scorers_from_args(args) -> dict[str, Scorer]:
     names = split_scorer_names(args.scorer)
     per = parse_scorer_args(names, args.scorer_arg)
     if args.checkpoint is not None:
@@ -77,5 +79,5 @@ def load_scorers_from_args(args) -> dict[str, scorers.Scorer]:
     loaded = {}
     for name in names:
         kwargs = {"device": args.device, "dtype": args.dtype, "autocast": args.autocast, **per[name]}
-        loaded[name] = scorers.load_scorer(name, **kwargs)
+        loaded[name] = load_scorer(name, **kwargs)
     return loaded
