@@ -51,3 +51,22 @@ def test_orpo_matches_trl_odds_ratio_loss():
     assert metrics["logits"].item() == pytest.approx(trl_log_odds.item(), abs=1e-5)
     with_nll, _ = preference_loss("orpo", chosen=chosen, rejected=rejected, beta=0.1)
     torch.testing.assert_close(with_nll, -chosen - trl_losses, rtol=1e-6, atol=1e-6)
+
+
+def test_cdpo_matches_trl_label_smoothed_sigmoid():
+    """cDPO = the label-smoothed sigmoid of older TRL DPO, still in ``CPOTrainer.cpo_loss`` (``loss_type="sigmoid"``).
+
+    CPO's logits are policy log-prob differences; with zero reference scores ours are the same numbers."""
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    chosen, rejected = mean_logps(2)
+    fake_self = SimpleNamespace(
+        alpha=0.0, loss_type="sigmoid", beta=0.7, label_smoothing=0.2,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+    )
+    trl_losses, _, _ = CPOTrainer.cpo_loss(fake_self, chosen, rejected)
+    zeros = torch.zeros_like(chosen)
+    ours, _ = preference_loss(
+        "cdpo", chosen=chosen, rejected=rejected, ref_chosen=zeros, ref_rejected=zeros, beta=0.7, label_smoothing=0.2
+    )
+    torch.testing.assert_close(ours, trl_losses, rtol=1e-6, atol=1e-6)
