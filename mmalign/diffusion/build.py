@@ -34,6 +34,8 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
         raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
     if cfg.lora.rank < 0:
         raise ConfigError("config key 'lora.rank' must be >= 0 (0 = full fine-tuning)")
+    if str(cfg.train.mixed_precision).lower() == "false":  # YAML 1.1 / OmegaConf read a bare `no` as a boolean
+        cfg.train.mixed_precision = "no"
     if cfg.train.mixed_precision not in WEIGHT_DTYPES:
         raise ConfigError(f"config key 'train.mixed_precision': '{cfg.train.mixed_precision}' (no, fp16, bf16)")
     if cfg.export.ema and cfg.lora.rank > 0:

@@ -60,3 +60,28 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+SMALL_RUN = [
+    "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
+    "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
+    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa",
+    "model.gradient_checkpointing=false", "data.resolution=32", "validation.prompts=[]",
+]
+
+
+@pytest.fixture
+def run_recipe(tmp_path):
+    """``run_recipe(config_name, model_dir, data_path, *overrides) -> summary`` through the real recipe file
+    (``recipes/diffusion.py`` executed with runpy, tiny models, 2 steps unless overridden)."""
+    import runpy
+
+    def run(config: str, model_dir: str, data_path: str, *overrides: str, out: str = "out") -> dict:
+        main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
+        argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / config), *SMALL_RUN,
+                f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={tmp_path / out}",
+                f"data.cache_dir={tmp_path / 'cache'}", *overrides]
+        return main(argv)
+
+    return run
