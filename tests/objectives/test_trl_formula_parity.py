@@ -13,6 +13,7 @@ import torch
 from mmalign.objectives import preference_loss
 
 pytest.importorskip("trl")
+pytestmark = pytest.mark.filterwarnings("ignore:You are importing from 'trl.experimental'")
 
 
 def mean_logps(seed):
