@@ -230,13 +230,14 @@ def train(
             f"dataset has {len(dataset)} examples, fewer than one global batch "
             f"({cfg.batch_size} x {accelerator.num_processes} processes)"
         )
-    step, micro_done, nonfinite_run, skipped_steps = 0, 0, 0, 0
+    step, micro_done, nonfinite_run, skipped_steps, loss_scale_skips = 0, 0, 0, 0, 0
     resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state = ckpt.read_state(resume_from)
         step, micro_done = state["step"], state["micro_batches"]
         nonfinite_run, skipped_steps = state.get("nonfinite_run", 0), state.get("skipped_steps", 0)
+        loss_scale_skips = state.get("loss_scale_skips", 0)
         accelerator.print(f"resumed from {resume_from} at step {step}")
 
     if accelerator.is_main_process and accelerator.log_with:
@@ -255,7 +256,7 @@ def train(
     def save(at_step: int) -> None:
         _write_checkpoint(accelerator, output_dir, at_step, cfg.keep_checkpoints, {
             "step": at_step, "micro_batches": micro_done, "nonfinite_run": nonfinite_run,
-            "skipped_steps": skipped_steps,
+            "skipped_steps": skipped_steps, "loss_scale_skips": loss_scale_skips,
         })
 
     while step < cfg.max_steps:
@@ -276,14 +277,21 @@ def train(
                 samples_seen += cfg.batch_size * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
-                grad_norm = (
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    if cfg.max_grad_norm > 0 else _grad_norm(params)
-                )
-                ok = _all_finite(accelerator, acc_loss, grad_norm)
+                if cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)  # unscales fp16 grads
+                else:
+                    if accelerator.scaler is not None:
+                        accelerator.unscale_gradients()
+                    grad_norm = _grad_norm(params)
+                loss_ok, grad_ok = _finite_flags(accelerator, acc_loss, grad_norm)
+                # fp16: with a GradScaler, a non-finite gradient of a finite loss is a loss-scale overflow.
+                # optimizer.step() lets the scaler skip the update and lower its scale; skipping the call
+                # here would freeze the scale and turn every later step into an overflow.
+                ok = loss_ok and (grad_ok or accelerator.scaler is not None)
                 if ok:
                     optimizer.step()
                     nonfinite_run = 0
+                    loss_scale_skips += int(not grad_ok)
                 else:
                     nonfinite_run += 1
                     skipped_steps += 1
@@ -326,6 +334,7 @@ def train(
     summary = {
         "steps": step,
         "skipped_steps": skipped_steps,
+        "loss_scale_skips": loss_scale_skips,
         "world_size": accelerator.num_processes,
         "train_seconds": elapsed,
         "final": history[-1] if history else {},
@@ -338,13 +347,13 @@ def train(
     return summary
 
 
-def _all_finite(accelerator: Accelerator, loss_sum: float, grad_norm: Any) -> bool:
-    """One decision for all ranks: step only if every rank's loss and the global grad norm are finite."""
-    flag = float(math.isfinite(loss_sum) and math.isfinite(_to_float(grad_norm)))
+def _finite_flags(accelerator: Accelerator, loss_sum: float, grad_norm: Any) -> tuple[bool, bool]:
+    """One decision for all ranks (one collective): (every rank's loss finite, grad norm finite everywhere)."""
+    flags = [float(math.isfinite(loss_sum)), float(math.isfinite(_to_float(grad_norm)))]
     if accelerator.num_processes > 1:
-        flag = float(accelerator.reduce(torch.tensor(flag, device=accelerator.device), reduction="sum"))
-        return flag == accelerator.num_processes
-    return bool(flag)
+        summed = accelerator.reduce(torch.tensor(flags, device=accelerator.device), reduction="sum").tolist()
+        return summed[0] == accelerator.num_processes, summed[1] == accelerator.num_processes
+    return bool(flags[0]), bool(flags[1])
 
 
 def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
