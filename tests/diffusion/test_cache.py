@@ -1,0 +1,61 @@
+"""The latent/text cache: reused by a second run (nothing re-encoded), invalidated by a resolution or model change;
+corrupt samples are counted and skipped in the first pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmalign.data import TooManyBadSamplesError, load_preference_data
+from mmalign.diffusion.adapter import load_parts
+from mmalign.diffusion.batches import CachedDataset, build_cache, collate_members
+from mmalign.diffusion.cache import LatentTextCache
+
+
+def _build(parts, data_path, root, resolution, **kw):
+    dataset = load_preference_data(data_path, kind="pairs", bad_image="drop", max_bad_fraction=0.5)
+    cache = LatentTextCache.for_model(parts, resolution, root)
+    entries, stats = build_cache(dataset, "pairs", parts, cache, resolution, "cpu", progress=False, **kw)
+    return cache, entries, stats
+
+
+def test_cache_reused_and_invalidated(tiny_model_dirs, data_dirs, tmp_path):
+    parts = load_parts(tiny_model_dirs["sd15"])
+    cache, entries, stats = _build(parts, data_dirs["pairs"], tmp_path, 32)
+    assert stats["images_encoded"] == 8 and stats["prompts_encoded"] == 4 and stats["skipped"] == 0
+
+    _, entries2, stats2 = _build(parts, data_dirs["pairs"], tmp_path, 32)
+    assert stats2["images_encoded"] == 0 and stats2["prompts_encoded"] == 0 and stats2["images_reused"] == 8
+    assert entries2 == entries
+
+    other_res, _, stats3 = _build(parts, data_dirs["pairs"], tmp_path, 16)
+    assert other_res.latent_dir != cache.latent_dir and stats3["images_encoded"] == 8
+    assert stats3["prompts_encoded"] == 0  # text embeddings do not depend on the resolution
+    assert other_res.get_image(entries[0]["image_keys"][0])["mean"].shape == (4, 8, 8)
+
+    other_model = load_parts(tiny_model_dirs["sd2v"])  # same architecture, different weights (seeded the same)
+    with torch.no_grad():
+        next(other_model.vae.parameters()).add_(0.01)
+    assert LatentTextCache.for_model(other_model, 32, tmp_path).latent_dir != cache.latent_dir
+
+    # cached examples collate into the [w; l] layout
+    batch = collate_members([CachedDataset(entries, cache)[i] for i in range(2)])
+    assert batch["latent_mean"].shape == (4, 4, 16, 16) and batch["prompt_embeds"].shape == (4, 77, 32)
+    assert batch["prompts"][:2] == batch["prompts"][2:] and batch["groups"] == 2
+
+
+def test_corrupt_image_is_counted_and_skipped(tiny_model_dirs, data_dirs, tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    src = Path(data_dirs["pairs"]).parent
+    data = tmp_path / "data"
+    shutil.copytree(src, data)
+    first = json.loads((data / "data.jsonl").read_text().splitlines()[0])
+    (data / first["chosen"]).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    parts = load_parts(tiny_model_dirs["sd15"])
+    _, entries, stats = _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, max_skip_fraction=0.5)
+    assert stats["skipped"] == 1 and len(entries) == 3
+    with pytest.raises(TooManyBadSamplesError, match="data.jsonl"):
+        _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, max_skip_fraction=0.1)
