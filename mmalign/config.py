@@ -72,6 +72,11 @@ def _check_keys(schema_cls: type, data: Any, prefix: str = "") -> None:
             raise ConfigError(f"unknown config key '{dotted}'; valid keys here: {', '.join(sorted(names))}")
         sub = hints.get(key)
         if dataclasses.is_dataclass(sub):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(
+                    f"config key '{dotted}' is a section and needs a mapping of its fields "
+                    f"({', '.join(f.name for f in dataclasses.fields(sub))}), got {value!r}"
+                )
             _check_keys(sub, value, f"{dotted}.")
 
 
@@ -87,11 +92,17 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.load(fh, Loader=_UniqueKeySafeLoader) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-        _check_keys(schema_cls, data)
+        try:
+            _check_keys(schema_cls, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
     dotlist = parse_overrides(overrides)
     if dotlist:
@@ -106,6 +117,19 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, "config")) from None
     return obj  # type: ignore[return-value]
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping (plain safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: config key '{key}' is repeated")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _check_key_path(schema_cls: type, dotted: str) -> None:
@@ -123,6 +147,11 @@ def _check_key_path(schema_cls: type, dotted: str) -> None:
                 f"unknown config key '{'.'.join(walked)}'; valid keys here: {', '.join(sorted(names))}"
             )
         node = typing.get_type_hints(node).get(part)
+    if dataclasses.is_dataclass(node):
+        raise ConfigError(
+            f"config key '{dotted}' is a section; override its fields instead, e.g. "
+            f"{dotted}.{dataclasses.fields(node)[0].name}=..."
+        )
 
 
 def _merge(base: Any, other: Any, source: str) -> Any:
