@@ -1,0 +1,71 @@
+"""Fixtures for the inversion / SmPO / InPO tests: tiny saved pipelines, a small pairs set, a recipe runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+SMALL_RUN = [
+    "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
+    "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
+    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa",
+    "model.gradient_checkpointing=false", "data.resolution=32", "validation.prompts=[]", "lora.rank=4",
+    "method.empty_prompt_prob=0.0",
+]
+
+
+def square(color: str, size: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(100, 140, size=(size, size, 3), dtype=np.uint8)
+    arr[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = COLORS[color]
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """``{"sd15": path, "sdxl": path}`` of saved tiny random-weight pipelines (real diffusers classes)."""
+    from mmalign.diffusion.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_inv_models")
+    return {kind: str(save_tiny_pipeline(kind, root / kind)) for kind in ("sd15", "sdxl")}
+
+
+@pytest.fixture(scope="session")
+def pairs_path(tmp_path_factory):
+    """4 pairs "a {color} square" (the square of that color preferred), written with the data package's writer."""
+    from mmalign.data import write_pairs_jsonl
+
+    names = list(COLORS)
+    rows = [{"prompt": f"a {names[i]} square", "chosen": square(names[i], seed=i),
+             "rejected": square(names[(i + 1) % 4], seed=10 + i)} for i in range(4)]
+    return str(write_pairs_jsonl(rows, tmp_path_factory.mktemp("inv_data") / "pairs.jsonl"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_recipe(tmp_path):
+    """``run_recipe(config_name, model_dir, data_path, *overrides) -> summary`` through ``recipes/diffusion.py``."""
+    import runpy
+
+    def run(config: str, model_dir: str, data_path: str, *overrides: str, out: str = "out") -> dict:
+        main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
+        argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / config), *SMALL_RUN,
+                f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={tmp_path / out}",
+                f"data.cache_dir={tmp_path / 'cache'}", *overrides]
+        return main(argv)
+
+    return run
