@@ -19,6 +19,7 @@ WEIGHT_FILES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pt",
     "model.safetensors", "pytorch_model.bin",
 )
+HUB_FOLDER_PATTERNS = ["*.json", "*.txt", "*.safetensors", "pytorch_model*.bin", "open_clip_pytorch_model*"]
 IGNORED_KEY_SUFFIXES = ("position_ids", "attn_mask")  # buffers some versions save and others do not
 
 
@@ -37,7 +38,8 @@ def resolve_checkpoint(ref: str | os.PathLike | None, what: str = "checkpoint") 
             if len(parts) == 2:
                 from huggingface_hub import snapshot_download
 
-                return Path(snapshot_download(repo_id=text))
+                # weights for torch only (hub CLIP repos also hold TF / Flax copies)
+                return Path(snapshot_download(repo_id=text, allow_patterns=HUB_FOLDER_PATTERNS))
             from huggingface_hub import hf_hub_download
 
             return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename=parts[2]))

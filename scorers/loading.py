@@ -28,7 +28,7 @@ def _dtype(value: str | torch.dtype) -> torch.dtype:
 
 def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
                 dtype: str | torch.dtype = torch.float32, autocast: str | None = None,
-                **card_overrides: Any) -> Scorer:
+                preprocess_workers: int | None = None, **card_overrides: Any) -> Scorer:
     """Build the scorer ``name`` (a card in ``scorers/cards`` or a card YAML path) and load its weights strictly.
 
     Args:
@@ -37,6 +37,7 @@ def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, devic
             For ``aesthetic`` this is the MLP head; its CLIP backbone is ``backbone_checkpoint=`` (a card field).
         device, dtype: where and in which weight dtype the models run.
         autocast: ``"bf16"`` / ``"fp16"``: run forwards under ``torch.autocast`` (weights stay in ``dtype``).
+        preprocess_workers: threads for PIL resizing (default ``min(8, cpu count)``).
         **card_overrides: card fields, e.g. ``arch="ViT-B-32"``, ``arch={<tiny open_clip or CLIPConfig dict>}``,
             ``backbone_checkpoint=<path>``, ``prefix=""``.
 
@@ -55,4 +56,5 @@ def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, devic
         head = None
     if backbone.image_size != card.image_size:  # the vision tower fixes the input size
         card = dataclasses.replace(card, image_size=backbone.image_size)
-    return Scorer(card, backbone, head, device=device, dtype=_dtype(dtype), autocast=autocast)
+    return Scorer(card, backbone, head, device=device, dtype=_dtype(dtype), autocast=autocast,
+                  preprocess_workers=preprocess_workers)

@@ -16,6 +16,8 @@ The torch path does the same geometry with ``F.interpolate(mode="bicubic", antia
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,23 +50,36 @@ def _normalize(pixels: torch.Tensor, card: ScorerCard) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def pil_to_pixels(images: list[Image.Image], card: ScorerCard) -> torch.Tensor:
-    """RGB PIL images -> normalised ``[B, 3, S, S]`` float32 pixels (the scorer's official PIL pipeline)."""
+def _pil_one(img: Image.Image, card: ScorerCard, out: np.ndarray) -> None:
+    """Resize + crop/pad one image into ``out`` ([S, S, 3] float32 in [0, 1], zero-initialised)."""
+    size = card.image_size
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    new_h, new_w = resized_size(img.height, img.width, card)
+    img = img.resize((new_w, new_h), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if card.resize == "longest":
+        top, left = max(size - new_h, 0) // 2, max(size - new_w, 0) // 2
+        arr = arr[:size, :size]
+        out[top : top + arr.shape[0], left : left + arr.shape[1]] = arr
+    else:
+        top, left = _crop_offset(new_h, size, card), _crop_offset(new_w, size, card)
+        out[:] = arr[top : top + size, left : left + size]
+
+
+def pil_to_pixels(images: list[Image.Image], card: ScorerCard, workers: int = 1) -> torch.Tensor:
+    """RGB PIL images -> normalised ``[B, 3, S, S]`` float32 pixels (the scorer's official PIL pipeline).
+
+    ``workers > 1`` resizes in a thread pool (PIL releases the GIL while resampling); results are identical.
+    """
     size = card.image_size
     out = np.zeros((len(images), size, size, 3), dtype=np.float32)
-    for i, img in enumerate(images):
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        new_h, new_w = resized_size(img.height, img.width, card)
-        img = img.resize((new_w, new_h), Image.BICUBIC)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        if card.resize == "longest":
-            top, left = max(size - new_h, 0) // 2, max(size - new_w, 0) // 2
-            arr = arr[:size, :size]
-            out[i, top : top + arr.shape[0], left : left + arr.shape[1]] = arr
-        else:
-            top, left = _crop_offset(new_h, size, card), _crop_offset(new_w, size, card)
-            out[i] = arr[top : top + size, left : left + size]
+    if workers > 1 and len(images) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(images))) as pool:
+            list(pool.map(lambda i: _pil_one(images[i], card, out[i]), range(len(images))))
+    else:
+        for i, img in enumerate(images):
+            _pil_one(img, card, out[i])
     return _normalize(torch.from_numpy(out).permute(0, 3, 1, 2), card)
 
 

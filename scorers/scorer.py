@@ -12,6 +12,7 @@ Formulas (spec §2, §3, §5, §6), with ``î``, ``t̂`` the L2-normalised proje
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,11 +40,12 @@ class Scorer:
         dtype: weight dtype (``torch.float32`` by default; bf16/fp16 for memory).
         autocast: ``"bf16"`` / ``"fp16"`` to run the forward under ``torch.autocast`` (weights stay in ``dtype``),
             as the official HPSv2 code does with fp16 on GPU.
+        preprocess_workers: threads for PIL resizing (default ``min(8, cpu count)``; 1 = none).
     """
 
     def __init__(self, card: ScorerCard, backbone: Backbone, head: nn.Module | None = None, *,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 autocast: str | None = None):
+                 autocast: str | None = None, preprocess_workers: int | None = None):
         if autocast not in _AUTOCAST:
             raise ValueError(f"autocast must be one of {sorted(k for k in _AUTOCAST if k)} or None, got {autocast!r}")
         if card.head == "aesthetic_mlp" and head is None:
@@ -54,6 +56,7 @@ class Scorer:
         self.device = torch.device(device)
         self.dtype = dtype
         self.autocast_dtype = _AUTOCAST[autocast]
+        self.preprocess_workers = preprocess_workers or min(8, os.cpu_count() or 1)
         backbone.module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.head = head.to(device=self.device, dtype=torch.float32).eval().requires_grad_(False) if head else None
 
@@ -112,7 +115,8 @@ class Scorer:
         texts = self._check_prompts(broadcast_prompts(prompts, len(pil))) if self.needs_text else None
         for start in range(0, len(pil), batch_size):
             chunk = pil[start : start + batch_size]
-            yield pil_to_pixels(chunk, self.card), (texts[start : start + batch_size] if texts else None)
+            pixels = pil_to_pixels(chunk, self.card, self.preprocess_workers)
+            yield pixels, (texts[start : start + batch_size] if texts else None)
 
     # ------------------------------------------------------------------------------------------------ public
     @torch.no_grad()
@@ -157,7 +161,8 @@ class Scorer:
         pil = to_pil_list(images)
         out = []
         for start in range(0, len(pil), batch_size):
-            px = pil_to_pixels(pil[start : start + batch_size], self.card).to(self.device, self.dtype)
+            px = pil_to_pixels(pil[start : start + batch_size], self.card, self.preprocess_workers)
+            px = px.to(self.device, self.dtype)
             with self._autocast():
                 feats = self.backbone.encode_image(px).float()
             out.append(F.normalize(feats, dim=-1) if normalize else feats)

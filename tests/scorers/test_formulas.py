@@ -123,6 +123,9 @@ def test_embeddings_and_batching(hps_checkpoint, images):
     torch.testing.assert_close(s.score(images, PROMPTS, raw=True), (e_img * e_txt).sum(-1), atol=1e-6, rtol=0)
     torch.testing.assert_close(s.score(images, PROMPTS, batch_size=3), s.score(images, PROMPTS, batch_size=8))
     torch.testing.assert_close(s.score(images, "a cat"), s.score(images, ["a cat"] * 8))
+    from scorers.preprocess import pil_to_pixels
+
+    assert torch.equal(pil_to_pixels(images, s.card, workers=4), pil_to_pixels(images, s.card, workers=1))
     out = s.score(images, PROMPTS)
     assert out.dtype == torch.float32 and out.device.type == "cpu" and out.shape == (8,)
 
