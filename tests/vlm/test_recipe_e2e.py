@@ -79,3 +79,28 @@ def test_config_runs_and_adapter_reproduces_logits(name, tiny_vlm, pairs_jsonl, 
 
         merged = AutoModelForImageTextToText.from_pretrained(out / "merged")
         torch.testing.assert_close(_logits(merged, processor, pairs_jsonl), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_full_finetuning_with_frozen_reference_copy(tiny_vlm, pairs_jsonl, tmp_path):
+    base = tiny_vlm("llava")
+    out = tmp_path / "full"
+    overrides = [
+        f"model.pretrained={base}", f"data.path={pairs_jsonl}", f"output_dir={out}", "lora.enabled=false",
+        "train.max_steps=2", "train.batch_size=2", "train.mixed_precision='no'", "model.dtype=float32",
+        "train.checkpoint_every=0", "train.warmup_steps=0", "train.lr=1e-3", "train.progress_bar=false",
+    ]
+    summary = _recipe().main(["--config", str(ROOT / "recipes/configs/vlm/llava_dpo.yaml"), *overrides])
+    first, second = summary["history"]
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # step 1: policy == frozen reference copy
+    assert second["loss"] != pytest.approx(0.693147, abs=1e-4)  # the policy moved, the reference did not
+    exported = load_trained(out / "adapter")  # a full model folder (no adapter_config.json)
+    assert not hasattr(exported, "peft_config")
+    model, processor = load_vlm(VLMModelConfig(pretrained=str(base)))
+    trained, _ = prepare_policy(model, VLMModelConfig(pretrained=str(base)),
+                                load_config(VLMRecipeConfig, None, ["model.pretrained=x", "data.path=x",
+                                                                    "lora.enabled=false"]).lora,
+                                needs_reference=False)
+    ckpt.load_trainable(trained, ckpt.latest_checkpoint(out))
+    torch.testing.assert_close(_logits(exported, processor, pairs_jsonl), _logits(trained, processor, pairs_jsonl),
+                               atol=0, rtol=0)

@@ -101,3 +101,20 @@ def test_per_sample_beta_enters_the_dpo_term(qwen_policy, vlm_rows):
     nll = -pw.sum() / n.chunk(2)[0].sum()  # MM-DPO gamma * token-mean NLL of the chosen completions
     expected = (-F.logsigmoid(betas * ((pw - rw) - (pl - rl)))).mean() + 0.25 * nll
     assert float(loss) == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss_kind", ["sigmoid", "simpo"])
+def test_training_moves_the_margin_the_right_way(make_policy, vlm_rows, loss_kind):
+    policy, processor = make_policy("qwen2vl", scale=0.0)  # fresh adapter: policy == reference
+    batch = VisionPreferenceCollator(processor)(vlm_rows)
+    method = VLMMethodConfig(loss=loss_kind, beta=0.1 if loss_kind == "sigmoid" else 2.0)
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    history = []
+    for _ in range(6):
+        loss, metrics = preference_step(policy, batch, method)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append((float(loss.detach()), float(metrics["rewards/margins"])))
+    assert history[-1][0] < history[0][0] - 0.05
+    assert history[-1][1] > history[0][1]
