@@ -102,7 +102,8 @@ def make_clips(count: int, seed: int = 0, test_fraction: float = 0.25) -> list[T
 
 def build_toy_videos(out_dir: str | Path, count: int = 96, seed: int = 0, num_frames: int = 8,
                      size: int = 56, fps: int = 8) -> Path:
-    """Write the clips as mp4 files plus ``manifest.jsonl`` (one :class:`ToyClip` + questions a line)."""
+    """Write the clips as mp4 files, ``manifest.jsonl`` (one :class:`ToyClip` + questions a line) and the
+    direction-question rows (:func:`write_direction_rows`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.jsonl"
@@ -111,7 +112,24 @@ def build_toy_videos(out_dir: str | Path, count: int = 96, seed: int = 0, num_fr
             frames = render_clip(clip.direction, clip.color, clip.shape, clip.seed, num_frames, size)
             write_video(out_dir / clip.video, frames, fps=fps)
             fh.write(json.dumps({**asdict(clip), "questions": clip.questions()}) + "\n")
+    write_direction_rows(manifest)
     return manifest
+
+
+def write_direction_rows(manifest: str | Path) -> list[Path]:
+    """``direction_{train,test}.jsonl`` next to the manifest: ``{video, question, answer}`` rows (SFT / VDPO
+    data for :mod:`recipes.video`) for the direction question of every clip."""
+    manifest = Path(manifest)
+    written = []
+    for split in ("train", "test"):
+        path = manifest.parent / f"direction_{split}.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for row in load_manifest(manifest, split):
+                q = row["questions"][0]
+                fh.write(json.dumps({"video": Path(row["video"]).name, "question": q["question"],
+                                     "answer": q["answer"]}) + "\n")
+        written.append(path)
+    return written
 
 
 def load_manifest(path: str | Path, split: str | None = None) -> list[dict]:

@@ -1,0 +1,62 @@
+"""Tiny random-weight video LLM folders (Qwen2-VL / Qwen2.5-VL) for tests and the toy video recipes.
+
+Builds on :mod:`mmalign.mllm.tiny` (offline BPE tokenizer, real processor and model classes) and swaps in a
+ChatML chat template that also renders ``{"type": "video"}`` parts as
+``<|vision_start|><|video_pad|><|vision_end|>``, as the real Qwen-VL templates do.
+
+Usage::
+
+    python -m mmalign.mllm.tiny_video qwen2vl /tmp/tiny-qwen2vl-video
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mmalign.mllm import tiny
+
+FAMILIES = ("qwen2vl", "qwen25vl")
+
+VIDEO_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_video_processor(family: str, tokenizer):
+    """The family's real processor with a video-capable chat template."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny video family '{family}'; choose one of {', '.join(FAMILIES)}")
+    processor = tiny.build_processor(family, tokenizer)
+    processor.chat_template = VIDEO_CHAT_TEMPLATE
+    return processor
+
+
+def build_tiny_video_llm(family: str = "qwen2vl", seed: int = 0):
+    """``(model, processor)``: a random-weight video LLM of ``family`` and its processor."""
+    tokenizer = tiny.build_tokenizer()
+    processor = build_video_processor(family, tokenizer)
+    model = tiny.build_model(family, tokenizer, seed)
+    return model, processor
+
+
+def write_tiny_video_llm(family: str, folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny video LLM + processor to ``folder`` (loadable with ``from_pretrained``)."""
+    folder = Path(folder)
+    model, processor = build_tiny_video_llm(family, seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+if __name__ == "__main__":  # pragma: no cover - CLI convenience
+    if len(sys.argv) != 3 or sys.argv[1] not in FAMILIES:
+        print(f"usage: python -m mmalign.mllm.tiny_video {{{'|'.join(FAMILIES)}}} OUT_DIR")
+        raise SystemExit(2)
+    print(write_tiny_video_llm(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,46 @@
+"""Direction accuracy of a video LLM on the toy clips (:mod:`mmalign.mllm.toy_videos`).
+
+For each clip the model scores the four one-word answers ``left / right / up / down`` to the direction question
+(summed completion log-probs, same batching as training) and the highest-scoring one is its answer —
+forced-choice accuracy, chance = 0.25. Greedy generation is available through
+:func:`mmalign.mllm.temple_pairs.generate_answer` when free-form answers are wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmalign.mllm.toy_videos import DIRECTIONS
+from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, forward_logits, score_logits
+
+
+@torch.no_grad()
+def direction_choices(model: torch.nn.Module, processor, clips: Sequence[tuple[np.ndarray, str]],
+                      batch_clips: int = 8, collate: VideoRowCollator | None = None) -> list[str]:
+    """The answer the model prefers for each ``(frames, question)`` (pass ``collate`` to reuse its cache)."""
+    collate = collate or VideoRowCollator(processor)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    try:
+        for start in range(0, len(clips), batch_clips):
+            chunk = clips[start:start + batch_clips]
+            items = [tuple(VideoRow(f, q, d) for d in DIRECTIONS) for f, q in chunk]
+            batch = {k: v.to(device) for k, v in collate(items).items()}
+            logps, _ = score_logits(forward_logits(model, batch), batch)
+            scores = logps.sum(-1).view(len(DIRECTIONS), len(chunk))  # rows are [all first; all second; ...]
+            answers += [DIRECTIONS[int(i)] for i in scores.argmax(0)]
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def direction_accuracy(model: torch.nn.Module, processor, clips: Sequence[tuple[np.ndarray, str]],
+                       truths: Sequence[str], collate: VideoRowCollator | None = None) -> float:
+    """Fraction of clips whose preferred answer equals the truth."""
+    answers = direction_choices(model, processor, clips, collate=collate)
+    return float(np.mean([a == t for a, t in zip(answers, truths)]))

@@ -1,0 +1,27 @@
+"""Shared fixtures of the video tests: a tiny random video LLM (real classes, offline tokenizer) and toy clips."""
+
+import pytest
+
+from mmalign.mllm.toy_videos import load_manifest
+from mmalign.mllm.video_io import VideoSampling, read_video
+
+TOY_MANIFEST = "assets/videos/toy/manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def toy_clips():
+    """``{split: [(frames, direction question, direction)]}`` of the shipped toy videos (8 frames, 56 px)."""
+    sampling = VideoSampling(num_frames=8, max_frames=8)
+    out = {}
+    for split in ("train", "test"):
+        rows = load_manifest(TOY_MANIFEST, split)
+        out[split] = [(read_video(r["video"], sampling).frames, r["questions"][0]["question"], r["direction"])
+                      for r in rows]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl():
+    from mmalign.mllm.tiny_video import build_tiny_video_llm
+
+    return build_tiny_video_llm("qwen2vl", seed=0)
