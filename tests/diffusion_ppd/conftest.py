@@ -1,0 +1,48 @@
+"""Shared fixtures for the PPD tests: tiny SD pipeline builders, user embeddings, per-user preference data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+
+
+def square(color: str, size: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(100, 140, size=(size, size, 3), dtype=np.uint8)
+    arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = COLORS[color]
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def sd15():
+    from mmalign.diffusion.tiny import tiny_pipeline
+
+    return tiny_pipeline("sd15", seed=0)
+
+
+@pytest.fixture(scope="session")
+def per_user_pairs(tmp_path_factory):
+    """A Pick-a-Pic-schema jsonl with ``user_id``: 3 users x 6 pairs; user u prefers color ``u``."""
+    from mmalign.data import write_pairs_jsonl
+
+    names = list(COLORS)
+    rows = []
+    for user in range(3):
+        for i in range(6):
+            good, bad = names[user], names[(user + 1 + i % 3) % 4]
+            rows.append({"prompt": f"a square number {i}", "chosen": square(good, seed=100 * user + i),
+                         "rejected": square(bad, seed=100 * user + 50 + i), "user_id": user})
+    path = tmp_path_factory.mktemp("ppd_data") / "per_user" / "data.jsonl"
+    return str(write_pairs_jsonl(rows, path))
