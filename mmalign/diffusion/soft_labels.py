@@ -1,0 +1,188 @@
+"""SmPO soft labels: reward-model scores of both images of every pair, computed once per data set and stored.
+
+Official SmPO (`` preprocessing.py``, spec §3) scores ``jpg_0``/``jpg_1`` of Pick-a-Pic offline with PickScore's
+**raw cosine** (unit-norm text and image embeddings, no logit scale) and hard-codes the global min/max of that
+cosine on Pick-a-Pic v2 for the normalisation. Here:
+
+* any scorer of the :mod:`scorers` API scores the pairs (``scorer.score(images, prompts, raw=True)``: the cosine for
+  cosine heads, the head output for the aesthetic MLP);
+* ``reward_min`` / ``reward_max`` are the min and max over **all scored images of the data set** (spec pitfall 3:
+  the official constants are data- and scorer-specific), stored with the scores;
+* the file (JSON, ``format: mmalign.smpo_soft_labels/1``) holds, per pair ``"<chosen_key>|<rejected_key>"``, the raw
+  rewards ``[r_chosen, r_rejected]`` in the data set's (human) order; the training step orders and weights pairs
+  (:mod:`mmalign.diffusion.smpo`). Its default location is keyed by a fingerprint of the data (image keys and
+  prompts) and the scorer (name, checkpoint, card options), so a second run on the same data reuses it.
+
+``scorer: tiny:<card>`` scores with a tiny random-weight checkpoint of that card written under the output folder
+(smoke tests / demos; the scores are meaningless), as ``model.pretrained: tiny:sd15`` does for the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+FORMAT = "mmalign.smpo_soft_labels/1"
+TINY = "tiny:"
+
+
+@dataclass
+class SmpoConfig:
+    scorer: str = "pickscore"
+    """Scorer card for the soft labels (scorers.load_scorer name or card YAML path; tiny:<card> = tiny random
+    weights for smoke tests). Official: PickScore raw cosine."""
+    scorer_checkpoint: str | None = None
+    """Scorer checkpoint (local path or hub id; null: the card's default)."""
+    scorer_options: dict[str, Any] = field(default_factory=dict)
+    """Card overrides passed to scorers.load_scorer (e.g. arch, backbone_checkpoint)."""
+    gamma: float = 10.0
+    """kappa = gamma * (2p - 1) (paper and code: 10)."""
+    order: str = "scorer"
+    """scorer: the higher-scored image is the winner (official 'data cleaning'); human: keep the data's labels
+    (kappa < 0 where the scorer disagrees — the same loss as the swapped pair, see mmalign.objectives.smoothed)."""
+    labels: str | None = None
+    """Soft-label file (JSON). null: <data cache root>/smpo_labels/<scorer>-<data+scorer fingerprint>.json,
+    computed on first use. An existing file given here is used as is."""
+    batch_size: int = 32
+    """Images per scorer forward while labelling."""
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def data_fingerprint(dataset, cfg: SmpoConfig) -> str:
+    """sha256 over the scorer identity and every pair's (chosen key, rejected key, prompt), read without decoding."""
+    h = hashlib.sha256(json.dumps([cfg.scorer, cfg.scorer_checkpoint, cfg.scorer_options], sort_keys=True,
+                                  default=str).encode())
+    for i in range(len(dataset)):
+        keys = dataset.image_keys(i)
+        if isinstance(keys, list):
+            h.update(("|".join(keys) + "\n" + str(dataset.records[i].prompt) + "\n").encode())
+    return h.hexdigest()[:16]
+
+
+def default_labels_path(dataset, cfg: SmpoConfig, cache_root: str | os.PathLike | None) -> Path:
+    from mmalign.diffusion.cache import default_cache_root
+
+    root = Path(cache_root) if cache_root else default_cache_root()
+    return root / "smpo_labels" / f"{_safe(cfg.scorer)}-{data_fingerprint(dataset, cfg)}.json"
+
+
+def load_label_scorer(cfg: SmpoConfig, workdir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The scorer of ``cfg`` through :func:`scorers.load_scorer` (``tiny:<card>``: tiny weights under ``workdir``)."""
+    import scorers
+
+    if cfg.scorer.startswith(TINY):
+        from scorers.tiny import save_tiny_scorer_checkpoints
+
+        card = cfg.scorer[len(TINY):]
+        kwargs = save_tiny_scorer_checkpoints(Path(workdir) / "tiny_scorer")
+        if card not in kwargs:
+            raise ValueError(f"method.smpo.scorer: no tiny checkpoint for '{card}' ({', '.join(kwargs)})")
+        return scorers.load_scorer(card, device=device, **kwargs[card])
+    return scorers.load_scorer(cfg.scorer, checkpoint=cfg.scorer_checkpoint, device=device, **cfg.scorer_options)
+
+
+@torch.no_grad()
+def score_pairs(dataset, scorer, batch_size: int = 32, progress: bool = True) -> tuple[dict[str, list[float]], int]:
+    """``({"<chosen_key>|<rejected_key>": [r_chosen, r_rejected]}, skipped)`` — raw rewards of every readable pair
+    (dual-caption pairs are scored against their own captions)."""
+    from mmalign.data import BadSample
+
+    pairs: dict[str, list[float]] = {}
+    skipped = 0
+    buffer: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        images = [im for it in buffer for im in (it["chosen"], it["rejected"])]
+        prompts = [p for it in buffer for p in (it.get("prompt_chosen") or it["prompt"],
+                                                 it.get("prompt_rejected") or it["prompt"])]
+        raw = scorer.score(images, prompts, raw=True, batch_size=batch_size).double().view(-1, 2)
+        for it, (r_c, r_r) in zip(buffer, raw.tolist()):
+            pairs[f"{it['chosen_key']}|{it['rejected_key']}"] = [r_c, r_r]
+        buffer.clear()
+
+    for i in tqdm(range(len(dataset)), desc="SmPO soft labels", disable=not progress):
+        item = dataset.read(i) if hasattr(dataset, "read") else dataset[i]
+        if item is None or isinstance(item, BadSample):
+            skipped += 1
+            continue
+        buffer.append(item)
+        if 2 * len(buffer) >= batch_size:
+            flush()
+    if buffer:
+        flush()
+    return pairs, skipped
+
+
+def write_soft_labels(path: str | os.PathLike, pairs: dict[str, list[float]], *, scorer: str,
+                      source: str, skipped: int = 0) -> dict[str, Any]:
+    """Write the soft-label file atomically; min/max over all scored images; returns the written dict."""
+    if not pairs:
+        raise ValueError(f"no readable pair to score in {source}")
+    values = [r for pair in pairs.values() for r in pair]
+    disagree = sum(1 for r_c, r_r in pairs.values() if r_r > r_c)
+    doc = {"format": FORMAT, "scorer": scorer, "source": source, "reward": "raw", "reward_min": min(values),
+           "reward_max": max(values), "num_pairs": len(pairs), "skipped": skipped,
+           "scorer_disagrees_with_label": disagree, "pairs": pairs}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+    return doc
+
+
+@dataclass
+class SoftLabels:
+    """A loaded soft-label file: raw rewards per pair and the data set's min/max."""
+
+    pairs: dict[str, list[float]]
+    reward_min: float
+    reward_max: float
+    path: str
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SoftLabels:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an SmPO soft-label file (format {doc.get('format')!r}, expected {FORMAT})")
+        return cls(doc["pairs"], float(doc["reward_min"]), float(doc["reward_max"]), str(path))
+
+    def rewards(self, chosen_keys: list[str], rejected_keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw rewards ``(r_chosen [B], r_rejected [B])`` (float64) of the pairs in the data set's order."""
+        out = []
+        for c, r in zip(chosen_keys, rejected_keys):
+            value = self.pairs.get(f"{c}|{r}")
+            if value is None:
+                raise KeyError(f"{self.path}: no soft label for the pair chosen={c} rejected={r}; the file was made "
+                               "for other data — delete it (or set method.smpo.labels) to recompute")
+            out.append(value)
+        t = torch.tensor(out, dtype=torch.float64).view(-1, 2)
+        return t[:, 0], t[:, 1]
+
+
+def prepare_soft_labels(cfg, dataset, accelerator=None) -> Path:
+    """Recipe hook: make sure the soft labels of ``dataset`` exist (score on the main process on first use) and set
+    ``cfg.method.smpo.labels`` to the file. ``cfg`` is the diffusion recipe config."""
+    smpo = cfg.method.smpo
+    path = Path(smpo.labels) if smpo.labels else default_labels_path(dataset, smpo, cfg.data.cache_dir)
+    is_main = accelerator is None or accelerator.is_main_process
+    if is_main and not path.is_file():
+        device = accelerator.device if accelerator is not None else "cpu"
+        scorer = load_label_scorer(smpo, Path(cfg.output_dir) / "tiny_inputs", device)
+        pairs, skipped = score_pairs(dataset, scorer, smpo.batch_size, progress=cfg.train.progress_bar)
+        write_soft_labels(path, pairs, scorer=smpo.scorer, source=str(cfg.data.path), skipped=skipped)
+        del scorer
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    smpo.labels = str(path)
+    return path
