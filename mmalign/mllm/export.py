@@ -68,3 +68,27 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
         processor = AutoProcessor.from_pretrained(base or merged.config._name_or_path)
     processor.save_pretrained(output_dir)
     return output_dir
+
+
+def vlm_adapter_source(path: str | os.PathLike) -> Path | None:
+    """The VLM export folder behind ``path``: the folder itself when it holds a peft adapter, or the
+    ``adapter/`` sub-folder of a ``recipes/vlm.py`` run; ``None`` when ``path`` is neither."""
+    path = Path(path)
+    for candidate in (path, path / "adapter"):
+        if is_peft_adapter_dir(candidate):
+            return candidate
+    return None
+
+
+def export_vlm(path: str | os.PathLike, out: str | os.PathLike, *, merge: bool, base: str | None = None) -> Path:
+    """``mmalign export`` for VLM runs: ``--merge`` writes base + adapter merged into a full transformers
+    folder; without it the peft adapter folder (+ processor) is copied to ``out``."""
+    import shutil
+
+    source = vlm_adapter_source(path)
+    if source is None:
+        raise ValueError(f"{path}: neither a peft adapter folder nor a VLM run folder with adapter/")
+    if merge:
+        return merge_adapter(source, out, base=base)
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    return Path(out)

@@ -95,7 +95,7 @@ def lora_policy(folder, *, seed: int = 0, scale: float = 0.5):
     from mmalign.mllm.vlm_config import LoraSettings, VLMModelConfig
     from mmalign.mllm.vlm_model import load_vlm, prepare_policy
 
-    model, processor = load_vlm(VLMModelConfig(pretrained=str(folder), attn_implementation="eager"))
+    model, processor = load_vlm(VLMModelConfig(pretrained=str(folder)))
     policy, _ = prepare_policy(model, VLMModelConfig(pretrained=str(folder)), LoraSettings(r=4, alpha=8),
                                needs_reference=True)
     g = torch.Generator().manual_seed(seed)

@@ -104,3 +104,21 @@ def test_full_finetuning_with_frozen_reference_copy(tiny_vlm, pairs_jsonl, tmp_p
     ckpt.load_trainable(trained, ckpt.latest_checkpoint(out))
     torch.testing.assert_close(_logits(exported, processor, pairs_jsonl), _logits(trained, processor, pairs_jsonl),
                                atol=0, rtol=0)
+
+
+def test_export_vlm_merges_an_adapter_folder(make_policy, tiny_vlm, pairs_jsonl, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from mmalign.mllm.export import export_vlm, save_trained
+
+    policy, processor = make_policy("qwen25vl")
+    save_trained(policy, processor, tmp_path / "run" / "adapter")
+    copied = export_vlm(tmp_path / "run", tmp_path / "copy", merge=False)
+    merged = export_vlm(tmp_path / "run", tmp_path / "merged", merge=True, base=str(tiny_vlm("qwen25vl")))
+    expected = _logits(policy, processor, pairs_jsonl)
+    torch.testing.assert_close(_logits(load_trained(copied, base=str(tiny_vlm("qwen25vl"))), processor, pairs_jsonl),
+                               expected, atol=0, rtol=0)
+    torch.testing.assert_close(_logits(AutoModelForImageTextToText.from_pretrained(merged), processor, pairs_jsonl),
+                               expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="neither a peft adapter"):
+        export_vlm(tmp_path, tmp_path / "x", merge=True)
