@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     def grid(name: str) -> str:
         path = output_dir / "validation" / f"{name}.png"
         render_grid(parts.pipeline, val.prompts, path, size=size, steps=val.num_inference_steps,
-                    guidance=val.guidance_scale, seed=val.seed, device=accelerator.device)
+                    guidance=val.guidance_scale, seed=val.seed, device=accelerator.device,
+                    autocast=accelerator.autocast)
         return str(path)
 
     validate_fn = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,15 +27,18 @@ def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
 
 @torch.no_grad()
 def render_grid(pipe, prompts: list[str], out_path: str | os.PathLike, *, size: int, steps: int, guidance: float,
-                seed: int, device: torch.device | str, num_images: int = 1) -> Path:
-    """Sample ``num_images`` images per prompt with fixed seeds and save the grid PNG."""
+                seed: int, device: torch.device | str, num_images: int = 1,
+                autocast: Callable[[], object] = nullcontext) -> Path:
+    """Sample ``num_images`` images per prompt with fixed seeds and save the grid PNG. ``autocast`` (e.g.
+    ``accelerator.autocast``) lets a bf16/fp16 UNet feed a float32 VAE."""
     pipe.set_progress_bar_config(disable=True)
     images = []
     for prompt in prompts:
         for j in range(num_images):
             generator = torch.Generator(device="cpu").manual_seed(seed + j)
-            images += pipe(prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
-                           generator=generator, output_type="pil").images
+            with autocast():
+                images += pipe(prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+                               generator=generator, output_type="pil").images
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, rows=len(prompts)).save(out)

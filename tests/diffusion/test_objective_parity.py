@@ -50,10 +50,11 @@ def _official_errors(unet, scheduler, x0, cond, t, noise, prediction_type):
     return ((pred - target) ** 2).mean(dim=(1, 2, 3))
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sd2v"])
-def test_dpo_loss_matches_official_formula(tiny_model_dirs, kind):
-    beta = 5000.0
-    parts, ctx, batch = _setup(tiny_model_dirs[kind], MethodConfig(name="dpo", beta=beta))
+@pytest.mark.parametrize("kind,loss_type", [("sd15", "sigmoid"), ("sd2v", "sigmoid"), ("sd15", "hinge"),
+                                            ("sd2v", "ipo")])
+def test_dpo_loss_matches_official_formula(tiny_model_dirs, kind, loss_type):
+    beta = 100.0 if loss_type == "hinge" else 5000.0  # keep the hinge inside its linear part
+    parts, ctx, batch = _setup(tiny_model_dirs[kind], MethodConfig(name="dpo", beta=beta, loss_type=loss_type))
     assert parts.prediction_type == {"sd15": "epsilon", "sd2v": "v_prediction"}[kind]
     torch.manual_seed(123)
     loss, metrics = dpo_step(ctx, parts.unet, batch)
@@ -69,13 +70,17 @@ def test_dpo_loss_matches_official_formula(tiny_model_dirs, kind):
         e_ref = _official_errors(parts.unet, parts.scheduler, x0, cond, t2, noise2, parts.prediction_type)
         parts.unet.enable_adapters()
     (e_w, e_l), (r_w, r_l) = e.chunk(2), e_ref.chunk(2)
-    official = -F.logsigmoid(-beta / 2 * ((e_w - e_l) - (r_w - r_l))).mean()
+    inside = -beta / 2 * ((e_w - e_l) - (r_w - r_l))
+    official = {  # official sigmoid; diffusers --loss_type hinge / ipo on the same logits (spec §1)
+        "sigmoid": -F.logsigmoid(inside),
+        "hinge": torch.relu(1 - inside),
+        "ipo": (inside / beta - 1 / (2 * beta)) ** 2,
+    }[loss_type].mean()
     assert (e - e_ref).abs().max() > 1e-6, "policy and reference must differ for a meaningful check"
     assert 0.0 < float(official) and float(official) != pytest.approx(math.log(2), abs=1e-4)
     torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(metrics["model_mse"], e.mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(metrics["ref_mse"], e_ref.mean(), rtol=1e-5, atol=1e-6)
-    inside = -beta / 2 * ((e_w - e_l) - (r_w - r_l))
     assert float(metrics["implicit_acc"]) == pytest.approx(float((inside > 0).float().mean()))
     # adapters are enabled again after the reference pass
     assert all(p.requires_grad for n, p in parts.unet.named_parameters() if "lora_" in n)
@@ -128,6 +133,17 @@ def test_kto_step_matches_diffusion_kto(tiny_model_dirs):
     y = batch["label"].float() * 2 - 1
     official = (1 - torch.sigmoid(y * 1000.0 * (g_ - z0))).mean()
     torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-6)
+
+
+def test_sdxl_time_ids_of_a_non_square_image():
+    from PIL import Image
+
+    from mmalign.diffusion.adapter import constant_time_ids, preprocess_image
+
+    pixels, time_ids = preprocess_image(Image.new("RGB", (48, 32), (255, 0, 0)), 32)
+    assert pixels.shape == (3, 32, 32) and float(pixels.max()) == 1.0 and float(pixels.min()) == -1.0
+    assert time_ids.tolist() == [32, 48, 0, 8, 32, 32]  # original (h, w), crop (top, left), target (h, w)
+    assert constant_time_ids(2, 1024, "cpu").tolist() == [[1024, 1024, 0, 0, 1024, 1024]] * 2
 
 
 def test_shared_timesteps_and_noise_layout():

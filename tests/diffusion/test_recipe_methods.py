@@ -106,3 +106,19 @@ def test_kto_sd15(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
     _check_outputs(summary, tmp_path / "out")
     assert summary["history"][0]["loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - sigmoid(0) at policy == reference
     assert _lora_moved(tmp_path / "out") > 0
+
+
+def test_uncached_sdxl_bf16_original_time_ids(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
+    """Pixels encoded in the step (data.cache=false), flip, per-sample SDXL time ids, empty-prompt dropout, bf16
+    autocast with a bf16 frozen base and fp32 LoRA weights, gradient checkpointing, validation through fp32 VAE."""
+    summary = run_recipe(
+        "sdxl_dpo.yaml", tiny_model_dirs["sdxl"], data_dirs["pairs"], "data.cache=false", "data.random_flip=true",
+        "method.sdxl_time_ids=original", "method.empty_prompt_prob=0.5", "train.mixed_precision=bf16",
+        "model.gradient_checkpointing=true", "validation.prompts=[a red square]", "validation.num_inference_steps=2",
+    )
+    _check_outputs(summary, tmp_path / "out")
+    assert summary["data"]["cache"] is False and summary["data"]["skips"]["bad_samples"] == 0
+    assert summary["setup"]["weight_dtype"] == "bfloat16" and summary["setup"]["gradient_checkpointing"]
+    assert summary["history"][0]["loss"] == pytest.approx(LOG2, abs=1e-6)
+    assert _lora_moved(tmp_path / "out") > 0
+    assert (tmp_path / "out" / "validation" / "step_000002.png").is_file()
