@@ -1,0 +1,56 @@
+"""Embed every user of a data set from its shots (through the disk cache), per ``method.ppd``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmalign.diffusion.ppd.config import PpdConfig
+from mmalign.diffusion.ppd.data import read_shots
+from mmalign.diffusion.ppd.embeddings import (
+    UserEmbeddingCache,
+    clip_source_id,
+    clip_user_embedding,
+    load_vlm,
+    vlm_source_id,
+    vlm_user_embedding,
+)
+
+EMBEDDINGS = ("vlm", "clip")
+
+
+def embed_users(cfg: PpdConfig, dataset, splits: dict[Any, tuple[list[int], list[int]]], cache_dir: str | Path,
+                device: str | torch.device = "cpu") -> tuple[dict[Any, torch.Tensor], dict[str, Any]]:
+    """``({user: embedding (S, H)}, stats)``; the model (VLM or scorer) is loaded only when the cache misses."""
+    if cfg.embedding not in EMBEDDINGS:
+        raise ValueError(f"method.ppd.embedding: unknown '{cfg.embedding}' ({', '.join(EMBEDDINGS)})")
+    if cfg.embedding == "vlm":
+        if not cfg.vlm:
+            raise ValueError("method.ppd.vlm: a VLM path or hub id is needed for embedding=vlm")
+        cache = UserEmbeddingCache(cache_dir, vlm_source_id(cfg.vlm, cfg.max_new_tokens))
+    else:
+        cache = UserEmbeddingCache(cache_dir, clip_source_id(cfg.scorer, cfg.scorer_checkpoint))
+    loaded: dict[str, Any] = {}
+
+    def compute(shots):
+        if cfg.embedding == "vlm":
+            if "vlm" not in loaded:
+                loaded["vlm"] = load_vlm(cfg.vlm, cfg.vlm_dtype, device, cfg.trust_remote_code)
+            return vlm_user_embedding(*loaded["vlm"], shots, max_new_tokens=cfg.max_new_tokens)
+        if "scorer" not in loaded:
+            from scorers import load_scorer
+
+            loaded["scorer"] = load_scorer(cfg.scorer, cfg.scorer_checkpoint, device=device)
+        return clip_user_embedding(loaded["scorer"], shots), ""
+
+    embeddings, hits = {}, 0
+    for user, (shot_idx, _) in splits.items():
+        embeddings[user], cached = cache.get_or_compute(read_shots(dataset, shot_idx), compute)
+        hits += int(cached)
+    shapes = {tuple(e.shape) for e in embeddings.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"user embeddings of different shapes {sorted(shapes)} in {cache_dir}")
+    return embeddings, {"embedding": cfg.embedding, "users_embedded": len(embeddings) - hits,
+                        "users_from_cache": hits, "embedding_shape": list(shapes.pop()) if shapes else None}
