@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
         ref_model.to(accelerator.device)
 
     def step_fn(model, batch):
-        skips.update(batch)
-        return preference_step(model, batch, method, ref_model=ref_model, share_features=share_features)
+        skips.update(batch)  # unreadable images: counted, stop past data.max_bad_fraction
+        with accelerator.autocast():  # also covers the vision encoder and the reference copy
+            return preference_step(model, batch, method, ref_model=ref_model, share_features=share_features)
 
     summary = train(cfg.train, output_dir=cfg.output_dir, model=policy, dataset=dataset, step_fn=step_fn,
                     collate_fn=collate, accelerator=accelerator, run_config=to_dict(cfg))

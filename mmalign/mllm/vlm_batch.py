@@ -153,20 +153,29 @@ class VisionPreferenceCollator:
         rows, bad = split_bad(items)
         rendered = [render_row(self.processor, r) for r in rows]
         extra_images = [self._extra_image(r) for r in rows] if self.extra != "none" else None
-        rows, rendered, extra_images, n_overlong = self._drop_overlong(rows, rendered, extra_images)
+        batch, n_overlong = None, 0
+        while rows:
+            batch, lengths = self._build(rows, rendered, extra_images)
+            over = [i for i, n in enumerate(lengths) if self.max_length is not None and n >= self.max_length]
+            if not over:
+                break
+            if self.on_overlong == "error":
+                i = over[0]
+                raise OverlongPromptError(
+                    f"row {rows[i].id}: prompt is {lengths[i]} tokens including its visual tokens, which leaves no "
+                    f"room for the completion within max_length={self.max_length}; visual tokens are never "
+                    f"truncated — raise data.max_length or set data.on_overlong=drop"
+                )
+            keep = [i for i in range(len(rows)) if i not in over]  # drop, count, and encode the rest again
+            n_overlong += len(over)
+            rows, rendered = [rows[i] for i in keep], [rendered[i] for i in keep]
+            extra_images = None if extra_images is None else [extra_images[i] for i in keep]
         if not rows:
             if bad and not n_overlong:  # only unreadable images: an empty batch the step skips (counted)
                 return {"row_ids": [], "skipped": bad, "n_bad": len(bad), "n_overlong": 0}
             raise ValueError(f"every row of this batch was dropped ({n_overlong} overlong, {len(bad)} unreadable); "
                              "raise data.max_length or fix the data")
-        prompts = [p for p, _, _ in rendered]
-        pair, vision = self._encode(prompts, [r.images for r in rows],
-                                    [[c for _, c, _ in rendered], [x for _, _, x in rendered]])
-        batch: dict[str, Any] = {"pair": pair, "vision": vision, "row_ids": [r.id for r in rows],
-                                 "n_bad": len(bad), "n_overlong": n_overlong, "skipped": bad}
-        if extra_images is not None:
-            batch["extra"], batch["extra_vision"] = self._encode(prompts, [[im] for im in extra_images],
-                                                                 [[c for _, c, _ in rendered]])
+        batch.update({"row_ids": [r.id for r in rows], "n_bad": len(bad), "n_overlong": n_overlong, "skipped": bad})
         names = sorted({k for r in rows for k in r.rewards})
         batch["rewards"] = {k: torch.tensor([r.rewards.get(k, float("nan")) for r in rows]) for k in names}
         return batch
@@ -180,34 +189,21 @@ class VisionPreferenceCollator:
         rng = random.Random(f"{self.seed}:{row.id}:{self._calls}")
         return mdpo_crop(row.images[0], self.crop_scale, rng)
 
-    def _prompt_lengths(self, prompts: list[str], images: list[list[Image.Image]]) -> list[int]:
-        out = self.processor(images=images, text=prompts, padding=True, return_tensors="pt",
-                             add_special_tokens=False)
-        return out["attention_mask"].sum(1).tolist()
-
-    def _drop_overlong(self, rows, rendered, extra_images):
-        if self.max_length is None:
-            return rows, rendered, extra_images, 0
+    def _build(self, rows, rendered, extra_images) -> tuple[dict[str, Any], list[int]]:
+        """The batch tensors and each row's longest prompt length (with visual tokens)."""
         prompts = [p for p, _, _ in rendered]
-        lengths = self._prompt_lengths(prompts, [r.images for r in rows])
+        pair, vision, lengths = self._encode(prompts, [r.images for r in rows],
+                                             [[c for _, c, _ in rendered], [x for _, _, x in rendered]])
+        batch: dict[str, Any] = {"pair": pair, "vision": vision}
         if extra_images is not None:
-            extra_len = self._prompt_lengths(prompts, [[im] for im in extra_images])
-            lengths = [max(a, b) for a, b in zip(lengths, extra_len)]
-        keep = [i for i, n in enumerate(lengths) if n < self.max_length]
-        if len(keep) == len(rows):
-            return rows, rendered, extra_images, 0
-        first = next(i for i in range(len(rows)) if i not in keep)
-        if self.on_overlong == "error":
-            raise OverlongPromptError(
-                f"row {rows[first].id}: prompt is {lengths[first]} tokens including its visual tokens, which leaves "
-                f"no room for the completion within max_length={self.max_length}; visual tokens are never "
-                f"truncated — raise data.max_length or set data.on_overlong=drop"
-            )
-        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
-        return pick(rows), pick(rendered), pick(extra_images), len(rows) - len(keep)
+            batch["extra"], batch["extra_vision"], extra_lengths = self._encode(
+                prompts, [[im] for im in extra_images], [[c for _, c, _ in rendered]])
+            lengths = [max(a, b) for a, b in zip(lengths, extra_lengths)]
+        return batch, lengths
 
     def _encode(self, prompts: list[str], images: list[list[Image.Image]], groups: list[list[str]]):
-        """Rows ``group_0 ; group_1 ; ...`` each = prompt_i ⊕ completion; vision tensors for the B prompts only."""
+        """Rows ``group_0 ; group_1 ; ...`` each = prompt_i ⊕ completion; vision tensors for the B prompts only;
+        and the B prompt lengths (the caller rejects rows whose prompt alone reaches ``max_length``)."""
         proc = self.processor(images=images, text=prompts, padding=True, padding_side="left",
                               return_tensors="pt", add_special_tokens=False)
         times = len(groups)
@@ -228,7 +224,7 @@ class VisionPreferenceCollator:
         text = {"input_ids": ids, "attention_mask": attn, "completion_mask": completion}
         text.update(dict(zip(type_keys, types)))
         vision = {k: v for k, v in proc.items() if k not in ("input_ids", "attention_mask", *TYPE_ID_KEYS)}
-        return text, vision
+        return text, vision, proc["attention_mask"].sum(1).tolist()
 
 
 def mdpo_crop(image: Image.Image, scale: tuple[float, float], rng: random.Random,

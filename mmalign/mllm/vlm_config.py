@@ -35,8 +35,11 @@ class LoraSettings:
     enabled: bool = True
     """LoRA adapter (reference = adapters disabled); false: full fine-tuning with a frozen reference copy."""
     r: int = 16
+    """LoRA rank."""
     alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
     dropout: float = 0.0
+    """LoRA dropout (0 keeps policy forwards deterministic, as TRL's disable_dropout does for the model)."""
     target_modules: str = "all-linear"
     """``all-linear`` = every linear layer of the language model (vision tower and projector excluded when
     ``model.freeze_vision``; lm_head always excluded), or a comma-separated list of module-name suffixes."""
@@ -86,6 +89,7 @@ class VLMDataConfig:
     path: str = MISSING
     """jsonl file, parquet file/folder, ``save_to_disk`` folder or hub dataset id."""
     split: str | None = None
+    """Split of a ``DatasetDict`` folder / hub dataset / split-named parquet folder (default: train)."""
     image_root: str | None = None
     """Folder that relative image paths resolve against (default: the data file's folder)."""
     extra_image_field: str | None = None
@@ -117,9 +121,16 @@ class VLMRecipeConfig:
     """``recipes/vlm.py`` configuration."""
 
     output_dir: str = "outputs/vlm"
+    """Run folder: checkpoints/, logs/ (TensorBoard), summary.json, adapter/ (and merged/)."""
     model: VLMModelConfig = field(default_factory=VLMModelConfig)
+    """Model, dtype, vision freezing."""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA (default) or full fine-tuning."""
     method: VLMMethodConfig = field(default_factory=VLMMethodConfig)
+    """Objective: DPO-family kind, mDPO / rDPO terms, beta mode."""
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
+    """Preference rows and batching limits."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, precision, checkpoints (the shared training loop's config)."""
     export: VLMExportConfig = field(default_factory=VLMExportConfig)
+    """What to write at the end."""

@@ -9,7 +9,7 @@ import pytest
 from mmalign.data.errors import DataFormatError, TooManyBadSamplesError
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.vlm_rows import VLMPreferenceDataset
-from mmalign.mllm.vlm_batch import OverlongPromptError, VisionPreferenceCollator
+from mmalign.mllm.vlm_batch import OverlongPromptError, VisionPreferenceCollator, render_row
 
 
 def _edit(path, index, **changes):
@@ -77,11 +77,7 @@ def test_prompt_longer_than_max_length(pairs_jsonl, tiny_vlm):
     processor = AutoProcessor.from_pretrained(tiny_vlm("qwen2vl"))
     ds = VLMPreferenceDataset(pairs_jsonl)
     rows = [ds[0], ds[3]]  # img3 is 56x32 → more visual tokens than img0 (32x32)
-    lengths = VisionPreferenceCollator(processor)._prompt_lengths(
-        [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                         {"type": "text", "text": "What color is the shape?"}]}],
-                                       add_generation_prompt=True, tokenize=False)] * 2,
-        [r.images for r in rows])
+    _, lengths = VisionPreferenceCollator(processor)._build(rows, [render_row(processor, r) for r in rows], None)
     assert lengths[1] > lengths[0]
     limit = lengths[1]  # row0 fits (with its completion cut), row3 leaves no room for a completion token
     with pytest.raises(OverlongPromptError, match="row row3.*visual tokens are never truncated"):
