@@ -25,7 +25,8 @@ from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.methods import StepContext, make_step_fn
 from mmalign.diffusion.placeholders import resolve_placeholders
 from mmalign.diffusion.reference import unwrap
-from mmalign.diffusion.validation import render_grid
+from mmalign.diffusion.soft_labels import prepare_soft_labels
+from mmalign.diffusion.validation import load_validation_scorer, render_grid
 from mmalign.train import make_accelerator, train, write_summary
 
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Data (validated records, lazy images) and the pipeline.
     dataset = load_data(cfg, kind)
+    if cfg.method.name == "smpo":  # scorer soft labels: computed once per data set, stored, reused
+        prepare_soft_labels(cfg, dataset, accelerator)
     parts = load_parts(cfg.model.pretrained, cfg.model.revision, cfg.model.prediction_type)
 
     # 3. Training set: cached latents/text (first pass) or pixels encoded in the step.
@@ -74,20 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
     val = cfg.validation
     size = val.height or cfg.data.resolution
 
-    def grid(name: str) -> str:
-        path = output_dir / "validation" / f"{name}.png"
-        render_grid(parts.pipeline, val.prompts, path, size=size, steps=val.num_inference_steps,
-                    guidance=val.guidance_scale, seed=val.seed, device=accelerator.device,
-                    autocast=accelerator.autocast)
-        return str(path)
+    scorer = load_validation_scorer(val, accelerator.device)
 
-    validate_fn = None
+    def grid(name: str) -> dict:
+        return render_grid(parts.pipeline, val.prompts, output_dir / "validation" / f"{name}.png", size=size,
+                           steps=val.num_inference_steps, guidance=val.guidance_scale, seed=val.seed,
+                           device=accelerator.device, autocast=accelerator.autocast, scorer=scorer)
+
+    validate_fn, reference_validation = None, {}
     if val.prompts:
         if accelerator.is_main_process:
-            grid("reference")
+            reference_validation = grid("reference")
 
         def validate_fn(step: int) -> dict:
-            return {"grid": grid(f"step_{step:06d}")} if accelerator.is_main_process else {}
+            return grid(f"step_{step:06d}") if accelerator.is_main_process else {}
 
     # 7. Train with the shared loop.
     summary = train(
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 8. Export and summary.
     extra = {"method": cfg.method.name, "model": cfg.model.pretrained, "family": parts.family,
              "prediction_type": parts.prediction_type, "setup": applied, "data": {**dataset.summary(), **data_stats},
-             "note": cfg.note}
+             "validation_reference": reference_validation, "note": cfg.note}
     if skip_counter is not None:
         extra["data"]["skips"] = skip_counter.as_dict()
     if ema is not None:

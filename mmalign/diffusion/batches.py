@@ -134,6 +134,7 @@ class CachedDataset(Dataset):
             "time_ids": torch.stack([x["time_ids"] for x in lat]),
             "prompt_embeds": torch.stack([x["prompt_embeds"] for x in txt]),
             "prompts": list(entry["prompts"]),
+            "image_keys": list(entry["image_keys"]),
         }
         if "pooled" in txt[0]:
             example["pooled"] = torch.stack([x["pooled"] for x in txt])
@@ -164,6 +165,7 @@ class PixelDataset(Dataset):
             "pixels": torch.stack([p for p, _ in pre]),
             "time_ids": torch.stack([t for _, t in pre]),
             "prompts": [m[2] for m in members],
+            "image_keys": [m[1] for m in members],
             "skipped": list(item.get("skipped", [])),
             **extras,
         }
@@ -185,6 +187,8 @@ def collate_members(examples: list[dict[str, Any] | None]) -> dict[str, Any]:
             stacked = torch.stack([e[name] for e in good])  # (B, k, ...)
             batch[name] = stacked.transpose(0, 1).reshape(k * len(good), *stacked.shape[2:])
     batch["prompts"] = [e["prompts"][m] for m in range(k) for e in good]
+    if "image_keys" in good[0]:
+        batch["image_keys"] = [e["image_keys"][m] for m in range(k) for e in good]
     if "scores" in good[0]:
         batch["scores"] = torch.stack([e["scores"] for e in good])
     if "label" in good[0]:

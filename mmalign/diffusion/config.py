@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmalign.config import MISSING
+from mmalign.diffusion.noise_providers import NoiseConfig
+from mmalign.diffusion.soft_labels import SmpoConfig
 from mmalign.train import TrainConfig
 
 
@@ -49,7 +51,7 @@ class LoraConfig:
 @dataclass
 class MethodConfig:
     name: str = "dpo"
-    """dpo | sft | mapo | dcpo | rankdpo | kto."""
+    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo."""
     beta: float = 5000.0
     """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
     KTO beta (1000)."""
@@ -67,6 +69,10 @@ class MethodConfig:
     """Probability of replacing a pair's prompt by "" (official Diffusion-DPO default 0.2)."""
     sdxl_time_ids: str = "constant"
     """SDXL micro-conditioning: constant [res,res,0,0,res,res] (official DPO) | original (image size + crop)."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Noise provider: forward (shared Gaussian) | ddim / renoise inversion (smpo, inpo); see noise_providers.py."""
+    smpo: SmpoConfig = field(default_factory=SmpoConfig)
+    """SmPO soft labels (scorer, gamma, winner order); see soft_labels.py and smpo.py."""
 
 
 @dataclass
@@ -104,6 +110,10 @@ class ValidationConfig:
     seed: int = 0
     height: int | None = None
     """Image size (null: data.resolution)."""
+    scorer: str | None = None
+    """Score validation images with this scorer (scorers.load_scorer name: hpsv2.1, pickscore, toy, ...)."""
+    scorer_checkpoint: str | None = None
+    """Checkpoint for the scorer (null: the scorer card's default)."""
 
 
 @dataclass
@@ -130,6 +140,7 @@ class DiffusionRecipeConfig:
     """Free text copied into summary.json (e.g. what the run is for)."""
 
 
-METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto")
-DATA_KIND = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "pairs", "rankdpo": "ranked", "kto": "unpaired"}
+METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo")
+DATA_KIND = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "pairs", "rankdpo": "ranked", "kto": "unpaired",
+             "smpo": "pairs", "inpo": "pairs"}
 REFERENCE_FREE = ("sft", "mapo")
