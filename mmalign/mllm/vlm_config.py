@@ -72,7 +72,8 @@ class VLMMethodConfig:
     """rDPO: score rejected and retrieved-image terms with the official code's top-1-non-label log-probs
     (reproduction only; the paper uses label log-probs)."""
     beta_mode: str = "fixed"
-    """fixed | per_sample (MM-RLHF paper: reward margins) | ls_factor (MM-RLHF code's per-row factor)."""
+    """fixed | per_sample (MM-RLHF paper: reward margins) | ls_factor (MM-RLHF code's per-row factor) |
+    batch_implicit (what the released MM-RLHF code computes: one beta per batch from the log-ratio margins)."""
     beta_weight: float = 0.1
     """MM-RLHF w."""
     beta_k: float = 1.0

@@ -91,8 +91,12 @@ def preference_step(
         with reference_mode(model, ref_model) as scorer:
             ref = _all_scores(scorer, batch, method, features, extra_features)
     n_pairs = policy["chosen"].shape[0]
+    margins = None
+    if method.beta_mode == "batch_implicit" and ref:
+        margins = (policy["chosen"] - ref["chosen"]) - (policy["rejected"] - ref["rejected"])
     beta = per_sample_beta(method.beta_mode, method.beta, batch.get("rewards", {}), n_pairs,
-                           weight=method.beta_weight, k=method.beta_k, device=policy["chosen"].device)
+                           weight=method.beta_weight, k=method.beta_k, device=policy["chosen"].device,
+                           margins=margins)
     losses, metrics = preference_loss(
         method.loss, chosen=policy["chosen"], rejected=policy["rejected"],
         ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"), beta=beta,

@@ -118,3 +118,17 @@ def test_training_moves_the_margin_the_right_way(make_policy, vlm_rows, loss_kin
         history.append((float(loss.detach()), float(metrics["rewards/margins"])))
     assert history[-1][0] < history[0][0] - 0.05
     assert history[-1][1] > history[0][1]
+
+
+def test_batch_implicit_beta_closed_form():
+    from mmalign.mllm.dynamic_beta import batch_implicit_beta
+
+    margins = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0])
+    beta = batch_implicit_beta(margins, 0.1, 0.1, generator=torch.Generator().manual_seed(0))
+    z = (margins - margins.mean()) / margins.std()
+    picked = torch.multinomial(torch.exp(-0.5 * z**2), 4, replacement=False, generator=torch.Generator().manual_seed(0))
+    assert float(beta) == pytest.approx(0.1 * (1 + 0.1 * float(margins[picked].mean() - margins.mean())), abs=1e-7)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        batch_implicit_beta(torch.tensor([0.3]), 0.1, 0.1)
+    same = per_sample_beta("batch_implicit", 0.1, {}, 5, margins=margins)
+    assert same.shape == (5,) and torch.all(same == same[0])
