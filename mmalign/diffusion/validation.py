@@ -28,9 +28,10 @@ def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
 @torch.no_grad()
 def render_grid(pipe, prompts: list[str], out_path: str | os.PathLike, *, size: int, steps: int, guidance: float,
                 seed: int, device: torch.device | str, num_images: int = 1,
-                autocast: Callable[[], object] = nullcontext) -> Path:
+                autocast: Callable[[], object] = nullcontext, scorer=None) -> dict[str, object]:
     """Sample ``num_images`` images per prompt with fixed seeds and save the grid PNG. ``autocast`` (e.g.
-    ``accelerator.autocast``) lets a bf16/fp16 UNet feed a float32 VAE."""
+    ``accelerator.autocast``) lets a bf16/fp16 UNet feed a float32 VAE. With a ``scorer``
+    (:func:`scorers.load_scorer`) the result holds the images' mean score against their prompts."""
     pipe.set_progress_bar_config(disable=True)
     images = []
     for prompt in prompts:
@@ -42,4 +43,17 @@ def render_grid(pipe, prompts: list[str], out_path: str | os.PathLike, *, size: 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, rows=len(prompts)).save(out)
-    return out
+    result: dict[str, object] = {"grid": str(out)}
+    if scorer is not None:
+        texts = [p for p in prompts for _ in range(num_images)]
+        result["score"] = float(scorer.score(images, texts).mean())
+    return result
+
+
+def load_validation_scorer(val, device: torch.device | str):
+    """The scorer named by ``validation.scorer`` (None when unset or without validation prompts)."""
+    if not val.scorer or not val.prompts:
+        return None
+    from scorers import load_scorer
+
+    return load_scorer(val.scorer, val.scorer_checkpoint, device=device)

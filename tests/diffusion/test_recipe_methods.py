@@ -31,10 +31,15 @@ def _check_outputs(summary: dict, out: Path) -> None:
 
 
 def test_dpo_lora_sd15(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
+    from scorers.tiny import save_tiny_scorer_checkpoints
+
+    scorer_ckpt = save_tiny_scorer_checkpoints(tmp_path / "scorer")["clipscore"]["checkpoint"]
     summary = run_recipe("sd15_dpo.yaml", tiny_model_dirs["sd15"], data_dirs["pairs"],
-                         "validation.prompts=[a red square]", "validation.num_inference_steps=2")
+                         "validation.prompts=[a red square]", "validation.num_inference_steps=2",
+                         "validation.scorer=clipscore", f"validation.scorer_checkpoint={scorer_ckpt}")
     out = tmp_path / "out"
     _check_outputs(summary, out)
+    assert math.isfinite(summary["validation"]["score"]) and math.isfinite(summary["validation_reference"]["score"])
     assert summary["history"][0]["loss"] == pytest.approx(LOG2, abs=1e-6)
     assert summary["setup"]["reference"] == "lora" and summary["prediction_type"] == "epsilon"
     assert _lora_moved(out) > 0
