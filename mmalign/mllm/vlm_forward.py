@@ -72,12 +72,15 @@ def encode_images(model: torch.nn.Module, vision: dict[str, Any]) -> Any:
 
 
 def forward_logits(
-    model: torch.nn.Module, text: dict[str, torch.Tensor], vision: dict[str, Any], *, times: int, features: Any = None
+    model: torch.nn.Module, text: dict[str, torch.Tensor], vision: dict[str, Any], *, times: int,
+    features: Any = None, keep_from: int = 0,
 ) -> torch.Tensor:
-    """Logits ``[N, T, V]`` of the ``N = times * B`` rows of ``text``.
+    """Logits ``[N, T - keep_from, V]`` of the ``N = times * B`` rows of ``text`` (positions ``keep_from..T-1``).
 
     ``vision`` holds the ``B`` images' tensors; they are repeated ``times``, or, when ``features`` (from
     :func:`encode_images`) is given, the pixel inputs are replaced by the repeated features (grids are kept).
+    ``keep_from > 0`` asks the model for the last ``T - keep_from`` logits only (``logits_to_keep``), so the
+    ``B x T x V`` logits of long visual prompts are never materialised.
     """
     kwargs: dict[str, Any] = {k: v for k, v in text.items() if k != "completion_mask"}
     for key, value in vision.items():
@@ -86,16 +89,35 @@ def forward_logits(
         kwargs[key] = repeat_rows(value, times)
     if features is not None:
         kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=repeat_rows(features, times))}
-    return model(**kwargs, use_cache=False).logits
+    if keep_from > 0:
+        kwargs["logits_to_keep"] = text["input_ids"].shape[1] - keep_from
+    logits = model(**kwargs, use_cache=False).logits
+    expected = text["input_ids"].shape[1] - keep_from
+    if logits.shape[1] != expected:  # a model that ignores logits_to_keep
+        logits = logits[:, -expected:]
+    return logits
+
+
+def completion_window(text: dict[str, torch.Tensor]) -> int:
+    """First position whose logits are needed: one before the earliest completion token of any row."""
+    mask = text["completion_mask"].bool()
+    if not mask.any():
+        return 0
+    first = int(mask.float().argmax(1)[mask.any(1)].min())
+    return max(first - 1, 0)
 
 
 def score_rows(
     model: torch.nn.Module, text: dict[str, torch.Tensor], vision: dict[str, Any], *, times: int,
     features: Any = None, reduction: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores [N], n_tokens [N])``: completion log-probs (``completion_mask``) of the rows of ``text``."""
-    logits = forward_logits(model, text, vision, times=times, features=features)
-    return sequence_logps(logits, text["input_ids"], text["completion_mask"], reduction)
+    """``(scores [N], n_tokens [N])``: completion log-probs (``completion_mask``) of the rows of ``text``.
+
+    Only the logits from :func:`completion_window` on are computed; log-probs are identical to scoring the
+    full logits (the skipped positions predict prompt tokens, which the mask excludes)."""
+    start = completion_window(text)
+    logits = forward_logits(model, text, vision, times=times, features=features, keep_from=start)
+    return sequence_logps(logits, text["input_ids"][:, start:], text["completion_mask"][:, start:], reduction)
 
 
 def noisy_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

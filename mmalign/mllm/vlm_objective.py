@@ -27,7 +27,13 @@ import torch
 from mmalign.mllm.dynamic_beta import per_sample_beta
 from mmalign.mllm.logprobs import sequence_logps
 from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_forward import encode_images, forward_logits, noisy_sequence_logps, reference_mode
+from mmalign.mllm.vlm_forward import (
+    completion_window,
+    encode_images,
+    forward_logits,
+    noisy_sequence_logps,
+    reference_mode,
+)
 from mmalign.objectives import REFERENCE_FREE_KINDS, preference_loss
 
 METHODS = ("dpo", "mdpo", "rdpo")
@@ -40,10 +46,12 @@ def needs_reference(method: VLMMethodConfig) -> bool:
 
 def _scores(model, text, vision, features, *, times, noisy_from: int | None = None):
     """Summed scores and token counts; rows from ``noisy_from`` on use the noisy (rDPO-code) scorer."""
-    logits = forward_logits(model, text, vision, times=times, features=features)
-    scores, n_tokens = sequence_logps(logits, text["input_ids"], text["completion_mask"], "sum")
+    start = completion_window(text)  # logits of prompt positions are never materialised
+    logits = forward_logits(model, text, vision, times=times, features=features, keep_from=start)
+    labels, mask = text["input_ids"][:, start:], text["completion_mask"][:, start:]
+    scores, n_tokens = sequence_logps(logits, labels, mask, "sum")
     if noisy_from is not None:
-        noisy = noisy_sequence_logps(logits, text["input_ids"], text["completion_mask"])
+        noisy = noisy_sequence_logps(logits, labels, mask)
         scores = torch.cat([scores[:noisy_from], noisy[noisy_from:]])
     return scores, n_tokens
 

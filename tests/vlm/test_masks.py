@@ -27,7 +27,7 @@ class _PerturbLogits:
 
     def __call__(self, module, inputs, output):
         self.calls += 1
-        where = self.select(self.ids).to(output.dtype)[..., None]
+        where = self.select(self.ids)[:, -output.shape[1]:].to(output.dtype)[..., None]  # logits_to_keep window
         noise = torch.randn(output.shape, generator=torch.Generator().manual_seed(self.calls)) * 5.0
         return output + noise * where
 
@@ -47,7 +47,10 @@ def _loss_with(policy, batch, select):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_only_completion_logits_change_the_loss(family, make_policy, vlm_rows):
+@pytest.mark.parametrize("window", [True, False], ids=["completion-window", "full-logits"])
+def test_only_completion_logits_change_the_loss(family, window, make_policy, vlm_rows, monkeypatch):
+    if not window:  # score from full logits, so that the mask alone must exclude prompt / visual positions
+        monkeypatch.setattr("mmalign.mllm.vlm_objective.completion_window", lambda text: 0)
     policy, processor = make_policy(family)
     batch = VisionPreferenceCollator(processor)(vlm_rows)
     pair = batch["pair"]

@@ -45,3 +45,22 @@ def test_shared_features_same_loss_fewer_calls(family, method_name, make_policy,
     per_forward = 2 if method_name != "dpo" else 1
     assert calls_full == 2 * per_forward
     assert calls_shared == per_forward
+
+
+def test_completion_window_scores_equal_full_logits(make_policy, vlm_rows):
+    from mmalign.mllm.logprobs import sequence_logps
+    from mmalign.mllm.vlm_forward import completion_window, forward_logits, score_rows
+
+    policy, processor = make_policy("llava")
+    batch = VisionPreferenceCollator(processor)(vlm_rows)
+    pair = batch["pair"]
+    start = completion_window(pair)
+    assert start > 0  # the window really skips the prompt (with its visual tokens)
+    with torch.no_grad():
+        windowed, n = score_rows(policy, pair, batch["vision"], times=2)
+        full_logits = forward_logits(policy, pair, batch["vision"], times=2)
+        assert forward_logits(policy, pair, batch["vision"], times=2, keep_from=start).shape[1] == \
+            full_logits.shape[1] - start
+        full, n_full = sequence_logps(full_logits, pair["input_ids"], pair["completion_mask"])
+    torch.testing.assert_close(windowed, full, atol=1e-5, rtol=1e-6)
+    assert torch.equal(n, n_full)
