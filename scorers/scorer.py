@@ -57,6 +57,8 @@ class Scorer:
         self.dtype = dtype
         self.autocast_dtype = _AUTOCAST[autocast]
         self.preprocess_workers = preprocess_workers or min(8, os.cpu_count() or 1)
+        # exp(logit_scale) from the fp32 checkpoint value: a bf16 copy would be off by ~1% (e.g. 98.9 for 100)
+        self._logit_scale_exp = float(backbone.logit_scale().detach().float().exp())
         backbone.module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.head = head.to(device=self.device, dtype=torch.float32).eval().requires_grad_(False) if head else None
 
@@ -67,8 +69,8 @@ class Scorer:
 
     @property
     def logit_scale(self) -> float:
-        """``exp(logit_scale)`` of the checkpoint."""
-        return float(self.backbone.logit_scale().detach().float().exp())
+        """``exp(logit_scale)`` of the checkpoint (read in float32 before any dtype cast)."""
+        return self._logit_scale_exp
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -84,12 +86,12 @@ class Scorer:
 
     def _embed_text(self, prompts: list[str]) -> torch.Tensor:
         """Normalised text embeddings [B,D] (float32, scorer device), each distinct prompt encoded once."""
-        unique = list(dict.fromkeys(prompts))
-        ids = self.backbone.tokenize(unique).to(self.device)
+        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        ids = self.backbone.tokenize(list(position)).to(self.device)
         with self._autocast():
             feats = self.backbone.encode_text(ids)
         feats = F.normalize(feats.float(), dim=-1)
-        index = torch.tensor([unique.index(p) for p in prompts], device=self.device)
+        index = torch.tensor([position[p] for p in prompts], device=self.device)
         return feats[index]
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,7 @@ class Scorer:
         if self.card.clamp_min is not None:
             cos = cos.clamp(min=self.card.clamp_min)
         if self.card.scale_kind == "logit_scale":
-            return self.backbone.logit_scale().float().exp() * cos
+            return self._logit_scale_exp * cos
         return float(self.card.scale_value) * cos
 
     def _batches(self, images: Any, prompts: Any, batch_size: int):

@@ -139,6 +139,7 @@ def test_autocast_bf16_close_to_fp32(hps_checkpoint, images):
     assert (got - ref).abs().max() < 3e-2  # bf16 has ~3 significant digits
     bf16 = scorers.load_scorer("hpsv2", checkpoint=path, arch=TINY_OPEN_CLIP, dtype="bf16")
     assert (bf16.score(images, PROMPTS, raw=True) - ref).abs().max() < 5e-2
+    assert bf16.logit_scale == pytest.approx(50.0, rel=1e-3)  # fp16 checkpoint value, not a bf16-rounded exp
 
 
 def test_uint8_array_and_float_tensor_inputs_match_pil(hps_checkpoint, images):
