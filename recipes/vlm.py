@@ -19,7 +19,7 @@ from mmalign.mllm.export import merge_adapter, save_trained
 from mmalign.mllm.vlm_batch import VisionPreferenceCollator
 from mmalign.mllm.vlm_config import VLMRecipeConfig
 from mmalign.mllm.vlm_model import load_vlm, prepare_policy
-from mmalign.mllm.vlm_objective import needs_reference, preference_step
+from mmalign.mllm.vlm_objective import check_method, needs_reference, preference_step
 from mmalign.train import make_accelerator, train, write_summary
 
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(VLMRecipeConfig, args.config, overrides)
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
     method = cfg.method
+    check_method(method)
 
     # Model: LoRA (reference = adapters off) or full fine-tuning (reference = frozen copy).
     model, processor = load_vlm(cfg.model)

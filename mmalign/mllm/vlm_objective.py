@@ -39,6 +39,22 @@ from mmalign.objectives import REFERENCE_FREE_KINDS, preference_loss
 METHODS = ("dpo", "mdpo", "rdpo")
 
 
+def check_method(method: VLMMethodConfig) -> None:
+    """Reject unknown names before any model is loaded (:class:`~mmalign.config.ConfigError` naming the key)."""
+    from mmalign.config import ConfigError
+    from mmalign.mllm.dynamic_beta import BETA_MODES
+    from mmalign.objectives import PREFERENCE_KINDS
+
+    for key, value, allowed in (("method.name", method.name, METHODS), ("method.loss", method.loss, PREFERENCE_KINDS),
+                                ("method.beta_mode", method.beta_mode, BETA_MODES)):
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if method.beta_mode != "fixed" and method.loss not in ("sigmoid", "cdpo", "robust", "hinge", "bco_pair"):
+        raise ConfigError(f"method.beta_mode={method.beta_mode!r} needs a beta-scaled reference loss, not {method.loss!r}")
+    if not 0.0 < method.crop_scale_min <= method.crop_scale_max <= 1.0:
+        raise ConfigError("method.crop_scale_min / crop_scale_max must satisfy 0 < min <= max <= 1")
+
+
 def needs_reference(method: VLMMethodConfig) -> bool:
     """Reference-free objectives (SimPO, ORPO) load no reference unless an mDPO/rDPO term needs one."""
     return method.loss not in REFERENCE_FREE_KINDS or method.name != "dpo"

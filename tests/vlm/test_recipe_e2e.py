@@ -122,3 +122,14 @@ def test_export_vlm_merges_an_adapter_folder(make_policy, tiny_vlm, pairs_jsonl,
                                expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="neither a peft adapter"):
         export_vlm(tmp_path, tmp_path / "x", merge=True)
+
+
+@pytest.mark.parametrize("override,key", [("method.loss=dpo", "method.loss"), ("method.name=vdpo", "method.name"),
+                                          ("method.beta_mode=per_sample method.loss=simpo", "method.beta_mode")])
+def test_bad_method_names_fail_before_loading(override, key, tmp_path, pairs_jsonl):
+    from mmalign.config import ConfigError
+
+    args = ["--config", str(ROOT / "recipes/configs/vlm/qwen2vl_dpo.yaml"), f"model.pretrained={tmp_path}",
+            f"data.path={pairs_jsonl}", *override.split()]
+    with pytest.raises(ConfigError, match=key):
+        _recipe().main(args)
