@@ -31,7 +31,7 @@ def resized_size(height: int, width: int, card: ScorerCard) -> tuple[int, int]:
     size = card.image_size
     if card.resize == "longest":
         ratio = max(height / size, width / size)
-        return round(height / ratio), round(width / ratio)
+        return max(1, round(height / ratio)), max(1, round(width / ratio))  # a 1000x1 strip keeps 1 pixel
     if width <= height:
         return int(size * height / width), size
     return size, int(size * width / height)

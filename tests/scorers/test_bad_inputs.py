@@ -31,6 +31,9 @@ def test_grayscale_rgba_palette_and_1x1_are_converted_to_rgb(hps):
     torch.testing.assert_close(hps.score([np.array(rgba)], "a cat"), expected[[1]])
     torch.testing.assert_close(hps.score(torch.full((3, 1, 1), 200 / 255), "a cat"), expected[[3]])
     assert torch.isfinite(hps.score([tiny], "a cat")).all()
+    strip = Image.fromarray(rng.integers(0, 256, (1, 300, 3), dtype=np.uint8))  # longest-side resize -> 32x1
+    assert torch.isfinite(hps.score([strip], "a cat")).all()
+    assert torch.isfinite(hps.score_tensor(torch.rand(1, 3, 1, 300), "a cat")).all()
 
 
 def test_prompt_errors(hps, images):
