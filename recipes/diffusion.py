@@ -24,6 +24,7 @@ from mmalign.diffusion.export import export_trained, save_run_config
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.methods import StepContext, make_step_fn
 from mmalign.diffusion.placeholders import resolve_placeholders
+from mmalign.diffusion.ppd.setup import export_user_adapter, prepare_user_unet, user_training_set
 from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.soft_labels import prepare_soft_labels
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
@@ -56,10 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     parts = load_parts(cfg.model.pretrained, cfg.model.revision, cfg.model.prediction_type)
 
     # 3. Training set: cached latents/text (first pass) or pixels encoded in the step.
-    train_set, collate_fn, skip_counter, data_stats = training_set(cfg, kind, dataset, parts, accelerator)
-
     # 4. UNet: LoRA or full fine-tuning, reference provider, dtypes, attention/checkpointing/compile.
-    unet, reference, applied = prepare_unet(cfg, parts, accelerator)
+    if cfg.method.name == "ppd":  # per-user shots -> user embeddings; frozen UNet + user cross-attention
+        train_set, collate_fn, skip_counter, data_stats, _ = user_training_set(cfg, parts, accelerator)
+        unet, reference, applied = prepare_user_unet(cfg, parts, accelerator, tuple(data_stats["embedding_shape"]))
+    else:
+        train_set, collate_fn, skip_counter, data_stats = training_set(cfg, kind, dataset, parts, accelerator)
+        unet, reference, applied = prepare_unet(cfg, parts, accelerator)
     ema = LazyEMA(unet, cfg.export.ema_decay, accelerator) if cfg.export.ema else None
 
     # 5. The step: inputs → policy/reference errors → objective.
@@ -106,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
         extra["data"]["skips"] = skip_counter.as_dict()
     if ema is not None:
         ema.finish()
-    if accelerator.is_main_process and cfg.export.enabled:
+    if accelerator.is_main_process and cfg.export.enabled and cfg.method.name == "ppd":
+        extra["export"] = str(export_user_adapter(unwrap(unet), cfg, output_dir))
+    elif accelerator.is_main_process and cfg.export.enabled:
         extra["export"] = str(export_trained(unwrap(unet), parts.pipeline_class, cfg.model.pretrained, output_dir,
                                              use_lora=cfg.lora.rank > 0))
     if accelerator.is_main_process:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mmalign.config import MISSING
 from mmalign.diffusion.noise_providers import NoiseConfig
+from mmalign.diffusion.ppd.config import PpdConfig
 from mmalign.diffusion.soft_labels import SmpoConfig
 from mmalign.train import TrainConfig
 
@@ -51,7 +52,7 @@ class LoraConfig:
 @dataclass
 class MethodConfig:
     name: str = "dpo"
-    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo."""
+    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo | ppd."""
     beta: float = 5000.0
     """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
     KTO beta (1000)."""
@@ -73,6 +74,8 @@ class MethodConfig:
     """Noise provider: forward (shared Gaussian) | ddim / renoise inversion (smpo, inpo); see noise_providers.py."""
     smpo: SmpoConfig = field(default_factory=SmpoConfig)
     """SmPO soft labels (scorer, gamma, winner order); see soft_labels.py and smpo.py."""
+    ppd: PpdConfig = field(default_factory=PpdConfig)
+    """PPD user embeddings and user cross-attention (shots, VLM / CLIP source, dropout); see mmalign/diffusion/ppd."""
 
 
 @dataclass
@@ -140,7 +143,7 @@ class DiffusionRecipeConfig:
     """Free text copied into summary.json (e.g. what the run is for)."""
 
 
-METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo")
+METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo", "ppd")
 DATA_KIND = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "pairs", "rankdpo": "ranked", "kto": "unpaired",
-             "smpo": "pairs", "inpo": "pairs"}
+             "smpo": "pairs", "inpo": "pairs", "ppd": "pairs"}
 REFERENCE_FREE = ("sft", "mapo")

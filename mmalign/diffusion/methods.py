@@ -19,6 +19,8 @@ kto        unpaired images, independent t and noise; ``kto_loss`` with z0 = clam
            ``beta_dpo`` on ``g = e_ref - e``; with scores ``-e/2`` that is ``beta = 2 * beta_dpo`` for the core.
 smpo       pairs, shared t, ReNoise-inversion noise, beta * kappa per pair (§3; ``mmalign.diffusion.smpo``)
 inpo       pairs, shared t, DDIM-inversion noise (§4; ``mmalign.diffusion.inpo``)
+ppd        pairs of many users, shared t and noise, user-conditioned policy vs the base UNet without the user branch
+           (§5; ``mmalign.diffusion.ppd.step``)
 =========  =================================================================================================
 
 Logged: ``loss``, ``implicit_acc`` (official: fraction with the DPO logit > 0), ``rewards/*`` from the objective,
@@ -39,6 +41,7 @@ from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.config import MethodConfig
 from mmalign.diffusion.inpo import inpo_step
 from mmalign.diffusion.inputs import InputBuilder
+from mmalign.diffusion.ppd.step import ppd_step
 from mmalign.diffusion.reference import ReferenceProvider, unwrap
 from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, sample_shared_timesteps_and_noise, unet_errors
 from mmalign.diffusion.smpo import smpo_step
@@ -168,7 +171,7 @@ def kto_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Ten
 
 
 STEPS = {"dpo": dpo_step, "dcpo": dpo_step, "sft": sft_step, "mapo": mapo_step, "rankdpo": rankdpo_step,
-         "kto": kto_step, "smpo": smpo_step, "inpo": inpo_step}
+         "kto": kto_step, "smpo": smpo_step, "inpo": inpo_step, "ppd": ppd_step}
 
 
 def make_step_fn(ctx: StepContext, skip_counter: Any | None = None) -> Callable[[Any, dict[str, Any]], tuple[torch.Tensor, Metrics]]:
