@@ -1,0 +1,86 @@
+"""What ``recipes/diffusion.py`` calls for ``method.name=ppd``: per-user data and embeddings, the training set, the
+user-conditioned UNet, the export.
+
+1. the data again with ``extra_columns=("user_id",)`` (records only, images stay lazy);
+2. :func:`~mmalign.diffusion.ppd.data.split_shots`: N shots per user (embedding) vs training pairs (no leakage);
+3. :func:`~mmalign.diffusion.ppd.users.embed_users`: VLM or CLIP embeddings, cached under ``method.ppd.cache_dir``;
+4. one diffusion training set per user (:func:`mmalign.diffusion.build.training_set`: latent/text cache shared on
+   disk), each example carrying its user's embedding, concatenated (users mixed by the loader's shuffle);
+5. the frozen UNet (compute dtype, speed options) with the user branch (:class:`UserConditionedUNet`); the
+   reference is the same UNet without the user branch, so no reference copy is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Subset
+
+from mmalign.diffusion.adapter import DiffusionParts
+from mmalign.diffusion.build import WEIGHT_DTYPES, training_set
+from mmalign.diffusion.ppd.data import WithUser, collate_with_users, split_shots
+from mmalign.diffusion.ppd.export import save_user_adapter
+from mmalign.diffusion.ppd.model import UserConditionedUNet
+from mmalign.diffusion.ppd.users import embed_users
+from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.speed import apply_speed_options
+
+
+def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any, Any, dict[str, Any], dict]:
+    """``(train_set, collate_fn, skip_counter, stats, embeddings)`` for PPD (steps 1-4 of the module docstring)."""
+    from mmalign.data import load_preference_data
+
+    ppd = cfg.method.ppd
+    dataset = load_preference_data(
+        cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
+        bad_image="drop" if cfg.data.cache else "replace", extra_columns=("user_id",),
+    )
+    splits, split_stats = split_shots(dataset, ppd.shots, ppd.seed)
+    if not splits:
+        raise ValueError(f"{cfg.data.path}: no user has more than method.ppd.shots={ppd.shots} pairs")
+    cache_dir = ppd.cache_dir or str(Path(cfg.output_dir) / "user_embeddings")
+    embeddings, embed_stats = embed_users(ppd, dataset, splits, cache_dir, accelerator.device)
+    parts_sets, collate_fn, counter, data_stats = [], None, None, {}
+    for user, (_, train_idx) in splits.items():
+        user_set, collate_fn, counter_u, stats_u = training_set(cfg, "pairs", Subset(dataset, train_idx), parts,
+                                                                accelerator)
+        counter = counter or counter_u
+        for key in ("items", "skipped", "seen"):
+            if key in stats_u:
+                data_stats[key] = data_stats.get(key, 0) + stats_u[key]
+        parts_sets.append(WithUser(user_set, embeddings[user]))
+    stats = {**data_stats, **split_stats, **embed_stats, "user_embeddings_dir": cache_dir}
+    return ConcatDataset(parts_sets), collate_with_users(collate_fn), counter, stats, embeddings
+
+
+def prepare_user_unet(cfg, parts: DiffusionParts, accelerator, user_shape: tuple[int, int]):
+    """``(model, reference, applied)``: frozen base UNet in the compute dtype with a float32 user branch."""
+    ppd = cfg.method.ppd
+    device = accelerator.device
+    unet = parts.unet.to(device, WEIGHT_DTYPES[cfg.train.mixed_precision]).requires_grad_(False)
+    for encoder in parts.text_encoders:
+        encoder.to(device, WEIGHT_DTYPES[cfg.train.mixed_precision])
+    parts.vae.to(device, torch.float32 if cfg.model.vae_dtype == "float32" else WEIGHT_DTYPES[cfg.train.mixed_precision])
+    applied = apply_speed_options(  # before the user branch: switching the backend replaces every processor
+        unet, attention=cfg.model.attention, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
+    )
+    model = UserConditionedUNet.build(unet, user_shape, ppd.num_tokens, ppd.init, ppd.scale, ppd.seed)
+    model.to(device)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    applied.update(mode="ppd_user_adapter", reference="base_without_user_branch", trainable_params=trainable,
+                   user_tokens=model.projection.num_tokens)
+    return model, ReferenceProvider("none"), applied
+
+
+def export_user_adapter(model: UserConditionedUNet, cfg, output_dir: str | Path) -> Path:
+    """``<output_dir>/user_adapter`` (safetensors + json) with the embedding source recorded."""
+    ppd = cfg.method.ppd
+    source = {"embedding": ppd.embedding, "vlm": ppd.vlm, "scorer": ppd.scorer,
+              "scorer_checkpoint": ppd.scorer_checkpoint, "shots": ppd.shots, "base_model": cfg.model.pretrained}
+    return save_user_adapter(model, Path(output_dir) / "user_adapter", extra=source)
