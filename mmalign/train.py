@@ -239,6 +239,11 @@ def train(
         nonfinite_run, skipped_steps = state.get("nonfinite_run", 0), state.get("skipped_steps", 0)
         loss_scale_skips = state.get("loss_scale_skips", 0)
         accelerator.print(f"resumed from {resume_from} at step {step}")
+        layout = {"micro_per_epoch": micro_per_epoch, "world_size": accelerator.num_processes}
+        changed = {k: (state[k], v) for k, v in layout.items() if k in state and state[k] != v}
+        if changed:
+            accelerator.print(f"warning: resuming with a different data layout {changed} (saved, now): the data "
+                              "order after resume differs from the interrupted run's")
 
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
@@ -257,6 +262,7 @@ def train(
         _write_checkpoint(accelerator, output_dir, at_step, cfg.keep_checkpoints, {
             "step": at_step, "micro_batches": micro_done, "nonfinite_run": nonfinite_run,
             "skipped_steps": skipped_steps, "loss_scale_skips": loss_scale_skips,
+            "micro_per_epoch": micro_per_epoch, "world_size": accelerator.num_processes,
         })
 
     while step < cfg.max_steps:
@@ -385,7 +391,13 @@ def _run_validation(accelerator: Accelerator, model: torch.nn.Module, fn: Callab
 
 
 def _save_hook(model: torch.nn.Module, weights: list, folder: str) -> None:
-    """Save only trainable parameters (keeps LoRA checkpoints small)."""
+    """Save only trainable parameters (keeps LoRA checkpoints small).
+
+    Under DeepSpeed / FSDP accelerate saves the sharded model itself and passes no ``weights``; the
+    parameters here are shards (ZeRO-3, DTensors), so nothing is written (no trainable.safetensors).
+    """
+    if not weights:
+        return
     weights.clear()
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
@@ -393,6 +405,8 @@ def _save_hook(model: torch.nn.Module, weights: list, folder: str) -> None:
 
 
 def _load_hook(model: torch.nn.Module, models: list, folder: str) -> None:
+    if not models:  # DeepSpeed / FSDP: accelerate already loaded the sharded model itself
+        return
     models.clear()
     ckpt.load_trainable(model, folder)
 

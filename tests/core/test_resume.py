@@ -90,3 +90,18 @@ def test_resume_from_final_checkpoint_does_nothing_more(tiny, tmp_path):
     assert summary["steps"] == 4 and summary["history"] == []
     for k, v in tiny.weights(model).items():
         torch.testing.assert_close(tiny.weights(again)[k], v, rtol=0, atol=0)
+
+
+def test_resume_with_a_different_batch_layout_warns(tiny, tmp_path, capsys):
+    train(_cfg(max_steps=2, checkpoint_every=2, grad_accum=1), output_dir=tmp_path, model=tiny.make_model(),
+          dataset=tiny.TinyRegression(), step_fn=tiny.make_step_fn())
+    assert ckpt.read_state(ckpt.latest_checkpoint(tmp_path))["micro_per_epoch"] == 12
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    capsys.readouterr()
+    summary = train(_cfg(max_steps=3, grad_accum=1, batch_size=4, resume="latest"), output_dir=tmp_path,
+                    model=tiny.make_model(), dataset=tiny.TinyRegression(), step_fn=tiny.make_step_fn())
+    assert summary["steps"] == 3
+    assert "different data layout {'micro_per_epoch': (12, 6)}" in capsys.readouterr().out
