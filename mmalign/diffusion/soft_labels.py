@@ -170,14 +170,14 @@ class SoftLabels:
         return t[:, 0], t[:, 1]
 
 
-def prepare_soft_labels(cfg, dataset, accelerator=None) -> Path:
-    """Recipe hook: make sure the soft labels of ``dataset`` exist (score on the main process on first use) and set
-    ``cfg.method.smpo.labels`` to the file. ``cfg`` is the diffusion recipe config."""
+def prepare_soft_labels(cfg, dataset, accelerator=None, device: str | torch.device | None = None) -> Path:
+    """Recipe hook (and ``mmalign smpo-labels``): make sure the soft labels of ``dataset`` exist (scored on the main
+    process on first use) and set ``cfg.method.smpo.labels`` to the file. ``cfg`` is the diffusion recipe config."""
     smpo = cfg.method.smpo
     path = Path(smpo.labels) if smpo.labels else default_labels_path(dataset, smpo, cfg.data.cache_dir)
     is_main = accelerator is None or accelerator.is_main_process
     if is_main and not path.is_file():
-        device = accelerator.device if accelerator is not None else "cpu"
+        device = device or (accelerator.device if accelerator is not None else "cpu")
         scorer = load_label_scorer(smpo, Path(cfg.output_dir) / "tiny_inputs", device)
         pairs, skipped = score_pairs(dataset, scorer, smpo.batch_size, progress=cfg.train.progress_bar)
         write_soft_labels(path, pairs, scorer=smpo.scorer, source=str(cfg.data.path), skipped=skipped)

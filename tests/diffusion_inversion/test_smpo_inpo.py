@@ -8,6 +8,7 @@ loss = -logsig(-(beta/2) kappa ((e_w - e_l) - (e_ref_w - e_ref_l))) with kappa =
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,27 @@ def test_smpo_loss_matches_independent_computation(tiny_dirs, tmp_path, order):
     torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(metrics["kappa"], kappa.mean().float(), rtol=1e-5, atol=1e-6)
     assert float(metrics["smpo_swapped"]) == pytest.approx(1 / 3 if order == "scorer" else 0.0)
+
+
+def test_smpo_labels_command_scores_every_pair(pairs_path, tmp_path, capsys):
+    import json
+
+    from mmalign.cli import main
+
+    config = str(Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / "toy_smpo.yaml")
+    labels = tmp_path / "labels.json"
+    assert main(["smpo-labels", "--config", config, "--device", "cpu", f"data.path={pairs_path}",
+                 f"output_dir={tmp_path / 'out'}", f"method.smpo.labels={labels}"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["labels"] == str(labels) and out["num_pairs"] == 4 and out["scorer"] == "tiny:pickscore"
+    loaded = SoftLabels.load(labels)
+    assert len(loaded.pairs) == 4 and loaded.reward_min < loaded.reward_max
+    # the stored rewards are the scorer API's raw cosines of (chosen, rejected) against the prompt
+    from mmalign.data import load_preference_data
+    from mmalign.diffusion.soft_labels import load_label_scorer
+
+    scorer = load_label_scorer(SmpoConfig(scorer="tiny:pickscore"), tmp_path / "out" / "tiny_inputs")
+    item = load_preference_data(pairs_path, kind="pairs")[0]
+    raw = scorer.score([item["chosen"], item["rejected"]], item["prompt"], raw=True)
+    expected = loaded.pairs[f"{item['chosen_key']}|{item['rejected_key']}"]
+    np.testing.assert_allclose(raw.numpy(), expected, rtol=1e-5, atol=1e-6)
