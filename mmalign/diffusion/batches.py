@@ -22,7 +22,7 @@ import hashlib
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from mmalign.data.errors import BadSample, TooManyBadSamplesError
@@ -66,26 +66,59 @@ def _check_skips(skipped: int, seen: int, max_fraction: float, last: str) -> Non
         )
 
 
+def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache) -> dict[str, Any] | BadSample | None:
+    """The entry of an item whose images and prompts are all cached, read without decoding any image (content keys
+    from the raw bytes, prompts from the record); ``None`` when something must be encoded or the dataset does not
+    expose records (:class:`mmalign.data.PreferenceDataset` does)."""
+    if not (hasattr(dataset, "image_keys") and hasattr(dataset, "records")):
+        return None
+    keys = dataset.image_keys(index)
+    if isinstance(keys, BadSample):
+        return keys
+    record = dataset.records[index]
+    if kind == "pairs":
+        prompts = list(record.prompts) if record.prompts is not None else [record.prompt] * 2
+        extras: dict[str, Any] = {}
+    elif kind == "ranked":
+        prompts, extras = [record.prompt] * len(keys), {"scores": torch.tensor([float(v) for v in record.scores])}
+    else:
+        prompts, extras = [record.prompt], {"label": torch.tensor(bool(record.label))}
+    if not all(cache.has_image(k) for k in keys) or not all(cache.has_prompt(p) for p in prompts):
+        return None
+    return {"image_keys": list(keys), "prompts": prompts, **extras}
+
+
 @torch.no_grad()
 def build_cache(
     dataset: Dataset, kind: str, parts: DiffusionParts, cache: LatentTextCache, resolution: int,
     device: torch.device | str, batch_size: int = 8, max_skip_fraction: float = 0.05, num_workers: int = 0,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """First pass: encode what the cache lacks; return the light entries of the usable items and the stats."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=list, num_workers=num_workers)
-    entries: list[dict[str, Any]] = []
-    skipped, seen, last_bad = 0, 0, ""
-    for chunk in tqdm(loader, desc="cache latents/text", disable=not progress):
+    """First pass: encode what the cache lacks; return the light entries of the usable items and the stats.
+
+    Items already fully cached are recognised from their content keys without decoding their images; the rest are
+    decoded (DataLoader workers), encoded in batches and written.
+    """
+    entries: dict[int, dict[str, Any]] = {}
+    bad: list[Any] = []
+    to_decode: list[int] = []
+    for index in tqdm(range(len(dataset)), desc="check cache", disable=not progress):
+        light = _light_entry(dataset, index, kind, cache)
+        if light is None:
+            to_decode.append(index)
+        elif _is_bad(light):
+            bad.append(light)
+        else:
+            entries[index] = light
+    loader = DataLoader(Subset(dataset, to_decode), batch_size=batch_size, collate_fn=list, num_workers=num_workers)
+    for n, chunk in enumerate(tqdm(loader, desc="cache latents/text", disable=not progress)):
         images, keys, prompts = [], [], []
-        for item in chunk:
-            seen += 1
+        for index, item in zip(to_decode[n * batch_size : (n + 1) * batch_size], chunk):
             if _is_bad(item):
-                skipped += 1
-                last_bad = item.describe() if hasattr(item, "describe") else "unreadable item"
+                bad.append(item)
                 continue
             members, extras = item_members(item, kind)
-            entries.append({"image_keys": [m[1] for m in members], "prompts": [m[2] for m in members], **extras})
+            entries[index] = {"image_keys": [m[1] for m in members], "prompts": [m[2] for m in members], **extras}
             for image, key, prompt in members:
                 if not cache.has_image(key) and key not in keys:
                     images.append(image)
@@ -93,12 +126,15 @@ def build_cache(
                 if not cache.has_prompt(prompt) and prompt not in prompts:
                     prompts.append(prompt)
         _encode_into_cache(parts, cache, images, keys, prompts, resolution, device, batch_size)
-    _check_skips(skipped, seen, max_skip_fraction, last_bad)
-    n_members = sum(len(e["image_keys"]) for e in entries)
+    last_bad = (bad[-1].describe() if hasattr(bad[-1], "describe") else "unreadable item") if bad else ""
+    _check_skips(len(bad), len(dataset), max_skip_fraction, last_bad)
+    ordered = [entries[i] for i in sorted(entries)]
+    n_members = sum(len(e["image_keys"]) for e in ordered)
     cache.stats["images_reused"] = n_members - cache.stats["images_encoded"]
-    cache.stats["prompts_reused"] = len({p for e in entries for p in e["prompts"]}) - cache.stats["prompts_encoded"]
-    stats = {"items": len(entries), "skipped": skipped, "seen": seen, **cache.stats}
-    return entries, stats
+    cache.stats["prompts_reused"] = len({p for e in ordered for p in e["prompts"]}) - cache.stats["prompts_encoded"]
+    stats = {"items": len(ordered), "skipped": len(bad), "seen": len(dataset), "decoded": len(to_decode),
+             **cache.stats}
+    return ordered, stats
 
 
 def _encode_into_cache(parts, cache, images, keys, prompts, resolution, device, batch_size) -> None:

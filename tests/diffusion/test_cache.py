@@ -26,6 +26,7 @@ def test_cache_reused_and_invalidated(tiny_model_dirs, data_dirs, tmp_path):
 
     _, entries2, stats2 = _build(parts, data_dirs["pairs"], tmp_path, 32)
     assert stats2["images_encoded"] == 0 and stats2["prompts_encoded"] == 0 and stats2["images_reused"] == 8
+    assert stats2["decoded"] == 0  # fully cached items are recognised from their content keys, never decoded
     assert entries2 == entries
 
     other_res, _, stats3 = _build(parts, data_dirs["pairs"], tmp_path, 16)
