@@ -143,3 +143,23 @@ def test_keeps_newest_checkpoints_writes_summary_and_tensorboard(tiny, tmp_path)
 def test_keep_zero_keeps_all_checkpoints(tiny, tmp_path):
     _run(tiny, tmp_path, "all", _cfg(max_steps=4, checkpoint_every=1, keep_checkpoints=0), tiny.make_step_fn())
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "all")] == [f"checkpoint-{i}" for i in range(1, 5)]
+
+
+def test_consecutive_runs_in_one_process_do_not_leak_state(tiny, tmp_path):
+    """Curricula (TEMPLE stages) call train() several times in one process without resetting accelerate:
+    a run after another one (different accumulation, stopped mid-epoch) equals the same run alone."""
+    first = _cfg(max_steps=3, grad_accum=2)
+    second = _cfg(max_steps=4, grad_accum=3, batch_size=3, seed=9)
+    alone, _ = _run(tiny, tmp_path, "alone", second, tiny.make_step_fn(noise=True))
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    train(first, output_dir=tmp_path / "stage1", model=tiny.make_model(), dataset=tiny.TinyRegression(),
+          step_fn=tiny.make_step_fn(noise=True))
+    after = tiny.make_model()
+    summary = train(second, output_dir=tmp_path / "stage2", model=after, dataset=tiny.TinyRegression(),
+                    step_fn=tiny.make_step_fn(noise=True))
+    assert summary["steps"] == 4
+    assert _max_diff(tiny.weights(alone), tiny.weights(after)) <= 1e-6
