@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for pairs_r<m>.jsonl and report.json")
     p.add_argument("--questions", default=None,
                    help="optional jsonl of {video, question} rows (default: a caption instruction per video)")
+    p.add_argument("--chosen", choices=("generate", "answer"), default="generate",
+                   help="chosen = the model's answer on the clean video (TEMPLE) or the 'answer' field of --questions")
     p.add_argument("--kinds", default="drop,shuffle,reverse", help="comma-separated perturbations")
     p.add_argument("--magnitudes", default="16,8,4,2", help="comma-separated magnitudes (stage files)")
     p.add_argument("--frames", type=int, default=16, help="frames sampled uniformly per video")
@@ -54,19 +56,25 @@ def run(args: argparse.Namespace) -> int:
     )
     decoded, skipped = read_videos(paths, sampling, on_error=args.on_error, max_skip_fraction=0.5)
     videos = [(str(p), v.frames) for p, v in zip(paths, decoded) if v is not None]
-    questions = None
+    questions = references = None
     if args.questions:
         by_video = {}
         for n, line in enumerate(Path(args.questions).read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 row = json.loads(line)
-                if "video" not in row or "question" not in row:
-                    raise ValueError(f"{args.questions}:{n}: rows need 'video' and 'question'")
-                by_video[Path(row["video"]).name] = row["question"]
+                needed = ("video", "question", "answer") if args.chosen == "answer" else ("video", "question")
+                for key in needed:
+                    if key not in row:
+                        raise ValueError(f"{args.questions}:{n}: missing field '{key}'")
+                by_video[Path(row["video"]).name] = row
         missing = [p for p, _ in videos if Path(p).name not in by_video]
         if missing:
             raise ValueError(f"{args.questions}: no question for {missing[0]} (and {len(missing) - 1} more)")
-        questions = [by_video[Path(p).name] for p, _ in videos]
+        questions = [by_video[Path(p).name]["question"] for p, _ in videos]
+        if args.chosen == "answer":
+            references = [by_video[Path(p).name]["answer"] for p, _ in videos]
+    elif args.chosen == "answer":
+        raise ValueError("--chosen answer needs --questions with an 'answer' per video")
 
     model, processor = _load(args.model, args.trust_remote_code)
     by_m, report = make_pairs(
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         magnitudes=[int(m) for m in args.magnitudes.split(",")], questions=questions,
         frames_per_clip=args.frames_per_clip, seed=args.seed,
         pair_filter=PairFilter(max_length_ratio=args.max_length_ratio if args.max_length_ratio > 0 else None),
-        generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.sample},
+        generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}, references=references,
     )
     written = write_pairs(args.out, by_m, report)
     print(json.dumps({"videos": len(videos), "unreadable": skipped.count, "generated": report.generated,

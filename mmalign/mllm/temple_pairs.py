@@ -109,12 +109,15 @@ def make_pairs(
     kinds: Sequence[str] = ("drop", "shuffle", "reverse"), magnitudes: Sequence[int] = (16, 8, 4, 2),
     questions: Sequence[str] | None = None, frames_per_clip: int = 2, seed: int = 0,
     pair_filter: PairFilter | None = None, generation: dict | None = None,
+    references: Sequence[str] | None = None,
 ) -> tuple[dict[int, list[dict]], PairReport]:
     """Pairs per magnitude for ``videos`` = ``[(path, frames), ...]``.
 
     ``questions`` gives one question per video (default: a caption instruction drawn per video). The clean
     answer is generated once per video; one perturbed answer per (kind, magnitude), each perturbation seeded
-    from ``seed`` and the video's position so the whole run is reproducible.
+    from ``seed`` and the video's position so the whole run is reproducible. ``references`` (one per video), when
+    given, are used as the chosen answers instead of the model's clean-video answers (labelled data; not in
+    TEMPLE, which always self-generates).
     """
     flt = pair_filter or PairFilter()
     gen = dict(generation or {})
@@ -126,7 +129,8 @@ def make_pairs(
     try:
         for vi, (path, frames) in enumerate(videos):
             question = questions[vi] if questions is not None else rng.choice(CAPTION_PROMPTS)
-            chosen = generate_answer(model, processor, frames, question, **gen)
+            chosen = references[vi] if references is not None else generate_answer(
+                model, processor, frames, question, **gen)
             for m in magnitudes:
                 for kind in kinds:
                     pseed = seed * 1_000_003 + vi * 101 + m * 7 + kinds.index(kind)
