@@ -58,7 +58,7 @@ def test_dpo_lora_sd15(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
 
 def test_dpo_full_finetune_sd15_exports_pipeline(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
     summary = run_recipe("sd15_dpo_full.yaml", tiny_model_dirs["sd15"], data_dirs["pairs"], "export.ema=true",
-                         "export.ema_decay=0.5", "method.empty_prompt_prob=0.5")
+                         "export.ema_decay=0.5", "method.empty_prompt_prob=0.5", "train.checkpoint_at_end=true")
     out = tmp_path / "out"
     _check_outputs(summary, out)
     assert summary["setup"]["mode"] == "full" and summary["setup"]["reference"] == "frozen_copy"
@@ -70,6 +70,14 @@ def test_dpo_full_finetune_sd15_exports_pipeline(run_recipe, tiny_model_dirs, da
     assert max(diffs) > 0
     for a, b in zip(tuned.text_encoder.parameters(), base.text_encoder.parameters()):
         assert torch.equal(a, b)  # only the UNet is trained
+
+    from mmalign.cli import (
+        main as cli,  # a full fine-tuning checkpoint exports to a pipeline (raw, non-EMA weights)
+    )
+
+    assert cli(["export", str(out / "checkpoints" / "checkpoint-2"), "--out", str(tmp_path / "from_ckpt")]) == 0
+    from_ckpt = StableDiffusionPipeline.from_pretrained(str(tmp_path / "from_ckpt"))
+    assert max(float((a - b).abs().max()) for a, b in zip(from_ckpt.unet.parameters(), base.unet.parameters())) > 0
 
 
 def test_sft_sd15(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
