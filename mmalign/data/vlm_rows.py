@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from mmalign.data.errors import BadSample, DataFormatError, where
 from mmalign.data.images import BadImageError, decode_image
-from mmalign.data.sources import JsonlSource, open_sources
+from mmalign.data.sources import RowsSource, open_sources
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 REWARD_FIELDS = ("chosen_reward", "rejected_reward", "ls_factor")
@@ -127,7 +127,7 @@ class VLMPreferenceDataset(Dataset):
             raise DataFormatError(f"{where(source.name, field=extra_field)}: column is missing (the method needs it)")
         text = {n: _column(source, n) for n in TEXT_FIELDS + ("id",) + REWARD_FIELDS if n in names}
         for row in range(source.num_rows):
-            label = source.row_label(row) if isinstance(source, JsonlSource) else row
+            label = source.row_label(row) if isinstance(source, RowsSource) else row
             try:
                 self.rows.append(self._check_row(source, row, label, text, image_field, extra_field, require_extra))
             except DataFormatError as exc:
@@ -136,24 +136,24 @@ class VLMPreferenceDataset(Dataset):
                 self.skipped.append(str(exc))
 
     def _check_row(self, source, row, label, text, image_field, extra_field, require_extra) -> _RowRef:
-        jsonl = isinstance(source, JsonlSource)
+        jsonl = isinstance(source, RowsSource)
         values = {n: text[n][row] for n in TEXT_FIELDS}
         if not isinstance(values["prompt"], str | list) or not values["prompt"]:
-            raise DataFormatError(f"{where(source.name, label, 'prompt', jsonl=jsonl)}: prompt is missing or empty")
+            raise DataFormatError(f"{where(source.name, label, 'prompt', by_line=jsonl)}: prompt is missing or empty")
         for name in ("chosen", "rejected"):
             if not completion_text(values[name]).strip():
-                raise DataFormatError(f"{where(source.name, label, name, jsonl=jsonl)}: empty completion")
+                raise DataFormatError(f"{where(source.name, label, name, by_line=jsonl)}: empty completion")
         cell = source.read_cell(row, image_field, (image_field,))
         cells = list(cell) if isinstance(cell, list | tuple) else [cell]
         if not cells or any(c is None for c in cells):
-            raise DataFormatError(f"{where(source.name, label, image_field, jsonl=jsonl)}: no image")
+            raise DataFormatError(f"{where(source.name, label, image_field, by_line=jsonl)}: no image")
         refs = [(f"{image_field}[{i}]" if len(cells) > 1 else image_field, c) for i, c in enumerate(cells)]
         extra = None
         if extra_field is not None and extra_field in source.column_names:
             value = source.read_cell(row, extra_field, (extra_field,)) if not jsonl else source.rows[row].get(extra_field)
             extra = (extra_field, value) if value is not None else None
         if require_extra and extra is None:
-            raise DataFormatError(f"{where(source.name, label, extra_field, jsonl=jsonl)}: no image")
+            raise DataFormatError(f"{where(source.name, label, extra_field, by_line=jsonl)}: no image")
         for name, ref in refs + ([extra] if extra else []):
             self._check_path(source, label, name, ref, jsonl)
         rewards = {k: float(text[k][row]) for k in REWARD_FIELDS if k in text and text[k][row] is not None}
@@ -163,7 +163,7 @@ class VLMPreferenceDataset(Dataset):
     def _check_path(self, source, label, name, ref, jsonl) -> None:
         path = self._path_of(source, ref)
         if path is not None and not path.is_file():
-            raise DataFormatError(f"{where(source.name, label, name, jsonl=jsonl)}: image file not found: {path}")
+            raise DataFormatError(f"{where(source.name, label, name, by_line=jsonl)}: image file not found: {path}")
 
     def _path_of(self, source: Any, ref: Any) -> Path | None:
         if isinstance(ref, dict):
@@ -191,14 +191,14 @@ class VLMPreferenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> VLMRow | BadSample:
         r = self.rows[index]
-        jsonl = isinstance(r.source, JsonlSource)
+        jsonl = isinstance(r.source, RowsSource)
         images, extra = [], None
         for name, ref in r.image_refs + ([r.extra_ref] if r.extra_ref else []):
             try:
                 image = self._load(r, name, ref)
             except (BadImageError, OSError) as exc:
                 return BadSample(index, r.text["id"], str(r.source.name), r.row, name,
-                                 f"{exc} ({where(r.source.name, r.row, name, jsonl=jsonl)})")
+                                 f"{exc} ({where(r.source.name, r.row, name, by_line=jsonl)})")
             if r.extra_ref is not None and name == r.extra_ref[0]:
                 extra = image
             else:
@@ -208,7 +208,7 @@ class VLMPreferenceDataset(Dataset):
 
 
 def _column(source: Any, name: str) -> list[Any]:
-    if isinstance(source, JsonlSource):  # optional fields may be absent on some lines
+    if isinstance(source, RowsSource):  # optional fields may be absent on some lines
         return [record.get(name) for record in source.rows]
     return source.read_columns([name])[name]
 
