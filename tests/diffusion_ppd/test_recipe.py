@@ -38,6 +38,7 @@ def _run(argv):
 @pytest.mark.slow
 def test_toy_ppd_config_runs_end_to_end_and_exports(per_user_pairs, tmp_path):
     from mmalign.diffusion.ppd import load_user_adapter
+    from mmalign.diffusion.ppd.export import load_user_embeddings
     from mmalign.diffusion.tiny import load_pipeline, save_tiny_pipeline
     from scorers.tiny import save_tiny_scorer_checkpoints
 
@@ -67,3 +68,8 @@ def test_toy_ppd_config_runs_end_to_end_and_exports(per_user_pairs, tmp_path):
         assert (model(x, t, c, user_embeds=u).sample - untouched(x, t, c).sample).abs().max() > 1e-4
     config = json.loads((out / "user_adapter" / "user_adapter_config.json").read_text())
     assert config["embedding"] == "clip" and config["shots"] == 4
+    users = load_user_embeddings(out / "user_adapter")  # the training users' embeddings travel with the adapter
+    assert sorted(users) == ["0", "1", "2"] and all(u.shape == (1, 32) for u in users.values())
+    with torch.no_grad():
+        assert (model(x, t, c, user_embeds=users["0"].expand(2, -1, -1)).sample
+                - model(x, t, c, user_embeds=users["1"].expand(2, -1, -1)).sample).abs().max() > 0

@@ -5,6 +5,8 @@ adapted cross-attention (``unet.<layer>.to_k_ip.weight`` / ``to_v_ip.weight``); 
 (embedding shape, token count, scale, the UNet's cross-attention width, the adapted layer names) and which
 embedding source produced the users' embeddings. The base UNet is not copied: load the adapter onto the same base
 pipeline's UNet with :func:`load_user_adapter` (strict: missing, unexpected or mis-shaped tensors are errors).
+The recipe also stores the training users' embeddings (``user_embeddings.safetensors``, keys ``user_<id>``) in the
+same folder (:func:`save_user_embeddings` / :func:`load_user_embeddings`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mmalign.diffusion.ppd.model import UserConditionedUNet
 WEIGHTS_NAME = "user_adapter.safetensors"
 CONFIG_NAME = "user_adapter_config.json"
 FORMAT_VERSION = 1
+USER_EMBEDDINGS_NAME = "user_embeddings.safetensors"
 
 
 def adapter_state_dict(model: UserConditionedUNet) -> dict[str, torch.Tensor]:
@@ -68,7 +71,7 @@ def load_user_adapter(unet, adapter_dir: str | Path) -> UserConditionedUNet:
     model = UserConditionedUNet.build(unet, (config["seq_len"], config["user_dim"]), config["num_tokens"],
                                       scale=config["scale"])
     state = load_file(str(Path(adapter_dir) / WEIGHTS_NAME))
-    expected = {k: v for k, v in adapter_state_dict(model).items()}
+    expected = adapter_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     bad_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or bad_shape:
@@ -82,3 +85,23 @@ def load_user_adapter(unet, adapter_dir: str | Path) -> UserConditionedUNet:
             proc.user.to_k_ip[0].weight.copy_(state[f"unet.{layer}.to_k_ip.weight"])
             proc.user.to_v_ip[0].weight.copy_(state[f"unet.{layer}.to_v_ip.weight"])
     return model
+
+
+def save_user_embeddings(embeddings: dict, path: str | Path) -> Path:
+    """``{user_id: (S, H)}`` → safetensors with keys ``user_<id>``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"user_{u}": e.float().contiguous() for u, e in embeddings.items()}, str(path))
+    return path
+
+
+def load_user_embeddings(path: str | Path) -> dict[str, torch.Tensor]:
+    """``{user_id (str): embedding}`` from :func:`save_user_embeddings`' file (or an adapter folder holding it)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / USER_EMBEDDINGS_NAME
+    return {k.removeprefix("user_"): v for k, v in load_file(str(path)).items()}

@@ -12,6 +12,7 @@ user-conditioned UNet, the export.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch.utils.data import ConcatDataset, Subset
 from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.build import WEIGHT_DTYPES, training_set
 from mmalign.diffusion.ppd.data import WithUser, collate_with_users, split_shots
-from mmalign.diffusion.ppd.export import save_user_adapter
+from mmalign.diffusion.ppd.export import USER_EMBEDDINGS_NAME, save_user_adapter, save_user_embeddings
 from mmalign.diffusion.ppd.model import UserConditionedUNet
 from mmalign.diffusion.ppd.users import embed_users
 from mmalign.diffusion.reference import ReferenceProvider
@@ -51,6 +52,8 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
             if key in stats_u:
                 data_stats[key] = data_stats.get(key, 0) + stats_u[key]
         parts_sets.append(WithUser(user_set, embeddings[user]))
+    if accelerator.is_main_process:
+        save_user_embeddings(embeddings, Path(cfg.output_dir) / USER_EMBEDDINGS_NAME)
     stats = {**data_stats, **split_stats, **embed_stats, "user_embeddings_dir": cache_dir}
     return ConcatDataset(parts_sets), collate_with_users(collate_fn), counter, stats, embeddings
 
@@ -79,8 +82,13 @@ def prepare_user_unet(cfg, parts: DiffusionParts, accelerator, user_shape: tuple
 
 
 def export_user_adapter(model: UserConditionedUNet, cfg, output_dir: str | Path) -> Path:
-    """``<output_dir>/user_adapter`` (safetensors + json) with the embedding source recorded."""
+    """``<output_dir>/user_adapter``: the adapter (safetensors + json, embedding source recorded) and the training
+    users' embeddings (``user_embeddings.safetensors``, ``user_<id>`` keys)."""
     ppd = cfg.method.ppd
     source = {"embedding": ppd.embedding, "vlm": ppd.vlm, "scorer": ppd.scorer,
               "scorer_checkpoint": ppd.scorer_checkpoint, "shots": ppd.shots, "base_model": cfg.model.pretrained}
-    return save_user_adapter(model, Path(output_dir) / "user_adapter", extra=source)
+    out = save_user_adapter(model, Path(output_dir) / "user_adapter", extra=source)
+    users = Path(output_dir) / USER_EMBEDDINGS_NAME
+    if users.exists():
+        shutil.copyfile(users, out / USER_EMBEDDINGS_NAME)
+    return out
