@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -64,3 +65,26 @@ def test_torchrun_two_processes_equal_one_process_with_double_batch(run_group, t
     resumed_weights = load_file(str(out / "resumed" / "final.safetensors"))
     max_diff = max((resumed_weights[k] - ddp_weights[k]).abs().max().item() for k in ref)
     assert max_diff <= 1e-6, f"2-process resume differs from the uninterrupted 2-process run by {max_diff}"
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_multi_gpu_config_runs_two_processes_on_cpu(run_group, tiny, tmp_path):
+    """The documented launcher, ``accelerate launch --config_file recipes/accelerate/multi_gpu.yaml``, on a
+    machine without GPUs: accelerate starts two processes through torchrun and make_accelerator joins them."""
+    out = tmp_path / "launched"
+    run = {**RUN, "max_steps": 3, "checkpoint_every": 0}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    config = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "multi_gpu.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+           str(tiny.__file__), str(out), json.dumps({**run, "batch_size": 2})]
+    proc = run_group(cmd, env, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+
+    single_model = tiny.make_model()
+    train(TrainConfig(**run, batch_size=4), output_dir=tmp_path / "single", model=single_model,
+          dataset=tiny.TinyRegression(), step_fn=tiny.make_step_fn())
+    launched, ref = load_file(str(out / "final.safetensors")), tiny.weights(single_model)
+    assert max((launched[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
