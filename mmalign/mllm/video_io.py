@@ -196,11 +196,23 @@ def read_videos(
 
 
 def list_videos(source: str | os.PathLike) -> list[Path]:
-    """Videos named by ``source``: a folder (sorted files with a video suffix) or a text file, one path a
-    line (relative paths resolved against the list's folder; ``#`` comments and blank lines ignored)."""
+    """Videos named by ``source``: a folder (sorted files with a video suffix), a ``.jsonl`` file (the ``video``
+    field of each row) or a text file, one path a line (relative paths resolved against the list's folder;
+    ``#`` comments and blank lines ignored)."""
     source = Path(source)
     if source.is_dir():
         return sorted(p for p in source.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if source.is_file() and source.suffix == ".jsonl":
+        import json
+
+        paths = []
+        for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                video = json.loads(line).get("video")
+                if not video:
+                    raise ValueError(f"{source}:{n}: missing field 'video'")
+                paths.append(Path(video) if Path(video).is_absolute() else source.parent / video)
+        return paths
     if source.is_file():
         paths = []
         for line in source.read_text(encoding="utf-8").splitlines():
