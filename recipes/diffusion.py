@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from mmalign.config import load_config, to_dict
 from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.build import LazyEMA, check_config, load_data, prepare_unet, training_set
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = make_accelerator(cfg.train, output_dir)
     if accelerator.is_main_process:
         save_run_config(cfg, output_dir)
+
+    set_seed(cfg.train.seed)  # LoRA initialisation and the cache pass are reproducible too
 
     # 2. Data (validated records, lazy images) and the pipeline.
     dataset = load_data(cfg, kind)
