@@ -163,7 +163,8 @@ class CachedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
         lat = [self.cache.get_image(k) for k in entry["image_keys"]]
-        txt = [self.cache.get_prompt(p) for p in entry["prompts"]]
+        loaded = {p: self.cache.get_prompt(p) for p in dict.fromkeys(entry["prompts"])}  # a pair's prompt read once
+        txt = [loaded[p] for p in entry["prompts"]]
         example = {
             "latent_mean": torch.stack([x["mean"] for x in lat]),
             "latent_std": torch.stack([x["std"] for x in lat]),
