@@ -64,7 +64,9 @@ def add_user_branch(unet, token_dim: int, num_tokens: int, init: str = "zero", s
     """Install a :class:`UserAttnProcessor` on every text cross-attention of ``unet`` (its current processors kept
     as the ``base`` path); freeze the UNet; return the names of the adapted layers.
 
-    Call *after* any attention-backend switch (``set_attn_processor`` replaces all processors)."""
+    The new weights take the UNet's dtype and device (for training, cast them to float32 and run under autocast,
+    as :func:`mmalign.diffusion.ppd.setup.prepare_user_unet` does). Call *after* any attention-backend switch
+    (``set_attn_processor`` replaces all processors)."""
     if init not in INITS:
         raise ValueError(f"ppd.init: unknown '{init}' ({', '.join(INITS)})")
     unet.requires_grad_(False)
@@ -87,7 +89,7 @@ def add_user_branch(unet, token_dim: int, num_tokens: int, init: str = "zero", s
             else:
                 k.weight.copy_(torch.randn(k.weight.shape, generator=generator) * token_dim ** -0.5)
                 v.weight.zero_()
-        processors[name] = proc.to(attn.to_q.weight.device)
+        processors[name] = proc.to(attn.to_q.weight.device, attn.to_q.weight.dtype)
         adapted.append(name)
     if not adapted:
         raise ValueError("the UNet has no text cross-attention layers (attn2) to add a user branch to")

@@ -31,8 +31,8 @@ class UserConditionedUNet(nn.Module):
         torch.manual_seed(seed)
         projection = UserProjection(user_dim, seq_len, token_dim, num_tokens)
         add_user_branch(unet, token_dim, projection.num_tokens, init=init, scale=scale, seed=seed)
-        device = next(unet.parameters()).device
-        return cls(unet, projection.to(device))
+        weight = next(unet.parameters())
+        return cls(unet, projection.to(weight.device, weight.dtype))
 
     @property
     def config(self):

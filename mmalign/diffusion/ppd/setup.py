@@ -43,11 +43,9 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
         raise ValueError(f"{cfg.data.path}: no user has more than method.ppd.shots={ppd.shots} pairs")
     cache_dir = ppd.cache_dir or str(Path(cfg.output_dir) / "user_embeddings")
     embeddings, embed_stats = embed_users(ppd, dataset, splits, cache_dir, accelerator.device)
-    parts_sets, collate_fn, counter, data_stats = [], None, None, {}
+    parts_sets, collate_fn, data_stats = [], None, {}
     for user, (_, train_idx) in splits.items():
-        user_set, collate_fn, counter_u, stats_u = training_set(cfg, "pairs", Subset(dataset, train_idx), parts,
-                                                                accelerator)
-        counter = counter or counter_u
+        user_set, collate_fn, _, stats_u = training_set(cfg, "pairs", Subset(dataset, train_idx), parts, accelerator)
         for key in ("items", "skipped", "seen"):
             if key in stats_u:
                 data_stats[key] = data_stats.get(key, 0) + stats_u[key]
@@ -55,6 +53,11 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
     if accelerator.is_main_process:
         save_user_embeddings(embeddings, Path(cfg.output_dir) / USER_EMBEDDINGS_NAME)
     stats = {**data_stats, **split_stats, **embed_stats, "user_embeddings_dir": cache_dir}
+    counter = None
+    if not cfg.data.cache:  # uncached: one skip counter over all users' training pairs (bad images read in the step)
+        from mmalign.data import SkipCounter
+
+        counter = SkipCounter(split_stats["train_pairs"], cfg.data.max_skip_fraction)
     return ConcatDataset(parts_sets), collate_with_users(collate_fn), counter, stats, embeddings
 
 
