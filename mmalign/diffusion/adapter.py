@@ -45,7 +45,9 @@ def load_parts(pretrained: str, revision: str | None = None, prediction_type: st
     """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline and return its parts; training scheduler = DDPM."""
     from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 
-    kwargs = {"revision": revision} if revision else {}
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    if "safety_checker" in DiffusionPipeline.load_config(pretrained, **kwargs):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)  # not needed for training (1.2 GB)
     pipe = DiffusionPipeline.from_pretrained(pretrained, **kwargs)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     ptype = prediction_type or scheduler.config.prediction_type

@@ -152,3 +152,21 @@ def test_shared_timesteps_and_noise_layout():
     pred, target = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
     target[1] *= 3
     torch.testing.assert_close(per_sample_error(pred, target), torch.tensor([1.0, 9.0]))
+
+
+def test_flow_target_and_velocity_target():
+    """Rectified flow: x = (1 - sigma) x0 + sigma eps, target eps - x0 (sigma = t / T); v = a eps - s x0."""
+    from diffusers import DDPMScheduler
+
+    from mmalign.diffusion.scores import noisy_input_and_target
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    x0, eps, t = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), torch.tensor([250, 900])
+    x, target = noisy_input_and_target(scheduler, x0, eps, t, "flow")
+    sigma = torch.tensor([0.25, 0.9]).view(2, 1, 1, 1)
+    torch.testing.assert_close(x, (1 - sigma) * x0 + sigma * eps)
+    torch.testing.assert_close(target, eps - x0)
+    x, target = noisy_input_and_target(scheduler, x0, eps, t, "v_prediction")
+    abar = scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
+    torch.testing.assert_close(x, abar.sqrt() * x0 + (1 - abar).sqrt() * eps)
+    torch.testing.assert_close(target, abar.sqrt() * eps - (1 - abar).sqrt() * x0)
