@@ -162,12 +162,24 @@ def kto_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Ten
     e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
     score, ref_score = -0.5 * e, -0.5 * e_ref
     losses, metrics = objectives.kto_loss(
-        score, ref_score, batch["label"].bool(), beta=2.0 * ctx.method.beta,
-        kl_policy=score.detach(), kl_reference=ref_score, lambda_d=ctx.method.kto_lambda_desirable,
-        lambda_u=ctx.method.kto_lambda_undesirable,
+        score, ref_score, batch["label"].bool(), beta=2.0 * ctx.method.beta, z0=_global_kto_z0(score, ref_score),
+        lambda_d=ctx.method.kto_lambda_desirable, lambda_u=ctx.method.kto_lambda_undesirable,
     )
     metrics.update({"model_mse": e.detach().mean(), "ref_mse": e_ref.mean()})
     return losses.mean(), metrics
+
+
+def _global_kto_z0(score: torch.Tensor, ref_score: torch.Tensor) -> torch.Tensor:
+    """Diffusion-KTO reference point over the *global* batch: ``clamp(mean over all ranks of rho, min=0)``, detached
+    (official: mean of the gathered batch). Single process: :func:`mmalign.objectives.kto_z0`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return objectives.kto_z0(score.detach(), ref_score.detach())
+    rho = (score - ref_score).detach().float()
+    total = torch.stack([rho.sum(), torch.tensor(float(rho.numel()), device=rho.device)])
+    dist.all_reduce(total)
+    return (total[0] / total[1]).clamp(min=0.0)
 
 
 STEPS = {"dpo": dpo_step, "dcpo": dpo_step, "sft": sft_step, "mapo": mapo_step, "rankdpo": rankdpo_step,
