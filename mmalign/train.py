@@ -212,12 +212,14 @@ def train(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
     sampler = EpochSampler(len(dataset), cfg.seed)
+    loader_rng = torch.Generator()
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
         num_workers=cfg.num_workers, drop_last=True, pin_memory=accelerator.device.type == "cuda",
         # Its own generator: iterating a DataLoader draws the workers' base seed from this generator, which
         # would otherwise be the global torch RNG, shifting the noise a step draws after a mid-epoch resume.
-        generator=torch.Generator().manual_seed(cfg.seed),
+        # Reseeded every epoch below, so worker seeds are a function of (seed, epoch) as the data order is.
+        generator=loader_rng,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
@@ -270,6 +272,7 @@ def train(
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
         epoch_loader.set_epoch(epoch)  # accelerate's own epoch counter (and datasets with set_epoch)
         sampler.set_epoch(epoch)  # directly: accelerate does not forward it through SkipBatchSampler(BatchSamplerShard)
+        loader_rng.manual_seed(cfg.seed * 100_003 + epoch)
         for batch in epoch_loader:
             micro_done += 1
             with accelerator.accumulate(model):

@@ -105,3 +105,50 @@ def test_resume_with_a_different_batch_layout_warns(tiny, tmp_path, capsys):
                     model=tiny.make_model(), dataset=tiny.TinyRegression(), step_fn=tiny.make_step_fn())
     assert summary["steps"] == 3
     assert "different data layout {'micro_per_epoch': (12, 6)}" in capsys.readouterr().out
+
+
+class _AugmentedInWorker(torch.utils.data.Dataset):
+    """Random augmentation drawn inside the DataLoader worker (seeded by the loader's base seed)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = dict(self.base[i])
+        item["x"] = item["x"] + 0.3 * torch.rand(item["x"].shape)
+        return item
+
+
+def test_resume_at_epoch_boundary_reproduces_worker_side_randomness(tiny, tmp_path):
+    """num_workers=1 and an augmentation drawn in the worker: the worker seeds depend only on (seed, epoch),
+    so a resume from the end of epoch 0 (step 6 of 24/4) ends on the uninterrupted run's weights."""
+    dataset = _AugmentedInWorker(tiny.TinyRegression())
+    cfg = dict(max_steps=9, batch_size=4, grad_accum=1, checkpoint_every=6, num_workers=1)
+    straight = tiny.make_model()
+    train(_cfg(**cfg), output_dir=tmp_path / "straight", model=straight, dataset=dataset,
+          step_fn=tiny.make_step_fn())
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    step_fn = tiny.make_step_fn()
+
+    def crashing_step(model, batch):
+        if step_fn.calls["n"] == 7:
+            raise SimulatedCrash
+        return step_fn(model, batch)
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with pytest.raises(SimulatedCrash):
+        train(_cfg(**cfg), output_dir=tmp_path / "resumed", model=tiny.make_model(), dataset=dataset,
+              step_fn=crashing_step)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = tiny.make_model(seed=5)
+    train(_cfg(**cfg, resume="latest"), output_dir=tmp_path / "resumed", model=resumed, dataset=dataset,
+          step_fn=tiny.make_step_fn())
+    a, b = tiny.weights(straight), tiny.weights(resumed)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
