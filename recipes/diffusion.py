@@ -20,7 +20,14 @@ from accelerate.utils import set_seed
 
 from mmalign.config import load_config, to_dict
 from mmalign.diffusion.adapter import load_parts
-from mmalign.diffusion.build import LazyEMA, check_config, load_data, prepare_unet, training_set
+from mmalign.diffusion.build import (
+    LazyEMA,
+    check_config,
+    load_data,
+    normalize_config,
+    prepare_unet,
+    training_set,
+)
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.export import export_trained, save_run_config
 from mmalign.diffusion.inputs import InputBuilder
@@ -44,11 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Config: typed, unknown keys rejected, paths checked — all before any model is loaded.
     config_path, overrides = parse_args(argv)
     cfg = load_config(DiffusionRecipeConfig, config_path, overrides)
-    for note in resolve_placeholders(cfg, Path(cfg.output_dir) / "tiny_inputs"):
-        print(f"NOTE: {note}")
-    kind = check_config(cfg)
+    normalize_config(cfg)
     output_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(cfg.train, output_dir)
+    with accelerator.main_process_first():  # `tiny:` placeholders: other ranks reuse what the main process wrote
+        for note in resolve_placeholders(cfg, output_dir / "tiny_inputs"):
+            accelerator.print(f"NOTE: {note}")
+    kind = check_config(cfg)
     if accelerator.is_main_process:
         save_run_config(cfg, output_dir)
 

@@ -23,8 +23,17 @@ from mmalign.diffusion.speed import apply_speed_options
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def normalize_config(cfg: DiffusionRecipeConfig) -> None:
+    """What must hold before the Accelerator is made: a valid ``train.mixed_precision``."""
+    if str(cfg.train.mixed_precision).lower() == "false":  # YAML 1.1 / OmegaConf read a bare `no` as a boolean
+        cfg.train.mixed_precision = "no"
+    if cfg.train.mixed_precision not in WEIGHT_DTYPES:
+        raise ConfigError(f"config key 'train.mixed_precision': '{cfg.train.mixed_precision}' (no, fp16, bf16)")
+
+
 def check_config(cfg: DiffusionRecipeConfig) -> str:
     """Validate names and paths before anything heavy is loaded; returns the data kind."""
+    normalize_config(cfg)
     if cfg.method.name not in METHODS:
         raise ConfigError(f"config key 'method.name': unknown method '{cfg.method.name}' ({', '.join(METHODS)})")
     kind = cfg.data.kind or DATA_KIND[cfg.method.name]
@@ -34,10 +43,6 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
         raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
     if cfg.lora.rank < 0:
         raise ConfigError("config key 'lora.rank' must be >= 0 (0 = full fine-tuning)")
-    if str(cfg.train.mixed_precision).lower() == "false":  # YAML 1.1 / OmegaConf read a bare `no` as a boolean
-        cfg.train.mixed_precision = "no"
-    if cfg.train.mixed_precision not in WEIGHT_DTYPES:
-        raise ConfigError(f"config key 'train.mixed_precision': '{cfg.train.mixed_precision}' (no, fp16, bf16)")
     if cfg.export.ema and cfg.lora.rank > 0:
         raise ConfigError("config key 'export.ema' is for full fine-tuning (lora.rank=0)")
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})

@@ -165,8 +165,14 @@ def kto_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Ten
         score, ref_score, batch["label"].bool(), beta=2.0 * ctx.method.beta, z0=_global_kto_z0(score, ref_score),
         lambda_d=ctx.method.kto_lambda_desirable, lambda_u=ctx.method.kto_lambda_undesirable,
     )
+    # keep only keys present in every batch: the shared loop reduces one metrics vector across ranks
+    metrics = {k: v for k, v in metrics.items() if k not in KTO_CONDITIONAL_METRICS}
     metrics.update({"model_mse": e.detach().mean(), "ref_mse": e_ref.mean()})
     return losses.mean(), metrics
+
+
+KTO_CONDITIONAL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
+"""kto_loss metrics that exist only when a batch has both labels (the *_sum and count/* ones always exist)."""
 
 
 def _global_kto_z0(score: torch.Tensor, ref_score: torch.Tensor) -> torch.Tensor:

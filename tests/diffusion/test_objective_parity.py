@@ -133,6 +133,10 @@ def test_kto_step_matches_diffusion_kto(tiny_model_dirs):
     y = batch["label"].float() * 2 - 1
     official = (1 - torch.sigmoid(y * 1000.0 * (g_ - z0))).mean()
     torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-6)
+    # the metric keys do not depend on the labels in the batch (the loop reduces one vector across ranks)
+    _, metrics_mixed = kto_step(ctx, parts.unet, batch)
+    _, metrics_one_label = kto_step(ctx, parts.unet, {**batch, "label": torch.ones(2 * B, dtype=torch.bool)})
+    assert metrics_mixed.keys() == metrics_one_label.keys()
 
 
 def test_sdxl_time_ids_of_a_non_square_image():
