@@ -45,14 +45,14 @@ class BuildSettings:
     """Master seed (every stage derives its own from it)."""
     vae_images: int = 2048
     """Renders the VAE trains on."""
-    vae_steps: int = 250
+    vae_steps: int = 400
     """VAE optimisation steps."""
     vae_batch_size: int = 16
     vae_lr: float = 3e-3
-    vae_kl_weight: float = 1e-4
+    vae_kl_weight: float = 1e-6
     unet_images: int = 4096
     """Renders the UNet trains on."""
-    unet_steps: int = 500
+    unet_steps: int = 400
     """UNet optimisation steps (few on purpose: an under-trained base leaves headroom)."""
     unet_batch_size: int = 32
     unet_lr: float = 1.5e-3

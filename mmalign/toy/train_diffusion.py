@@ -75,11 +75,29 @@ def train_vae(vae, images: np.ndarray, *, steps: int, batch_size: int, lr: float
     vae.eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(data[i:i + 256]).latent_dist.mean for i in range(0, len(data), 256)])
+        offset = center_latents(vae, latents.mean(dim=(0, 2, 3)))
+        latents = latents - offset.view(1, -1, 1, 1)
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
-    log(f"VAE: {steps} steps, final recon MSE (EMA) {ema_mse:.5f}, latent std {latents.std():.3f} "
-        f"-> scaling_factor {scaling:.4f}")
+    log(f"VAE: {steps} steps, final recon MSE (EMA) {ema_mse:.5f}, latent channel means {offset.numpy().round(2)} "
+        f"folded into quant convs, centred latent std {latents.std():.3f} -> scaling_factor {scaling:.4f}")
     return {"vae_mse": float(ema_mse), "vae_scaling_factor": scaling}
+
+
+@torch.no_grad()
+def center_latents(vae, mu: torch.Tensor) -> torch.Tensor:
+    """Make the VAE's latent means zero per channel without changing what it computes.
+
+    The pipeline decodes ``latents / scaling_factor`` with no shift (``shift_factor`` is ignored by SD1.x
+    pipelines), so a per-channel offset ``mu`` of the latents is folded into the 1x1 convolutions around the
+    latent: ``quant_conv``'s mean outputs get bias ``- mu`` and ``post_quant_conv`` gets bias ``+ W mu``, hence
+    ``decode(z - mu) == old_decode(z)``. Returns ``mu``.
+    """
+    c = mu.numel()
+    vae.quant_conv.bias[:c] -= mu
+    weight = vae.post_quant_conv.weight[:, :, 0, 0]
+    vae.post_quant_conv.bias += weight @ mu
+    return mu
 
 
 @torch.no_grad()
