@@ -352,7 +352,11 @@ def train(
     }
     if accelerator.is_main_process:
         write_summary(output_dir, summary)
-    accelerator.end_training()
+    # Close the trackers only: Accelerator.end_training() would also destroy the process group, which broke
+    # a second train() in the same processes (curriculum stages) under torchrun / accelerate launch. A recipe
+    # calls accelerator.end_training() itself once, at the very end.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return summary
 
 

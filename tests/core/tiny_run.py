@@ -14,6 +14,7 @@ what a pre-emption or an OOM kill looks like to the checkpoint code.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -104,17 +105,17 @@ def main(argv: list[str]) -> int:
     if os.environ.get("MMALIGN_TEST_KILL_AT_CHECKPOINT"):
         install_kill_hook(int(os.environ["MMALIGN_TEST_KILL_AT_CHECKPOINT"]))
     torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(200, exit=True)  # a hang fails the test with every thread's stack
     run_once(output_dir, {"progress_bar": False, **overrides}, flags)
-    for flag in flags:
+    for flag in sorted(flags):
         if flag.startswith("--then-resume-from="):
-            # A second run in the same processes (saves a second launch): resume from checkpoint-k of the
-            # first run into OUTPUT_DIR/resumed.
-            from accelerate.state import AcceleratorState, GradientState
-
-            AcceleratorState._reset_state(True)
-            GradientState._reset_state()
+            # A second train() in the same processes, as curriculum stages do (and it saves a launch): resume
+            # from checkpoint-k of the first run into OUTPUT_DIR/resumed.
             resume = str(ckpt.final_path(output_dir, int(flag.split("=", 1)[1])))
             run_once(output_dir / "resumed", {"progress_bar": False, **overrides, "resume": resume}, flags)
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()  # what a recipe's final accelerator.end_training() does
     return 0
 
 
@@ -124,6 +125,8 @@ def run_once(output_dir: Path, overrides: dict[str, Any], flags: set[str]) -> No
           step_fn=make_step_fn(noise="--noise" in flags))
     if int(os.environ.get("RANK", "0")) == 0:
         save_file(weights(model), str(output_dir / "final.safetensors"))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # rank 0 has written final.safetensors before anyone goes on or exits
 
 
 if __name__ == "__main__":
