@@ -24,7 +24,7 @@ MFU = achieved model FLOP/s ÷ ``--peak-tflops`` (default 989 = NVIDIA H100 SXM5
 H100 datasheet "1,979 teraFLOPS with sparsity"; the H200 has the same compute). ``--measure-peak`` also times an
 8192³ bf16 matmul and reports MFU against that measured peak (the issue measured about 798 TFLOP/s).
 
-GPU (the issue #9 runs):     python bench/diffusion_step.py --suite sd15   and   --suite sdxl
+GPU (the issue #9 runs):     python bench/diffusion_step.py --suite sd15   (and sdxl; see bench/RESULTS.md)
 One configuration:           python bench/diffusion_step.py --arch sd15 --mode lora --method dpo --compile
 CPU smoke (tests/bench):     python bench/diffusion_step.py --device cpu --tiny --steps 2 --mode lora full
 """
@@ -51,23 +51,21 @@ CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 """NVIDIA H100 SXM5 BF16 Tensor Core: 1,979 TFLOP/s with 2:4 sparsity = 989.4 dense (H100 datasheet)."""
 
+_SD15 = "--arch sd15 --mode lora --method dpo mapo"
+_FAST = "--compile --channels-last --set train.optimizer=adamw_fused"
 SUITES: dict[str, list[str]] = {
-    # SD1.5 architecture, 512 px, bf16, LoRA r4, 4 pairs/step: the issue's goal setting, eager then optimised;
-    # xformers against SDPA; full fine-tuning against the eager frozen-reference-copy baseline in the same run.
-    "sd15": [
-        "--arch sd15 --mode lora --method dpo mapo",
-        "--arch sd15 --mode lora --method dpo mapo --compile --channels-last --set train.optimizer=adamw_fused",
-        "--arch sd15 --mode lora --method dpo --attention xformers",
-        "--arch sd15 --mode full --method dpo --full-ft-eager-ref-copy --compile --channels-last "
-        "--set train.optimizer=adamw_fused",
-    ],
-    # SDXL architecture, 1024 px, LoRA DPO and MaPO, with and without gradient checkpointing.
-    "sdxl": [
-        "--arch sdxl --mode lora --method dpo mapo",
-        "--arch sdxl --mode lora --method dpo mapo --gradient-checkpointing",
-        "--arch sdxl --mode lora --method dpo mapo --compile --channels-last --gradient-checkpointing",
-    ],
+    # SD1.5 architecture, 512 px, bf16, LoRA r4, 4 pairs/step (the issue's goal setting). Each suite is sized for
+    # one device call (< 10 min on an H100); "sd15" runs the three in a row.
+    "sd15-eager": [_SD15, "--arch sd15 --mode lora --method dpo --attention xformers"],
+    "sd15-compile": [f"{_SD15} {_FAST}"],
+    # Full fine-tuning against the eager frozen-reference-copy baseline, measured in the same run.
+    "sd15-full": [f"--arch sd15 --mode full --method dpo --full-ft-eager-ref-copy {_FAST}"],
+    # SDXL architecture, 1024 px, LoRA DPO and MaPO, without and with gradient checkpointing.
+    "sdxl": ["--arch sdxl --mode lora --method dpo mapo", "--arch sdxl --mode lora --method dpo mapo "
+             "--gradient-checkpointing"],
+    "sdxl-compile": [f"--arch sdxl --mode lora --method dpo mapo --gradient-checkpointing {_FAST}"],
 }
+SUITES["sd15"] = SUITES["sd15-eager"] + SUITES["sd15-compile"] + SUITES["sd15-full"]
 JSON_KEYS = (
     "bench", "arch", "mode", "method", "pairs", "resolution", "latent_size", "pairs_per_s", "step_ms", "peak_gib",
     "peak_gib_steady", "model_tflop_per_step", "hw_tflop_per_step", "forward_tflop", "step_over_forward",
@@ -380,6 +378,20 @@ def make_accelerator(cfg, device: torch.device):
 
 def run_configuration(args, device: torch.device, arch: str, mode: str, method: str, baseline: bool = False,
                       matmul_peak: float | None = None) -> dict[str, Any]:
+    """Measure one configuration; a CUDA out-of-memory error becomes a record with ``error`` (the run goes on)."""
+    try:
+        return measure(args, device, arch, mode, method, baseline, matmul_peak)
+    except torch.OutOfMemoryError as exc:
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        record = {"bench": "diffusion_step", "name": f"{arch}_{mode}_{method}", "arch": arch, "mode": mode,
+                  "method": method, "error": f"CUDA out of memory: {str(exc).splitlines()[0]}",
+                  "peak_gib": round(peak, 3), "args": " ".join(sys.argv[1:]), **environment(device)}
+    release(device)  # after the except block: the traceback (and the configuration's tensors) are gone
+    return record
+
+
+def measure(args, device: torch.device, arch: str, mode: str, method: str, baseline: bool,
+            matmul_peak: float | None) -> dict[str, Any]:
     cfg, base = recipe_config(args, arch, mode, method, baseline)
     pipe = build_pipeline(arch, args.tiny, device, args.seed)
     parts = parts_from_pipeline(pipe, source=f"{'tiny' if args.tiny else 'random'}:{arch}")
@@ -473,7 +485,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             emit(baseline, args.output)
             records.append(baseline)
         record = run_configuration(args, device, arch, mode, method, matmul_peak=matmul_peak)
-        if baseline is not None:
+        if baseline is not None and "error" not in baseline and "error" not in record:
             record["speedup_vs_eager_ref_copy"] = round(record["pairs_per_s"] / baseline["pairs_per_s"], 3)
         emit(record, args.output)
         records.append(record)
