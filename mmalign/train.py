@@ -158,10 +158,6 @@ def _peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB (Linux)
 
 
-def _to_float(value: Any) -> float:
-    return float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
-
-
 def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
     """Merge ``summary`` into ``<output_dir>/summary.json`` (atomic replace)."""
     path = Path(output_dir) / "summary.json"
@@ -279,9 +275,10 @@ def train(
                 loss, metrics = step_fn(model, batch)
                 finite = torch.isfinite(loss.detach())
                 accelerator.backward(torch.where(finite, loss, torch.zeros_like(loss)))
-                acc_loss += _to_float(loss) if bool(finite) else math.nan
+                # Accumulated on the device: no host sync per micro-batch (read at log steps, _host_floats).
+                acc_loss = acc_loss + torch.where(finite, _detached(loss), torch.full_like(_detached(loss), math.nan))
                 for k, v in metrics.items():
-                    acc_metrics[k] = acc_metrics.get(k, 0.0) + _to_float(v)
+                    acc_metrics[k] = acc_metrics.get(k, 0.0) + _detached(v)
                 acc_count += 1
                 samples_seen += cfg.batch_size * accelerator.num_processes
                 if not accelerator.sync_gradients:
@@ -308,9 +305,9 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
-            record = {"loss": acc_loss / acc_count, "grad_norm": _to_float(grad_norm),
+            record = {"loss": acc_loss / acc_count, "grad_norm": _detached(grad_norm),
                       "lr": scheduler.get_last_lr()[0]}
-            record.update({k: v / acc_count for k, v in acc_metrics.items()})
+            record.update({k: v / acc_count for k, v in acc_metrics.items()})  # tensors until a log step
             acc_loss, acc_metrics, acc_count = 0.0, {}, 0
             if not ok:
                 accelerator.print(f"step {step}: non-finite loss/grad, optimizer step skipped ({nonfinite_run} in a row)")
@@ -320,7 +317,7 @@ def train(
                         f"{cfg.max_nonfinite_steps}); last finite checkpoint: {ckpt.latest_checkpoint(output_dir)}"
                     )
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                record = _reduce(accelerator, record)
+                record = _reduce(accelerator, _host_floats(record, accelerator.device))
                 elapsed = time.perf_counter() - t_start
                 record["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
                 record["peak_mem_gib"] = _peak_memory_gib(accelerator.device)
@@ -360,13 +357,30 @@ def train(
     return summary
 
 
-def _finite_flags(accelerator: Accelerator, loss_sum: float, grad_norm: Any) -> tuple[bool, bool]:
-    """One decision for all ranks (one collective): (every rank's loss finite, grad norm finite everywhere)."""
-    flags = [float(math.isfinite(loss_sum)), float(math.isfinite(_to_float(grad_norm)))]
+def _finite_flags(accelerator: Accelerator, loss_sum: Any, grad_norm: Any) -> tuple[bool, bool]:
+    """One decision for all ranks (one collective, one host sync per optimizer step): (every rank's loss finite,
+    grad norm finite everywhere)."""
+    values = [_detached(loss_sum), _detached(grad_norm)]
+    flags = torch.isfinite(torch.stack([torch.as_tensor(v).to(accelerator.device) for v in values])).float()
     if accelerator.num_processes > 1:
-        summed = accelerator.reduce(torch.tensor(flags, device=accelerator.device), reduction="sum").tolist()
-        return summed[0] == accelerator.num_processes, summed[1] == accelerator.num_processes
-    return bool(flags[0]), bool(flags[1])
+        flags = accelerator.reduce(flags, reduction="sum")
+    ok = flags.tolist()
+    return ok[0] == accelerator.num_processes, ok[1] == accelerator.num_processes
+
+
+def _detached(value: Any) -> Any:
+    """A metric without a host sync: tensors → detached float32 mean on their device; numbers → float."""
+    return value.detach().float().mean() if torch.is_tensor(value) else float(value)
+
+
+def _host_floats(record: dict[str, Any], device: torch.device) -> dict[str, float]:
+    """Python floats of a record of tensors and numbers, with one device→host copy for all tensors."""
+    keys = [k for k, v in record.items() if torch.is_tensor(v)]
+    out = {k: float(v) for k, v in record.items() if not torch.is_tensor(v)}
+    if keys:
+        values = torch.stack([record[k].to(device) for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return {k: out[k] for k in record}
 
 
 def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
