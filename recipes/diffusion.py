@@ -7,7 +7,7 @@ SD1.x, SD2.x (v-prediction) and SDXL; LoRA (``lora.rank > 0``, reference = adapt
 
 Steps: parse and check the config (before any model loads) → read the data → load the pipeline → cache latents
 and text embeddings → set up the UNet (LoRA / full, reference, speed options) → reference validation grid → the
-shared training loop → export → summary.json.
+shared training loop → export → toy-world evaluation (optional) → summary.json.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from mmalign.diffusion.placeholders import resolve_placeholders
 from mmalign.diffusion.ppd.setup import export_user_adapter, prepare_user_unet, user_training_set
 from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.soft_labels import prepare_soft_labels
+from mmalign.diffusion.toy_eval import check_toy_eval, run_toy_eval
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
 from mmalign.train import make_accelerator, train, write_summary
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         for note in resolve_placeholders(cfg, output_dir / "tiny_inputs"):
             accelerator.print(f"NOTE: {note}")
     kind = check_config(cfg)
+    check_toy_eval(cfg)
     if accelerator.is_main_process:
         save_run_config(cfg, output_dir)
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator=accelerator, validate_fn=validate_fn, validate_every=val.every, run_config=to_dict(cfg),
     )
 
-    # 8. Export and summary.
+    # 8. Export (and the summary fields).
     extra = {"method": cfg.method.name, "model": cfg.model.pretrained, "family": parts.family,
              "prediction_type": parts.prediction_type, "setup": applied, "data": {**dataset.summary(), **data_stats},
              "validation_reference": reference_validation, "note": cfg.note}
@@ -128,6 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     elif accelerator.is_main_process and cfg.export.enabled:
         extra["export"] = str(export_trained(unwrap(unet), parts.pipeline_class, cfg.model.pretrained, output_dir,
                                              use_lora=cfg.lora.rank > 0))
+
+    # 9. Toy world: the judge's score of base vs aligned on held-out captions, a table and a side-by-side grid.
+    if accelerator.is_main_process and cfg.toy_eval.enabled:
+        extra["toy_eval"] = run_toy_eval(cfg, parts.pipeline, unet, reference, output_dir,
+                                         autocast=accelerator.autocast, print_fn=accelerator.print)
     if accelerator.is_main_process:
         write_summary(output_dir, extra)
     return {**summary, **extra}

@@ -129,6 +129,36 @@ class ExportConfig:
 
 
 @dataclass
+class ToyEvalConfig:
+    """Judge-based evaluation of base vs aligned after training (:mod:`mmalign.diffusion.toy_eval`)."""
+
+    enabled: bool = False
+    """After training, on the main process: sample the base model (LoRA adapters disabled / the frozen reference
+    copy / the UNet re-read from model.pretrained) and the aligned model on the same captions and seeds, score every
+    image with the toy world's judge (mmalign.toy.evaluate), print a table, write summary.json["toy_eval"] and the
+    side-by-side grid <output_dir>/toy_eval/side_by_side.png (base | aligned)."""
+    captions: str = "heldout"
+    """Caption source: heldout (the toy world's held-out split, 108 captions never seen in training: the default),
+    all (all 180 captions of the grammar), or a text file with one caption per line (toy grammar)."""
+    max_captions: int | None = None
+    """Use only the first N captions (null: all of them)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Sampling seeds; every caption is sampled once per seed (the seed-to-seed std is over these)."""
+    num_inference_steps: int = 20
+    """Sampler steps (the pipeline's own scheduler)."""
+    guidance_scale: float = 3.0
+    """Classifier-free guidance scale."""
+    batch_size: int = 64
+    """Images per pipeline call."""
+    grid_rows: int = 6
+    """Rows of the side-by-side grid (each row holds grid_columns base | aligned pairs)."""
+    grid_columns: int = 4
+    """(caption, seed) pairs per grid row."""
+    save_images: bool = False
+    """Also write every sampled image: <output_dir>/toy_eval/images.npz (base, aligned: uint8 (N, H, W, 3))."""
+
+
+@dataclass
 class DiffusionRecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -137,6 +167,8 @@ class DiffusionRecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    toy_eval: ToyEvalConfig = field(default_factory=ToyEvalConfig)
+    """Optional toy-world evaluation of base vs aligned on held-out captions (the main job's quality report)."""
     output_dir: str = "outputs/diffusion"
     """Where checkpoints, logs, validation grids, the exported model and summary.json go."""
     note: str = ""

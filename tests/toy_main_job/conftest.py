@@ -1,0 +1,77 @@
+"""Fixtures: a tiny SD1.x pipeline and pairs on disk, and the diffusion recipe run once with ``toy_eval`` enabled."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a small yellow triangle in the center"]
+SEEDS = [0, 1]
+EVAL = [
+    "toy_eval.enabled=true", "toy_eval.save_images=true", f"toy_eval.seeds={SEEDS}", "toy_eval.num_inference_steps=3",
+    "toy_eval.guidance_scale=3.0", "toy_eval.grid_rows=2", "toy_eval.grid_columns=2",
+]
+SMALL_RUN = [
+    "train.max_steps=3", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
+    "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=3e-2",
+    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa", "data.resolution=32",
+    "data.limit=6", "validation.prompts=[]",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded on the shared 2-core CI machine (no thread oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """``(model_dir, pairs_jsonl, captions_file)``: a tiny random SD1.x pipeline, generated pairs, 3 toy captions."""
+    from mmalign.diffusion.placeholders import write_tiny_data
+    from mmalign.diffusion.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("toy_main_job_inputs")
+    captions = root / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS) + "\n")
+    return str(save_tiny_pipeline("sd15", root / "model")), str(write_tiny_data("pairs", root / "data")), str(captions)
+
+
+@pytest.fixture(scope="module")
+def run_recipe(tmp_path_factory, tiny_inputs):
+    """``run_recipe(name, *overrides) -> (summary, output_dir)``: recipes/diffusion.py on toy_dpo.yaml with the tiny
+    inputs and toy_eval enabled on 3 captions x 2 seeds."""
+    model_dir, data_path, captions = tiny_inputs
+    root = tmp_path_factory.mktemp("toy_main_job_runs")
+
+    def run(name: str, *overrides: str):
+        out = root / name
+        argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / "toy_dpo.yaml"), *SMALL_RUN, *EVAL,
+                f"toy_eval.captions={captions}", f"model.pretrained={model_dir}", f"data.path={data_path}",
+                f"output_dir={out}", f"data.cache_dir={root / 'cache'}", *overrides]
+        main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
+        _reset_accelerate()
+        try:
+            result = main(argv)
+        finally:
+            _reset_accelerate()
+        return result, out, json.loads((out / "summary.json").read_text())
+
+    return run
