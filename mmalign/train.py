@@ -389,13 +389,20 @@ def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 
 def _reduce(accelerator: Accelerator, record: dict[str, float]) -> dict[str, float]:
-    """Mean of each metric over processes (one collective for the whole dict)."""
+    """Mean of each metric over the processes that logged it.
+
+    Ranks may log different metric names (e.g. KTO batches without undesirable examples), so the key sets are
+    gathered first; then one sum-reduction of ``[values; presence]`` gives per-key means.
+    """
     if accelerator.num_processes == 1:
         return record
-    keys = sorted(record)
-    values = torch.tensor([record[k] for k in keys], device=accelerator.device, dtype=torch.float64)
-    values = accelerator.reduce(values, reduction="mean")
-    return dict(zip(keys, values.tolist()))
+    from accelerate.utils import gather_object
+
+    keys = sorted(set(gather_object(list(record))))
+    values = [record.get(k, 0.0) for k in keys] + [float(k in record) for k in keys]
+    totals = accelerator.reduce(torch.tensor(values, device=accelerator.device, dtype=torch.float64), reduction="sum")
+    sums, counts = totals[: len(keys)], totals[len(keys):]
+    return {k: (s / c) for k, s, c in zip(keys, sums.tolist(), counts.tolist()) if c > 0}
 
 
 def _run_validation(accelerator: Accelerator, model: torch.nn.Module, fn: Callable, step: int) -> dict[str, Any]:
