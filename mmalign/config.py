@@ -116,6 +116,8 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         raise ConfigError(f"missing required config value '{exc.full_key}'") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, "config")) from None
+    except ValueError as exc:  # a dataclass __post_init__ check; its message names the key
+        raise ConfigError(str(exc)) from None
     return obj  # type: ignore[return-value]
 
 

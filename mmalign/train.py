@@ -74,6 +74,13 @@ class TrainConfig:
     """Skip optimizer steps whose loss or gradient norm is NaN/inf; stop after this many in a row."""
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        # YAML 1.1 / OmegaConf read a bare `no` as the boolean False, which a str field stores as "False".
+        if str(self.mixed_precision).lower() in ("false", "none", "0"):
+            self.mixed_precision = "no"
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
 
 class EpochSampler(Sampler[int]):
     """A random permutation that depends only on ``(seed, epoch)``: resumable and rank-independent."""

@@ -179,3 +179,19 @@ def test_bad_config_fails_before_torch_or_any_model_library_is_imported(tmp_path
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "3 []"
+
+
+def test_bare_no_for_mixed_precision_and_bad_value_named():
+    """`train.mixed_precision=no` (a YAML 1.1 boolean) means "no"; an unknown precision names the key."""
+    from dataclasses import dataclass, field
+
+    from mmalign.config import ConfigError, load_config
+    from mmalign.train import TrainConfig
+
+    @dataclass
+    class Recipe:
+        train: TrainConfig = field(default_factory=TrainConfig)
+
+    assert load_config(Recipe, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(Recipe, None, ["train.mixed_precision=fp8"])
