@@ -16,6 +16,8 @@ from mmalign.objectives.pairwise import (
     sft_term,
 )
 from mmalign.objectives.rankdpo import rankdpo_loss, rankdpo_pair_weights, ranks_descending
+from mmalign.objectives.rrpo import rrpo_defaults, rrpo_loss, token_kl
+from mmalign.objectives.smoothed import smpo_kappa
 
 __all__ = [
     "PREFERENCE_KINDS",
@@ -30,5 +32,9 @@ __all__ = [
     "rankdpo_loss",
     "rankdpo_pair_weights",
     "ranks_descending",
+    "rrpo_defaults",
+    "rrpo_loss",
     "sft_term",
+    "smpo_kappa",
+    "token_kl",
 ]
