@@ -1,7 +1,11 @@
-"""``mmalign export <checkpoint> [--merge] --out <dir>``: export a diffusion training checkpoint or run folder.
+"""``mmalign export <checkpoint> [--merge] --out <dir>``: export a training checkpoint or run folder.
 
-Without ``--merge``: the LoRA in diffusers format (``pytorch_lora_weights.safetensors`` with adapter metadata).
-With ``--merge`` (or for full fine-tuning): a complete pipeline folder with the LoRA folded into the UNet weights.
+Diffusion runs: without ``--merge`` the LoRA in diffusers format (``pytorch_lora_weights.safetensors`` with adapter
+metadata); with ``--merge`` (or for full fine-tuning) a complete pipeline folder with the LoRA folded into the UNet.
+
+VLM / video LLM runs (a peft adapter folder, or a ``recipes/vlm.py`` run folder with ``adapter/``): without
+``--merge`` the adapter folder is copied; with ``--merge`` base + adapter are merged into a full transformers folder
+(``--base`` overrides the base model recorded in the adapter config).
 """
 
 from __future__ import annotations
@@ -9,18 +13,24 @@ from __future__ import annotations
 import argparse
 
 NAME = "export"
-HELP = "Export a diffusion training checkpoint (or run folder) as a LoRA file or a merged pipeline."
+HELP = "Export a training checkpoint (or run folder) as a LoRA / adapter or a merged model."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="<output_dir>/checkpoints/checkpoint-N, or a run's output_dir")
+    parser.add_argument("checkpoint", help="<output_dir>/checkpoints/checkpoint-N, a run's output_dir, or an adapter")
     parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--merge", action="store_true", help="fold the LoRA into the UNet and write a full pipeline")
+    parser.add_argument("--merge", action="store_true", help="fold the LoRA into the base and write a full model")
+    parser.add_argument("--base", default=None, help="VLM adapters: base model folder or hub id (default: recorded)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmalign.diffusion.export import export_checkpoint
+    from mmalign.mllm.export import export_vlm, vlm_adapter_source
 
-    out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+    if vlm_adapter_source(args.checkpoint) is not None:
+        out = export_vlm(args.checkpoint, args.out, merge=args.merge, base=args.base)
+    else:
+        from mmalign.diffusion.export import export_checkpoint
+
+        out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
     print(f"wrote {out}")
     return 0

@@ -133,3 +133,19 @@ def test_bad_method_names_fail_before_loading(override, key, tmp_path, pairs_jso
             f"data.path={pairs_jsonl}", *override.split()]
     with pytest.raises(ConfigError, match=key):
         _recipe().main(args)
+
+
+def test_mmalign_export_cli_merges_a_vlm_adapter(make_policy, tiny_vlm, pairs_jsonl, tmp_path):
+    """`mmalign export <run> --merge --out` routes peft adapters to the VLM export and reproduces the logits."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmalign.cli import main
+    from mmalign.mllm.export import save_trained
+
+    policy, processor = make_policy("qwen25vl")
+    save_trained(policy, processor, tmp_path / "run" / "adapter")
+    out = tmp_path / "merged_cli"
+    assert main(["export", str(tmp_path / "run"), "--merge", "--out", str(out), "--base",
+                 str(tiny_vlm("qwen25vl"))]) == 0
+    torch.testing.assert_close(_logits(AutoModelForImageTextToText.from_pretrained(out), processor, pairs_jsonl),
+                               _logits(policy, processor, pairs_jsonl), atol=1e-5, rtol=1e-5)
