@@ -17,9 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_ASSETS), help="output folder (default: assets/toy)")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (CI smoke build, same layout)")
     p.add_argument("--seed", type=int, default=0, help="master seed")
+    p.add_argument("--reuse-pipeline", action="store_true",
+                   help="keep an existing <out>/pipeline and rebuild only the samples, data, scorer and report")
     args = parser.parse_args(argv)
     settings = dataclasses.replace(QUICK if args.quick else BuildSettings(), seed=args.seed)
-    build(args.out, settings)
+    build(args.out, settings, reuse_pipeline=args.reuse_pipeline)
     return 0
 
 

@@ -179,8 +179,9 @@ def scorer_pairwise_accuracy(checkpoint: Path, pairs_file: Path) -> dict[str, fl
             "scorer_heldout_pairwise_accuracy": pickapic_accuracy(p[:, 0], p[:, 1], table["label_0"], threshold=0.0)}
 
 
-def build(out: str | Path, settings: BuildSettings | None = None) -> dict:
-    """Rebuild every toy asset into ``out``; returns (and writes) the build report."""
+def build(out: str | Path, settings: BuildSettings | None = None, reuse_pipeline: bool = False) -> dict:
+    """Rebuild every toy asset into ``out`` (``reuse_pipeline``: keep an existing ``pipeline/`` and redo the
+    stages after it); returns (and writes) the build report."""
     s = settings or BuildSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +194,11 @@ def build(out: str | Path, settings: BuildSettings | None = None) -> dict:
     train = train[:s.max_train_captions] if s.max_train_captions else train
     heldout = heldout[:s.max_heldout_captions] if s.max_heldout_captions else heldout
 
-    _log("training the pipeline (VAE, then UNet)")
-    build_pipeline(out, s, report)
+    if reuse_pipeline and (out / paths.PIPELINE / "model_index.json").is_file():
+        _log(f"reusing the pipeline in {out / paths.PIPELINE}")
+    else:
+        _log("training the pipeline (VAE, then UNet)")
+        build_pipeline(out, s, report)
     pipe = load_pipeline(out / paths.PIPELINE)
 
     _log("sampling the base pipeline")

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .judge import judge_terms
+from .judge import combine, judge_terms
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_images
 
 
 def score_images(images: np.ndarray, captions: Sequence[str]) -> dict[str, Any]:
     """Judge scores of given images: ``{"mean", "scores", "terms": {term: mean}}``."""
     terms = judge_terms(images, list(captions))
-    scores = terms["color"] * terms["shape"] * terms["position"] * terms["size"]
+    scores = combine(terms)
     return {"mean": float(scores.mean()) if len(scores) else float("nan"), "scores": scores.tolist(),
             "terms": {k: float(v.mean()) for k, v in terms.items()}}
 

@@ -8,7 +8,7 @@ From ``K`` samples per training caption (one seed each):
 * ``dual_captions.parquet`` the same pairs plus ``caption_0`` / ``caption_1``: the caption the judge finds best for
                            each image among all 180 (the toy world's "re-captioner", as DCPO uses LLaVA captions).
 * ``ranked.jsonl``         (prompt, images, scores): the first ``RANK_K`` samples of a caption with judge scores.
-* ``unpaired.jsonl``       (prompt, image, label): every sample, label = judge score >= ``UNPAIRED_THRESHOLD``.
+* ``unpaired.jsonl``       (prompt, image, label): every sample, label = judge score above the median of all samples (balanced).
 * ``per_user.parquet``     Pick-a-Pic schema + ``user_id``: ``PAIRS_PER_USER`` random pairs per user, labelled by
                            the user's own mix of the judge's terms (``USERS``), ties removed.
 * ``heldout_pairs.parquet`` judge-labelled pairs of samples for the *held-out* captions (scorer evaluation; never
@@ -27,11 +27,10 @@ import torch
 from PIL import Image
 
 from .captions import all_captions
-from .judge import best_caption, judge_terms, weighted_score
+from .judge import best_caption, combine, judge_terms, weighted_score
 
 TIE_MARGIN = 0.02
 RANK_K = 4
-UNPAIRED_THRESHOLD = 0.5
 PAIRS_PER_USER = 144
 USERS: dict[int, dict[str, float]] = {  # user_id -> weights of the judge's terms
     0: {"color": 0.7, "shape": 0.1, "position": 0.1, "size": 0.1},
@@ -71,7 +70,7 @@ def write_preference_data(out: Path, captions: list[str], images: np.ndarray, k:
 
     out.mkdir(parents=True, exist_ok=True)
     terms = judge_terms(images, captions)
-    scores = terms["color"] * terms["shape"] * terms["position"] * terms["size"]
+    scores = combine(terms)
     n_captions = len(captions) // k
     pairs = cyclic_pairs(n_captions, k)
     rows = pair_rows(captions, images, scores, pairs)
@@ -85,7 +84,8 @@ def write_preference_data(out: Path, captions: list[str], images: np.ndarray, k:
     ranked = [{"prompt": captions[c * k], "images": pil[c * k:c * k + RANK_K],
                "scores": [float(s) for s in scores[c * k:c * k + RANK_K]]} for c in range(n_captions)]
     write_ranked_jsonl(ranked, out / "ranked.jsonl", image_format=IMAGE_FORMAT)
-    unpaired = [{"prompt": captions[i], "image": pil[i], "label": bool(scores[i] >= UNPAIRED_THRESHOLD),
+    threshold = float(scores.median())
+    unpaired = [{"prompt": captions[i], "image": pil[i], "label": bool(scores[i] > threshold),
                  "score": float(scores[i])} for i in range(len(captions))]
     write_unpaired_jsonl(unpaired, out / "unpaired.jsonl", image_format=IMAGE_FORMAT)
 
@@ -112,7 +112,7 @@ def write_preference_data(out: Path, captions: list[str], images: np.ndarray, k:
     labels = np.array([r["label_0"] for r in rows])
     return {
         "pairs": len(rows), "pairs_ties": int((labels == 0.5).sum()), "ranked_lists": len(ranked),
-        "unpaired": len(unpaired), "unpaired_desirable": int(sum(r["label"] for r in unpaired)),
+        "unpaired": len(unpaired), "unpaired_threshold": threshold, "unpaired_desirable": int(sum(r["label"] for r in unpaired)),
         "per_user_pairs": len(user_rows), "per_user_label_differs_from_judge": disagreements,
         "train_samples_judge_mean": float(scores.mean()),
     }
@@ -123,7 +123,7 @@ def write_heldout_pairs(out: Path, captions: list[str], images: np.ndarray, k: i
     from mmalign.data.writers import write_pickapic_parquet
 
     scores = judge_terms(images, captions)
-    scores = scores["color"] * scores["shape"] * scores["position"] * scores["size"]
+    scores = combine(scores)
     pairs = [(c * k + s, c * k + s + 1) for c in range(len(captions) // k) for s in range(0, k - 1, 2)]
     rows = [r for r in pair_rows(captions, images, scores, pairs) if r["label_0"] != 0.5]
     write_pickapic_parquet(rows, out / "heldout_pairs.parquet", image_format=IMAGE_FORMAT)

@@ -63,12 +63,15 @@ def test_judge_agrees_with_renderer(world):
     caps, images = world
     own = judge(images, caps)
     assert own.dtype == torch.float32 and own.shape == (len(caps),)
-    assert float(own.mean()) > 0.85 and float(own.quantile(0.05)) > 0.6 and float(own.min()) >= 0
+    assert float(own.mean()) > 0.95 and float(own.quantile(0.05)) > 0.9 and float(own.min()) >= 0
     rng = np.random.default_rng(1)
-    for attr, max_mean in (("color", 0.02), ("shape", 0.02), ("size", 0.02), ("position", 0.06)):
+    # one wrong attribute: the geometric mean of the terms drops to ~0.05-0.35 and is always below the own caption
+    for attr, max_mean in (("color", 0.1), ("shape", 0.25), ("size", 0.2), ("position", 0.4)):
         other = judge(images, [C.perturb_caption(c, attr, rng) for c in caps])
         assert float(other.mean()) < max_mean, attr
-        assert float((other < own).float().mean()) > 0.97, attr
+        assert float((other < own - 0.3).float().mean()) > 0.97, attr
+    random_caption = judge(images, [C.all_captions()[i] for i in rng.integers(180, size=len(caps))])
+    assert float(random_caption.mean()) < 0.06
     np.testing.assert_array_equal(judge(images, caps).numpy(), own.numpy())  # deterministic
 
 
@@ -88,7 +91,7 @@ def test_blank_and_noise_images_score_zero():
     blank = np.full((2, 64, 64, 3), 230, np.uint8)
     noise = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
     assert float(judge(blank, "a small red circle on the left").max()) == 0.0
-    assert float(judge(noise, "a small red circle on the left").max()) < 0.05
+    assert float(judge(noise, "a small red circle on the left").max()) < 0.01
 
 
 def test_best_caption_recovers_the_render_caption(world):
@@ -103,3 +106,5 @@ def test_weighted_score_is_a_convex_mix(world):
     w = {"color": 0.7, "shape": 0.1, "position": 0.1, "size": 0.1}
     expected = 0.7 * terms["color"] + 0.1 * (terms["shape"] + terms["position"] + terms["size"])
     torch.testing.assert_close(weighted_score(terms, w), expected)
+    product = terms["color"] * terms["shape"] * terms["position"] * terms["size"]
+    torch.testing.assert_close(judge(images[:10], caps[:10]), product ** 0.25)
