@@ -15,7 +15,7 @@ SMALL_RUN = [
     "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
     "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa",
     "model.gradient_checkpointing=false", "data.resolution=32", "validation.prompts=[]", "lora.rank=4",
-    "method.empty_prompt_prob=0.0",
+    "method.empty_prompt_prob=0.0", "toy_eval.enabled=false",
 ]
 
 
