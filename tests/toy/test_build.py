@@ -1,0 +1,33 @@
+"""A shortened asset build (``python -m mmalign.toy build --quick``) runs and writes the full layout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmalign.toy import paths
+
+LAYOUT = ("pipeline/model_index.json", "pipeline/unet/diffusion_pytorch_model.safetensors",
+          "pipeline/vae/diffusion_pytorch_model.safetensors", "pipeline/text_encoder/model.safetensors",
+          "pipeline/tokenizer/tokenizer_config.json", "pipeline/scheduler/scheduler_config.json", paths.SCORER_CHECKPOINT,
+          "data/pairs.parquet", "data/dual_captions.parquet", "data/per_user.parquet", "data/ranked.jsonl",
+          "data/unpaired.jsonl", "data/heldout_pairs.parquet", paths.TRAIN_CAPTIONS, paths.HELDOUT_CAPTIONS,
+          paths.BUILD_REPORT)
+
+
+@pytest.mark.slow
+def test_quick_build_writes_every_asset(tmp_path):
+    out = tmp_path / "toy"
+    subprocess.run([sys.executable, "-m", "mmalign.toy", "build", "--quick", "--out", str(out)], check=True,
+                   env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+    for rel in LAYOUT:
+        assert (out / rel).is_file(), rel
+    report = json.loads((out / paths.BUILD_REPORT).read_text())
+    assert report["settings"]["unet_steps"] == 4
+    assert 0.85 < report["judge_renders_heldout"] <= 1.0
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / paths.PIPELINE)
+    assert pipe.tokenizer.model_max_length == 16 and pipe.unet.config.sample_size == 16
