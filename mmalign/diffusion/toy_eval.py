@@ -161,6 +161,14 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def grid_indices(num_images: int, max_items: int) -> list[int]:
+    """At most ``max_items`` image indices spread evenly over all (caption, seed) images (not only the first
+    captions, which share attributes)."""
+    if num_images <= max_items:
+        return list(range(num_images))
+    return sorted({int(round(x)) for x in np.linspace(0, num_images - 1, max_items)})
+
+
 def run_toy_eval(cfg: DiffusionRecipeConfig, pipe, unet, reference: ReferenceProvider, output_dir: str | Path,
                  autocast=nullcontext, print_fn=print) -> dict[str, Any]:
     """Evaluate base and aligned (``pipe`` holds the trained ``unet``), write the files, return the summary block."""
@@ -182,10 +190,11 @@ def run_toy_eval(cfg: DiffusionRecipeConfig, pipe, unet, reference: ReferencePro
     finally:
         bare.train(was_training)
     summary = summarize(base, aligned, settings)
-    pairs = [f"{c} (seed {s})" for c in captions for s in settings.seeds]
+    labels = [f"{c} (seed {s})" for c in captions for s in settings.seeds]
+    shown = grid_indices(len(labels), settings.grid_rows * settings.grid_columns)
     summary["grid"] = str(save_side_by_side_grid(
-        base["images"], aligned["images"], out / GRID_FILE, captions=pairs, columns=settings.grid_columns,
-        max_items=settings.grid_rows * settings.grid_columns))
+        base["images"][shown], aligned["images"][shown], out / GRID_FILE, captions=[labels[i] for i in shown],
+        columns=settings.grid_columns, max_items=len(shown)))
     (out / SCORES_FILE).write_text(json.dumps(
         {"captions": captions, "seeds": list(settings.seeds), "order": "caption-major (caption_index * n_seeds + seed_index)",
          "base": base["scores"], "aligned": aligned["scores"]}))

@@ -98,3 +98,11 @@ def test_bad_caption_file_fails_before_training(tmp_path):
     cfg.method.name = "ppd"
     with pytest.raises(ConfigError, match="PPD"):
         check_toy_eval(cfg)
+
+
+def test_grid_shows_images_spread_over_all_captions():
+    from mmalign.diffusion.toy_eval import grid_indices
+
+    shown = grid_indices(216, 24)  # 108 captions x 2 seeds, 6 x 4 grid
+    assert len(shown) == 24 and shown[0] == 0 and shown[-1] == 215
+    assert grid_indices(6, 8) == list(range(6))
