@@ -69,7 +69,7 @@ def train_one(method: str, seed: int, args, out: Path) -> Path:
         "data.resolution=64", f"data.cache_dir={out / 'cache'}", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}", f"train.lr={args.lr}", "train.lr_scheduler=constant",
         f"train.seed={seed}", f"lora.rank={args.rank}", "validation.prompts=[]", f"output_dir={run_dir}",
-        "train.progress_bar=false", "train.log_every=50",
+        "train.progress_bar=false", "train.log_every=50", "toy_eval.enabled=false",  # evaluated below instead
     ] + _flatten("method.", block)
     cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / "toy_dpo.yaml"), *overrides]
     subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
