@@ -52,8 +52,9 @@ class BuildSettings:
     vae_kl_weight: float = 1e-6
     unet_images: int = 4096
     """Renders the UNet trains on."""
-    unet_steps: int = 400
-    """UNet optimisation steps (few on purpose: an under-trained base leaves headroom)."""
+    unet_steps: int = 1600
+    """UNet optimisation steps (few on purpose: an under-trained base leaves headroom; 400 left a base that barely
+    followed captions, judge 0.017 on held-out captions, 1600 gives 0.079 with shapes mostly right, colours not)."""
     unet_batch_size: int = 32
     unet_lr: float = 1.5e-3
     caption_noise: float = 0.3
