@@ -134,15 +134,11 @@ def write_direction_rows(manifest: str | Path) -> list[Path]:
 
 def load_manifest(path: str | Path, split: str | None = None) -> list[dict]:
     """Rows of a toy manifest with ``video`` made absolute; optionally only one split."""
+    from mmalign.mllm.video_data import jsonl_rows
+
     path = Path(path)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    for _, row in jsonl_rows(path):
         row["video"] = str(path.parent / row["video"])
         if split is None or row["split"] == split:
             rows.append(row)

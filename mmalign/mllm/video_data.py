@@ -90,21 +90,26 @@ def parse_row(row: dict, where: str, root: Path) -> VideoRecord:
     return rec
 
 
+def jsonl_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of a jsonl file, blank lines skipped; bad JSON names the file and line."""
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    return rows
+
+
 def read_records(path: str | Path, video_root: str | None = None) -> list[VideoRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
     root = Path(video_root) if video_root else path.parent
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        records.append(parse_row(row, f"{path}:{n}", root))
-    return records
+    return [parse_row(row, f"{path}:{n}", root) for n, row in jsonl_rows(path)]
 
 
 @dataclass
