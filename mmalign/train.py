@@ -364,6 +364,16 @@ def train(
     return summary
 
 
+def finish_distributed() -> None:
+    """End of a recipe process: barrier, then destroy the default process group if one was created (``train``
+    leaves it alive so several stages can run in one process; torch warns at exit about a group never destroyed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _finite_flags(accelerator: Accelerator, loss_sum: Any, grad_norm: Any) -> tuple[bool, bool]:
     """One decision for all ranks (one collective, one host sync per optimizer step): (every rank's loss finite,
     grad norm finite everywhere)."""

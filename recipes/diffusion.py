@@ -38,7 +38,7 @@ from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.soft_labels import prepare_soft_labels
 from mmalign.diffusion.toy_eval import check_toy_eval, run_toy_eval
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
-from mmalign.train import make_accelerator, train, write_summary
+from mmalign.train import finish_distributed, make_accelerator, train, write_summary
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
@@ -142,3 +142,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    finish_distributed()

@@ -20,7 +20,7 @@ from mmalign.mllm.vlm_batch import VisionPreferenceCollator
 from mmalign.mllm.vlm_config import VLMRecipeConfig
 from mmalign.mllm.vlm_model import load_vlm, prepare_policy
 from mmalign.mllm.vlm_objective import check_method, needs_reference, preference_step
-from mmalign.train import make_accelerator, train, write_summary
+from mmalign.train import finish_distributed, make_accelerator, train, write_summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,3 +77,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    finish_distributed()

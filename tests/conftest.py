@@ -20,3 +20,19 @@ def clip_tokenizer_dir(tmp_path_factory):
     from mmalign.clip_tokenizer import write_clip_tokenizer_files
 
     return write_clip_tokenizer_files(tmp_path_factory.mktemp("clip_tokenizer"))
+
+
+SINGLE_THREAD_AREAS = {"diffusion", "diffusion_inversion", "diffusion_ppd", "objectives", "toy_main_job", "vlm"}
+"""Test folders whose tiny models run fastest single-threaded (thread hand-offs dominate on the shared 2-core CI
+machine); the other folders keep the suite-wide two threads."""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    if request.path.parent.name not in SINGLE_THREAD_AREAS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -51,16 +51,6 @@ def data_dirs(tmp_path_factory):
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core CI machine (no thread oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 SMALL_RUN = [

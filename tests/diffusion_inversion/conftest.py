@@ -46,15 +46,6 @@ def pairs_path(tmp_path_factory):
     return str(write_pairs_jsonl(rows, tmp_path_factory.mktemp("inv_data") / "pairs.jsonl"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def run_recipe(tmp_path):

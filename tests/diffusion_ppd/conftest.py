@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
@@ -16,13 +15,6 @@ def square(color: str, size: int = 32, seed: int = 0) -> Image.Image:
     arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = COLORS[color]
     return Image.fromarray(arr)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

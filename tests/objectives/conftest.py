@@ -43,11 +43,3 @@ def tiny_lm(tmp_path_factory):
         "out": tmp_path_factory.mktemp("trl_out"),
     }
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The models here are tiny: one intra-op thread is as fast and avoids oversubscribing the shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -23,16 +23,6 @@ SMALL_RUN = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core CI machine (no thread oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _reset_accelerate() -> None:
     from accelerate.state import AcceleratorState, GradientState, PartialState
