@@ -1,6 +1,6 @@
 """Toy-world alignment quality per diffusion objective (issue 5): same base, data budget and evaluation for all.
 
-    python bench/toy_quality.py [--methods dpo,sft,...] [--seeds 0,1,2] [--steps 200] [--out outputs/toy_quality]
+    python bench/toy_quality.py [--methods dpo,sft,...] [--seeds 0,1,2] [--steps 100] [--jobs 2]
 
 For every method and training seed: train a LoRA on the shipped toy pipeline (``assets/toy/pipeline``) with the
 diffusion recipe (``recipes/diffusion.py``, subprocess), the method's data set from ``assets/toy/data`` (pairs,
@@ -10,6 +10,8 @@ identical steps / batch size / learning rate / LoRA rank for all; then sample th
 and score with the judge (``mmalign.toy.evaluate``). Reports per method: mean judge score over training seeds, the
 seed-to-seed std, win rate vs base (ties half) and the mean gain, and whether the gain exceeds 3x the seed std.
 
+The defaults are ``toy_dpo.yaml``'s budget (100 steps x 8 pairs, lr 1e-3, LoRA rank 8, 10 DDIM steps at evaluation);
+each run's LoRA, log and judge scores stay in ``--out`` so an interrupted bench resumes where it stopped.
 Prints one JSON line per (method, seed); appends a dated markdown table to ``bench/RESULTS.md`` and writes a bar
 plot PNG (``--plot``). Not run by CI (minutes per method on CPU; seconds on a GPU).
 """
@@ -19,10 +21,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +64,7 @@ def _flatten(prefix: str, d: dict) -> list[str]:
 
 
 def train_one(method: str, seed: int, args, out: Path) -> Path:
+    """Train one LoRA with the recipe (subprocess, one CPU thread); reuses a finished run unless ``--retrain``."""
     run_dir = out / f"{method}_seed{seed}"
     if (run_dir / "pytorch_lora_weights.safetensors").is_file() and not args.retrain:
         return run_dir
@@ -66,13 +72,17 @@ def train_one(method: str, seed: int, args, out: Path) -> Path:
     block["name"] = method
     overrides = [
         f"model.pretrained={paths.pipeline_dir()}", f"data.path={paths.data_dir() / DATA_FILE.get(method, 'pairs.parquet')}",
-        "data.resolution=64", f"data.cache_dir={out / 'cache'}", f"train.max_steps={args.steps}",
+        "data.resolution=64", f"data.cache_dir={out / 'cache' / method}", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}", f"train.lr={args.lr}", "train.lr_scheduler=constant",
         f"train.seed={seed}", f"lora.rank={args.rank}", "validation.prompts=[]", f"output_dir={run_dir}",
         "train.progress_bar=false", "train.log_every=50", "toy_eval.enabled=false",  # evaluated below instead
     ] + _flatten("method.", block)
     cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / "toy_dpo.yaml"), *overrides]
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = run_dir.parent / f"{run_dir.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     return run_dir
 
 
@@ -85,16 +95,57 @@ def load_base():
     return pipe
 
 
+def evaluate(run_dir: Path | None, captions: list[str], eval_seeds: list[int], steps: int) -> dict:
+    """Judge evaluation of the base (``run_dir=None``) or base + the run's LoRA; cached in ``eval.json``."""
+    cache = (run_dir / "eval.json") if run_dir is not None else None
+    if cache is not None and cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached["captions"] == captions and cached["seeds"] == eval_seeds and cached["steps"] == steps:
+            return cached
+    pipe = load_base()
+    if run_dir is not None:
+        pipe.load_lora_weights(str(run_dir))
+    result = evaluate_pipeline(pipe, captions, eval_seeds, num_inference_steps=steps)
+    kept = {k: result[k] for k in ("mean", "scores", "terms", "per_seed", "std_over_seeds", "captions", "seeds")}
+    kept["steps"] = steps
+    if cache is not None:
+        cache.write_text(json.dumps(kept))
+    return kept
+
+
+def run_job(method: str, seed: int, args, out: Path, captions: list[str], eval_seeds: list[int]) -> dict:
+    """One (method, training seed): train, then evaluate; runs in a worker process with one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.time()
+    run_dir = train_one(method, seed, args, out)
+    result = evaluate(run_dir, captions, eval_seeds, args.num_inference_steps)
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def summarize_method(method: str, per_seed: list[dict]) -> dict:
+    """Mean over training seeds, their std (ddof 1), win rate and gain vs base, and gain > 3 x std."""
+    means = np.array([c["aligned_mean"] for c in per_seed])
+    std = float(means.std(ddof=1)) if len(means) > 1 else float("nan")
+    gain = float(np.mean([c["mean_gain"] for c in per_seed]))
+    return {"method": method, "seeds": len(per_seed), "judge_mean": float(means.mean()), "seed_std": std,
+            "win_rate": float(np.mean([c["win_rate"] for c in per_seed])), "mean_gain": gain,
+            "gain_gt_3std": bool(gain > 3 * std) if std == std else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (>= 3 for the spread)")
     parser.add_argument("--eval-seeds", default="0,1", help="sampling seeds per held-out caption")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (toy_dpo.yaml's budget)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--num-inference-steps", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1, help="(method, seed) runs at once, one CPU thread each")
     parser.add_argument("--out", default=str(REPO / "outputs" / "toy_quality"))
     parser.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     parser.add_argument("--plot", default=str(REPO / "bench" / "toy_quality.png"))
@@ -106,33 +157,29 @@ def main() -> None:
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     captions = paths.read_captions(paths.assets_dir() / paths.HELDOUT_CAPTIONS)
 
-    base_pipe = load_base()
-    base = evaluate_pipeline(base_pipe, captions, eval_seeds, num_inference_steps=args.num_inference_steps)
-    print(json.dumps({"method": "base", "judge_mean": base["mean"]}), flush=True)
+    jobs = [(m, s) for m in methods for s in seeds]
+    results: dict[tuple[str, int], dict] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        base_future = pool.submit(evaluate, None, captions, eval_seeds, args.num_inference_steps)
+        futures = {pool.submit(run_job, m, s, args, out, captions, eval_seeds): (m, s) for m, s in jobs}
+        base = base_future.result()
+        print(json.dumps({"method": "base", "judge_mean": base["mean"], "terms": base["terms"]}), flush=True)
+        for future in as_completed(futures):
+            method, seed = futures[future]
+            try:
+                aligned = future.result()
+            except subprocess.CalledProcessError as exc:
+                print(json.dumps({"method": method, "seed": seed, "error": f"recipe failed ({exc.returncode})"}),
+                      flush=True)
+                continue
+            cmp = compare(base, aligned)
+            results[method, seed] = cmp
+            print(json.dumps({"method": method, "seed": seed, **cmp, "terms": aligned["terms"],
+                              "seconds": aligned.get("seconds")}), flush=True)
     rows = []
     for method in methods:
-        per_seed = []
-        for seed in seeds:
-            try:
-                run_dir = train_one(method, seed, args, out)
-            except subprocess.CalledProcessError as exc:
-                print(json.dumps({"method": method, "seed": seed, "error": f"recipe failed ({exc.returncode})"}))
-                continue
-            pipe = load_base()
-            pipe.load_lora_weights(str(run_dir))
-            aligned = evaluate_pipeline(pipe, captions, eval_seeds, num_inference_steps=args.num_inference_steps)
-            cmp = compare(base, aligned)
-            per_seed.append(cmp)
-            print(json.dumps({"method": method, "seed": seed, **cmp}), flush=True)
-        if not per_seed:
-            rows.append({"method": method, "error": "no run finished"})
-            continue
-        means = np.array([c["aligned_mean"] for c in per_seed])
-        std = float(means.std(ddof=1)) if len(means) > 1 else float("nan")
-        gain = float(np.mean([c["mean_gain"] for c in per_seed]))
-        rows.append({"method": method, "seeds": len(per_seed), "judge_mean": float(means.mean()), "seed_std": std,
-                     "win_rate": float(np.mean([c["win_rate"] for c in per_seed])), "mean_gain": gain,
-                     "gain_gt_3std": bool(gain > 3 * std) if std == std else None})
+        per_seed = [results[method, s] for s in seeds if (method, s) in results]
+        rows.append(summarize_method(method, per_seed) if per_seed else {"method": method, "error": "no run finished"})
     write_results(rows, base["mean"], args, len(captions), eval_seeds)
     plot(rows, base["mean"], Path(args.plot))
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
+
 import pytest
-from PIL import Image
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+from mmalign.diffusion.placeholders import COLORS, square_image
 
-
-def square(color: str, size: int = 32, seed: int = 0) -> Image.Image:
-    """A colored square on a gray noisy background (distinct bytes per seed)."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(100, 140, size=(size, size, 3), dtype=np.uint8)
-    arr[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = COLORS[color]
-    return Image.fromarray(arr)
+square = partial(square_image, size=32)
+"""A colored square on a gray noisy background (distinct bytes per seed), 32 px."""
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +44,6 @@ def data_dirs(tmp_path_factory):
         "ranked": str(write_ranked_jsonl(ranked, root / "ranked" / "data.jsonl")),
         "unpaired": str(write_unpaired_jsonl(unpaired, root / "unpaired" / "data.jsonl")),
     }
-
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]

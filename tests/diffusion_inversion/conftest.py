@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from mmalign.diffusion.placeholders import COLORS, square_image
 
 REPO = Path(__file__).resolve().parents[2]
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 SMALL_RUN = [
     "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
     "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
@@ -19,11 +19,8 @@ SMALL_RUN = [
 ]
 
 
-def square(color: str, size: int = 32, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(100, 140, size=(size, size, 3), dtype=np.uint8)
-    arr[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = COLORS[color]
-    return Image.fromarray(arr)
+square = partial(square_image, size=32)
+"""A colored square on a gray noisy background (distinct bytes per seed), 32 px."""
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +41,6 @@ def pairs_path(tmp_path_factory):
     rows = [{"prompt": f"a {names[i]} square", "chosen": square(names[i], seed=i),
              "rejected": square(names[(i + 1) % 4], seed=10 + i)} for i in range(4)]
     return str(write_pairs_jsonl(rows, tmp_path_factory.mktemp("inv_data") / "pairs.jsonl"))
-
 
 
 @pytest.fixture

@@ -226,7 +226,8 @@ def test_smpo_labels_command_scores_every_pair(pairs_path, tmp_path, capsys):
     config = str(Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / "toy_smpo.yaml")
     labels = tmp_path / "labels.json"
     assert main(["smpo-labels", "--config", config, "--device", "cpu", f"data.path={pairs_path}",
-                 f"output_dir={tmp_path / 'out'}", f"method.smpo.labels={labels}"]) == 0
+                 f"output_dir={tmp_path / 'out'}", f"method.smpo.labels={labels}",
+                 "method.smpo.scorer=tiny:pickscore"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["labels"] == str(labels) and out["num_pairs"] == 4 and out["scorer"] == "tiny:pickscore"
     loaded = SoftLabels.load(labels)
