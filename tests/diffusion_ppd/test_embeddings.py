@@ -114,3 +114,35 @@ def test_embed_users_with_vlm(per_user_pairs, tiny_vlm_dir, tmp_path):
     assert (embeddings[0] - embeddings[1]).abs().max() > 1e-4
     with pytest.raises(ValueError, match="method.ppd.vlm"):
         embed_users(PpdConfig(embedding="vlm"), ds, splits, tmp_path)
+
+
+def test_clip_margin_embedding_closed_form_and_its_own_cache_key(per_user_pairs, tmp_path):
+    """``u = mean_i g(c_i) * (f(w_i) - f(l_i))``; its coordinates sum to the shots' mean CLIP-score margin; cached
+    apart from the plain ``clip`` embedding of the same scorer and shots."""
+    from mmalign.data import load_preference_data
+    from scorers import load_scorer
+    from scorers.tiny import save_tiny_scorer_checkpoints
+
+    ds = load_preference_data(per_user_pairs, extra_columns=("user_id",))
+    splits, _ = split_shots(ds, n_shots=4, seed=0)
+    ckpt = save_tiny_scorer_checkpoints(tmp_path / "scorers")["clipscore"]["checkpoint"]
+    margin_cfg = PpdConfig(embedding="clip_margin", scorer="clipscore", scorer_checkpoint=ckpt, shots=4)
+    margin, stats = embed_users(margin_cfg, ds, splits, tmp_path / "users")
+    assert stats["embedding_shape"] == [1, 32] and stats["users_embedded"] == 3
+
+    scorer = load_scorer("clipscore", ckpt)
+    shots = read_shots(ds, splits[2][0])
+    fw = scorer.image_embeddings([s.chosen for s in shots])
+    fl = scorer.image_embeddings([s.rejected for s in shots])
+    g = scorer.text_embeddings([s.caption for s in shots])
+    expected = (g * (fw - fl)).mean(0, keepdim=True)
+    torch.testing.assert_close(margin[2], expected)
+    cosine_margin = ((g * fw).sum(1) - (g * fl).sum(1)).mean()
+    torch.testing.assert_close(margin[2].sum(), cosine_margin, rtol=1e-5, atol=1e-6)
+
+    plain, plain_stats = embed_users(PpdConfig(embedding="clip", scorer="clipscore", scorer_checkpoint=ckpt, shots=4),
+                                     ds, splits, tmp_path / "users")
+    assert plain_stats["users_from_cache"] == 0  # another source id: never the margin file
+    assert not torch.allclose(plain[2], margin[2])
+    with pytest.raises(ValueError, match="unknown 'clip_dot'"):
+        embed_users(PpdConfig(embedding="clip_dot"), ds, splits, tmp_path / "users")

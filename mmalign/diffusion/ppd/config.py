@@ -9,7 +9,9 @@ from dataclasses import dataclass
 class PpdConfig:
     embedding: str = "vlm"
     """User-embedding source: vlm (AutoModelForImageTextToText, final-step hidden states across layers; the paper)
-    | clip (mean(chosen) - mean(rejected) image embeddings of a scorer; light alternative)."""
+    | clip (mean(chosen) - mean(rejected) image embeddings of a scorer; light alternative)
+    | clip_margin (mean of caption text embedding * (chosen - rejected) image embedding, elementwise: the
+    caption-aware light alternative)."""
     vlm: str | None = None
     """embedding=vlm: hub id or local folder of the VLM (paper: lmms-lab/llava-onevision-qwen2-7b-ov-chat, use
     its transformers port llava-hf/llava-onevision-qwen2-7b-ov-chat-hf)."""
@@ -20,9 +22,9 @@ class PpdConfig:
     trust_remote_code: bool = False
     """Pass trust_remote_code to the VLM loader (only for models that need it)."""
     scorer: str = "clipscore"
-    """embedding=clip: scorer card name (scorers.load_scorer)."""
+    """embedding=clip / clip_margin: scorer card name (scorers.load_scorer)."""
     scorer_checkpoint: str | None = None
-    """embedding=clip: scorer checkpoint (null: the card's default)."""
+    """embedding=clip / clip_margin: scorer checkpoint (null: the card's default)."""
     shots: int = 4
     """N few-shot pairs per user that make its embedding (paper: 4); they are excluded from training."""
     cache_dir: str | None = None

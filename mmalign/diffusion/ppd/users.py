@@ -11,6 +11,7 @@ from mmalign.diffusion.ppd.config import PpdConfig
 from mmalign.diffusion.ppd.data import read_shots
 from mmalign.diffusion.ppd.embeddings import (
     UserEmbeddingCache,
+    clip_margin_user_embedding,
     clip_source_id,
     clip_user_embedding,
     load_vlm,
@@ -18,7 +19,8 @@ from mmalign.diffusion.ppd.embeddings import (
     vlm_user_embedding,
 )
 
-EMBEDDINGS = ("vlm", "clip")
+EMBEDDINGS = ("vlm", "clip", "clip_margin")
+CLIP_EMBEDDINGS = {"clip": clip_user_embedding, "clip_margin": clip_margin_user_embedding}
 
 
 def embed_users(cfg: PpdConfig, dataset, splits: dict[Any, tuple[list[int], list[int]]], cache_dir: str | Path,
@@ -31,7 +33,8 @@ def embed_users(cfg: PpdConfig, dataset, splits: dict[Any, tuple[list[int], list
             raise ValueError("method.ppd.vlm: a VLM path or hub id is needed for embedding=vlm")
         cache = UserEmbeddingCache(cache_dir, vlm_source_id(cfg.vlm, cfg.max_new_tokens))
     else:
-        cache = UserEmbeddingCache(cache_dir, clip_source_id(cfg.scorer, cfg.scorer_checkpoint))
+        source = clip_source_id(cfg.scorer, cfg.scorer_checkpoint)
+        cache = UserEmbeddingCache(cache_dir, source if cfg.embedding == "clip" else f"{cfg.embedding}:{source}")
     loaded: dict[str, Any] = {}
 
     def compute(shots):
@@ -43,7 +46,7 @@ def embed_users(cfg: PpdConfig, dataset, splits: dict[Any, tuple[list[int], list
             from scorers import load_scorer
 
             loaded["scorer"] = load_scorer(cfg.scorer, cfg.scorer_checkpoint, device=device)
-        return clip_user_embedding(loaded["scorer"], shots), ""
+        return CLIP_EMBEDDINGS[cfg.embedding](loaded["scorer"], shots), ""
 
     embeddings, hits = {}, 0
     for user, (shot_idx, _) in splits.items():
