@@ -34,7 +34,8 @@ from mmalign.train import TrainConfig, train, write_summary
 class ModelConfig:
     pretrained: str = MISSING
     """Local folder or hub id of an ``AutoModelForImageTextToText`` + processor; ``tiny:qwen2vl`` /
-    ``tiny:qwen25vl`` builds a tiny random-weight model in-process (smoke tests)."""
+    ``tiny:qwen25vl`` builds a tiny random-weight model in-process (smoke tests); ``tiny:qwen2vl-toy`` is the
+    variant the toy video configs train (M-RoPE base 10, :data:`mmalign.mllm.tiny_video.TOY_VARIANT`)."""
     family: str = "qwen25vl"
     """Model family for RRPO's per-model alpha/beta defaults: llava_video, longvu, videochat2 (others: default)."""
     dtype: str = "float32"

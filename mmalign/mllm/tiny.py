@@ -112,31 +112,37 @@ def build_processor(family: str, tokenizer):
     raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(FAMILIES)}")
 
 
-def build_model(family: str, tokenizer, seed: int = 0) -> torch.nn.Module:
-    """A random-weight model of ``family`` whose vocabulary covers ``tokenizer``."""
+def build_model(family: str, tokenizer, seed: int = 0, text_overrides: dict | None = None,
+                vision_overrides: dict | None = None, rope_theta: float = 10000.0) -> torch.nn.Module:
+    """A random-weight model of ``family`` whose vocabulary covers ``tokenizer``.
+
+    ``text_overrides`` / ``vision_overrides`` replace entries of the text / (Qwen-VL) vision config and
+    ``rope_theta`` is the (Qwen-VL M-RoPE) text rotary base; the defaults give the shapes the tests rely on."""
     ids = _ids(tokenizer)
     vocab = len(tokenizer)
-    text = dict(_TEXT, vocab_size=vocab, bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
+    text = dict(_TEXT, **(text_overrides or {}))
+    text = dict(text, vocab_size=vocab, bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"])
     torch.manual_seed(seed)
     if family in ("qwen2vl", "qwen25vl"):
         common = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                       vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-        text["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}
+        text["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": rope_theta}
         vision = dict(depth=2, hidden_size=32, num_heads=4, patch_size=14, spatial_merge_size=2,
                       temporal_patch_size=2)
+        vo = vision_overrides or {}
         if family == "qwen2vl":
             from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
             cfg = Qwen2VLConfig(text_config=dict(text, model_type="qwen2_vl_text"),
-                                vision_config=dict(vision, embed_dim=32, mlp_ratio=2), **common)
+                                vision_config={**vision, "embed_dim": 32, "mlp_ratio": 2, **vo}, **common)
             return Qwen2VLForConditionalGeneration(cfg)
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
         cfg = Qwen2_5_VLConfig(
             text_config=dict(text, model_type="qwen2_5_vl_text"),
-            vision_config=dict(vision, intermediate_size=64, out_hidden_size=32, fullatt_block_indexes=[1],
-                               window_size=56),
+            vision_config={**vision, "intermediate_size": 64, "out_hidden_size": 32, "fullatt_block_indexes": [1],
+                           "window_size": 56, **vo},
             **common,
         )
         return Qwen2_5_VLForConditionalGeneration(cfg)

@@ -18,6 +18,12 @@ from mmalign.mllm import tiny
 
 FAMILIES = ("qwen2vl", "qwen25vl")
 
+TOY_VARIANT = {"text_overrides": {}, "vision_overrides": {}, "rope_theta": 10.0}
+"""``<family>-toy`` (``tiny:qwen2vl-toy``, the toy video configs): the same shapes with M-RoPE base 10 instead of
+10000. With head_dim 8 and ``mrope_section [2, 1, 1]`` the rotary frequencies are ``theta^(-2i/8)``, i = 0..3:
+base 10000 gives the height / width sections 0.01 / 0.001 rad per token (the language model cannot tell where a
+visual token is), base 10 gives 0.32 / 0.18."""
+
 VIDEO_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -39,10 +45,14 @@ def build_video_processor(family: str, tokenizer):
 
 
 def build_tiny_video_llm(family: str = "qwen2vl", seed: int = 0):
-    """``(model, processor)``: a random-weight video LLM of ``family`` and its processor."""
+    """``(model, processor)``: a random-weight video LLM of ``family`` (or ``<family>-toy``, :data:`TOY_VARIANT`)
+    and its processor."""
+    family, _, variant = family.partition("-")
+    if variant not in ("", "toy"):
+        raise ValueError(f"unknown tiny video variant '{variant}' (only '<family>-toy')")
     tokenizer = tiny.build_tokenizer()
     processor = build_video_processor(family, tokenizer)
-    model = tiny.build_model(family, tokenizer, seed)
+    model = tiny.build_model(family, tokenizer, seed, **(TOY_VARIANT if variant else {}))
     return model, processor
 
 
