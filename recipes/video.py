@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             alpha=(stage.lora_alpha if stage and stage.lora_alpha else cfg.model.lora_alpha),
             dropout=cfg.model.lora_dropout, target_modules=cfg.model.lora_target,
             train_vision=(stage.train_vision if stage and stage.train_vision is not None else cfg.model.train_vision),
+            seed=cfg.train.seed,
         )
 
     def run_stage(stage_model: torch.nn.Module, stage: StageConfig, folder: Path) -> dict[str, Any]:

@@ -35,6 +35,9 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
     train_vision: bool = False
     """Also adapt the vision tower (TEMPLE's SFT stage unfreezes it); otherwise only the language model."""
+    seed: int | None = None
+    """Seed of the adapter's random init (LoRA A), drawn from a forked RNG; None: the global torch RNG, whose state
+    after ``from_pretrained`` differs between processes (observed with transformers 5.23)."""
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
@@ -72,7 +75,11 @@ def fresh_adapter(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module
         p.requires_grad_(False)
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                      target_modules=_target_modules(base, lora))
-    return get_peft_model(base, cfg)
+    if lora.seed is None:
+        return get_peft_model(base, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(lora.seed)
+        return get_peft_model(base, cfg)
 
 
 def stage_dir(output_dir: str | Path, index: int, name: str) -> Path:

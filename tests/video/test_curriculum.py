@@ -72,3 +72,19 @@ def test_fresh_adapter_freezes_base_and_vision(tiny_qwen2vl):
     assert not any("visual" in n for n in trainable)
     with_vision = fresh_adapter(copy.deepcopy(base), LoraSettings(r=4, alpha=8, train_vision=True))
     assert any("visual" in n for n, p in with_vision.named_parameters() if p.requires_grad)
+
+
+def test_seeded_adapter_init_is_reproducible_and_leaves_global_rng(tiny_qwen2vl):
+    model, _ = tiny_qwen2vl
+    lora = LoraSettings(r=4, alpha=8, seed=3)
+
+    def lora_weights(m):
+        return {n: p.detach().clone() for n, p in m.named_parameters() if "lora_A" in n}
+
+    state = torch.random.get_rng_state()
+    first = lora_weights(fresh_adapter(copy.deepcopy(model), lora))
+    assert torch.equal(torch.random.get_rng_state(), state)  # init drawn from a forked RNG
+    torch.rand(7)  # a different global RNG state does not change a seeded init
+    second = lora_weights(fresh_adapter(copy.deepcopy(model), lora))
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
