@@ -7,7 +7,7 @@ Asserted: SFT lowers its loss; pairs are generated, filtered and counted; each D
 reference (zero margin at its first step) and ends with a positive implicit-reward margin on its pairs. The
 held-out forced-choice direction accuracies (random init, after SFT, after DPO) are printed, not asserted: within
 this test's budget (30 SFT steps) the tiny model is still on its chance plateau. The full-length numbers (0.250 ->
-0.750 after 400 SFT steps -> 0.79-1.00 after the curriculum in 5 runs, seed 0 only) are in the two configs' headers."""
+0.750 after 400 SFT steps -> 0.958 after the curriculum, seed 0) are in the two configs' headers."""
 
 import json
 import os
