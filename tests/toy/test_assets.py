@@ -49,6 +49,16 @@ def test_pipeline_generates_and_is_imperfect_but_above_chance(toy_pipeline):
     assert len({im.tobytes() for im in images}) == len(caps)
 
 
+def test_vae_reconstructions_keep_what_the_judge_measures(toy_pipeline):
+    """The VAE is the ceiling of every model decoding through it: reconstructions of fresh renders must score
+    near the renders themselves (a 400-step VAE scored 0.66, colour 0.40, and capped the whole toy world)."""
+    from mmalign.toy.build import vae_reconstruction_judge
+
+    result = vae_reconstruction_judge(toy_pipeline.vae, seed=12345, n=64)
+    assert result["judge_vae_reconstruction"] > 0.9, result
+    assert min(result["judge_vae_reconstruction_terms"].values()) > 0.85, result
+
+
 def _pairs(name):
     t = pq.read_table(ROOT / "data" / name).to_pydict()
     decode = lambda col: [Image.open(io.BytesIO(b)).convert("RGB") for b in t[col]]  # noqa: E731

@@ -27,6 +27,7 @@ def test_quick_build_writes_every_asset(tmp_path):
     report = json.loads((out / paths.BUILD_REPORT).read_text())
     assert report["settings"]["unet_steps"] == 4
     assert 0.85 < report["judge_renders_heldout"] <= 1.0
+    assert 0.0 <= report["judge_vae_reconstruction"] <= 1.0  # measured right after the VAE stage
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(out / paths.PIPELINE)

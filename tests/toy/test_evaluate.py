@@ -56,3 +56,12 @@ def test_evaluate_pipeline_is_deterministic_and_scores_its_images(toy_pipeline):
     assert a["per_caption"][caps[0]] == pytest.approx(np.mean(a["scores"][:2]))
     assert len(a["per_seed"]) == 2 and a["std_over_seeds"] >= 0
     assert compare(a, b)["win_rate"] == 0.5
+    # every (caption, seed) has its own initial noise: image (caption 2, seed 1) is sample_images with image_seed(1, 2)
+    from mmalign.toy.evaluate import image_seed
+    from mmalign.toy.sampling import sample_images
+
+    assert len({image_seed(s, i) for s in (0, 1) for i in range(3)}) == 6
+    again = sample_images(toy_pipeline, [caps[2]], [image_seed(1, 2)], num_inference_steps=4)
+    diff = np.abs(again[0].astype(int) - a["images"][2 * 2 + 1].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # batch of 1 vs 6: float rounding flips a pixel at most
+    assert np.abs(a["images"][2 * 2 + 1].astype(int) - a["images"][2 * 2].astype(int)).mean() > 1  # other noise

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mmalign.diffusion.ppd.inference import user_cross_attention_kwargs
+from mmalign.toy.evaluate import image_seed
 
 TIE = 1e-6
 
@@ -68,7 +69,7 @@ def evaluate_users(base_pipe, dpo_pipe, ppd_pipe, ppd_model, embeddings: dict[st
                    steps: int = 20, guidance: float = 3.0) -> dict[str, Any]:
     """See the module docstring; ``embeddings`` keyed by ``str(user_id)``."""
     caps = [c for c in captions for _ in seeds]
-    sds = [int(s) for _ in captions for s in seeds]
+    sds = [image_seed(s, i) for i in range(len(captions)) for s in seeds]  # one noise per (caption, seed)
     kw = dict(steps=steps, guidance=guidance)
     base_images = sample(base_pipe, caps, sds, **kw)
     dpo_images = sample(dpo_pipe, caps, sds, **kw) if dpo_pipe is not None else None
