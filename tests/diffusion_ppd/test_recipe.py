@@ -67,7 +67,7 @@ def test_toy_ppd_config_runs_end_to_end_and_exports(per_user_pairs, tmp_path):
         assert torch.equal(model(x, t, c).sample, untouched(x, t, c).sample)
         assert (model(x, t, c, user_embeds=u).sample - untouched(x, t, c).sample).abs().max() > 1e-4
     config = json.loads((out / "user_adapter" / "user_adapter_config.json").read_text())
-    assert config["embedding"] == "clip" and config["shots"] == 4
+    assert config["embedding"] == "clip_margin" and config["shots"] == 4  # toy_ppd.yaml's embedding
     users = load_user_embeddings(out / "user_adapter")  # the training users' embeddings travel with the adapter
     assert sorted(users) == ["0", "1", "2"] and all(u.shape == (1, 32) for u in users.values())
     with torch.no_grad():

@@ -27,7 +27,7 @@ def test_evaluate_users_matches_independent_scoring():
     captions, seeds = ["a small red circle on the left", "a large blue square at the top"], [0, 1]
     result = evaluate_users(base, base, ppd, model, emb, users, captions, seeds, steps=2)
     caps = [c for c in captions for _ in seeds]
-    sds = [s for _ in captions for s in seeds]
+    sds = [s * 1_000_003 + i for i in range(len(captions)) for s in seeds]  # one noise per (caption, seed)
     for user, weights in users.items():
         row = result["per_user"][str(user)]
         assert row["dpo_win_vs_base"] == 0.5 and row["dpo"] == row["base"]  # the same pipeline twice
