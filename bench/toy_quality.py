@@ -1,6 +1,6 @@
 """Toy-world alignment quality per diffusion objective (issue 5): same base, data budget and evaluation for all.
 
-    python bench/toy_quality.py [--methods dpo,sft,...] [--seeds 0,1,2] [--steps 100] [--jobs 2]
+    python bench/toy_quality.py [--methods dpo,sft,...] [--seeds 0,1,2] [--steps N] [--jobs 2]
 
 For every method and training seed: train a LoRA on the shipped toy pipeline (``assets/toy/pipeline``) with the
 diffusion recipe (``recipes/diffusion.py``, subprocess), the method's data set from ``assets/toy/data`` (pairs,
@@ -10,10 +10,12 @@ identical steps / batch size / learning rate / LoRA rank for all; then sample th
 and score with the judge (``mmalign.toy.evaluate``). Reports per method: mean judge score over training seeds, the
 seed-to-seed std, win rate vs base (ties half) and the mean gain, and whether the gain exceeds 3x the seed std.
 
-The defaults are ``toy_dpo.yaml``'s budget (100 steps x 8 pairs, lr 1e-3, LoRA rank 8, 10 DDIM steps at evaluation);
+The defaults are read from ``toy_dpo.yaml`` (the main job's budget: steps, pairs per step, learning rate, LoRA rank,
+DDIM steps at evaluation), so the table measures every objective at exactly the budget the README's main job uses;
 each run's LoRA, log and judge scores stay in ``--out`` so an interrupted bench resumes where it stopped.
-Prints one JSON line per (method, seed); appends a dated markdown table to ``bench/RESULTS.md`` and writes a bar
-plot PNG (``--plot``). Not run by CI (minutes per method on CPU; seconds on a GPU).
+Prints one JSON line per (method, seed); writes a dated markdown table into its own section of ``bench/RESULTS.md``
+(replacing the previous one) and a bar plot PNG (``--plot``). Not run by CI (about 3 CPU-minutes per (method,
+seed) run with one thread; seconds on a GPU).
 """
 
 from __future__ import annotations
@@ -36,12 +38,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results_section import replace_section  # noqa: E402
 from mmalign.toy import paths  # noqa: E402
 from mmalign.toy.evaluate import compare, evaluate_pipeline  # noqa: E402
 
 CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 DATA_FILE = {"dcpo": "dual_captions.parquet", "rankdpo": "ranked.jsonl", "kto": "unpaired.jsonl"}
 DEFAULT_METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo")
+
+
+def main_job_budget() -> dict:
+    """``toy_dpo.yaml``'s training and evaluation budget: the defaults of every run of this bench."""
+    cfg = yaml.safe_load((CONFIGS / "toy_dpo.yaml").read_text())
+    return {"steps": cfg["train"]["max_steps"], "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
+            "rank": cfg["lora"]["rank"], "num_inference_steps": cfg["toy_eval"]["num_inference_steps"]}
 
 
 def method_block(method: str) -> dict:
@@ -136,15 +146,16 @@ def summarize_method(method: str, per_seed: list[dict]) -> dict:
 
 
 def main() -> None:
+    budget = main_job_budget()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (>= 3 for the spread)")
     parser.add_argument("--eval-seeds", default="0,1", help="sampling seeds per held-out caption")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (toy_dpo.yaml's budget)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--num-inference-steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=budget["steps"], help="optimizer steps (default: toy_dpo.yaml)")
+    parser.add_argument("--batch-size", type=int, default=budget["batch_size"], help="pairs per step")
+    parser.add_argument("--lr", type=float, default=budget["lr"])
+    parser.add_argument("--rank", type=int, default=budget["rank"])
+    parser.add_argument("--num-inference-steps", type=int, default=budget["num_inference_steps"])
     parser.add_argument("--jobs", type=int, default=1, help="(method, seed) runs at once, one CPU thread each")
     parser.add_argument("--out", default=str(REPO / "outputs" / "toy_quality"))
     parser.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
@@ -187,7 +198,7 @@ def main() -> None:
 def write_results(rows: list[dict], base_mean: float, args, n_captions: int, eval_seeds: list[int]) -> None:
     date = datetime.date.today().isoformat()
     lines = [
-        f"\n## Toy-world alignment quality ({date}, {platform.processor() or platform.machine()}, "
+        f"## Toy-world alignment quality ({date}, CPU {platform.processor() or platform.machine()}, "
         f"`bench/toy_quality.py`)\n",
         f"Base: `assets/toy/pipeline` (judge mean {base_mean:.4f}); evaluation on {n_captions} held-out captions x "
         f"{len(eval_seeds)} seeds, {args.num_inference_steps} DDIM steps; LoRA rank {args.rank}, {args.steps} steps x "
@@ -201,9 +212,8 @@ def write_results(rows: list[dict], base_mean: float, args, n_captions: int, eva
         else:
             lines.append(f"| {r['method']} | {r['seeds']} | {r['judge_mean']:.4f} | {r['seed_std']:.4f} | "
                          f"{r['win_rate']:.3f} | {r['mean_gain']:+.4f} | {r['gain_gt_3std']} |")
-    path = Path(args.results)
-    with open(path, "a") as f:
-        f.write("\n".join(lines) + "\n")
+    lines.append(f"\n![toy quality per objective]({Path(args.plot).name})")
+    replace_section(Path(args.results), "toy_quality", "\n".join(lines), title="(bench/toy_quality.py, issue #5)")
     print("\n".join(lines))
 
 
