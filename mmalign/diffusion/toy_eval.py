@@ -124,7 +124,9 @@ def summarize(base: dict[str, Any], aligned: dict[str, Any], settings: ToyEvalCo
     """The ``summary.json["toy_eval"]`` block from two :func:`evaluate_pipeline` results.
 
     ``gain_std_over_seeds`` is the std (ddof=1) over sampling seeds of the per-seed gain (aligned - base mean over
-    captions); ``gain_over_seed_std`` = gain / max(base, aligned std over seeds).
+    captions); ``gain_over_seed_std`` = gain / max(base, aligned std over seeds); ``gain_standard_error`` is the
+    paired standard error of the gain over the matched images (:func:`mmalign.toy.evaluate.compare`). These are
+    sampling spreads of one trained model; the spread over *training* seeds is measured by ``bench/toy_quality.py``.
     """
     from mmalign.toy.evaluate import compare
 
@@ -136,7 +138,7 @@ def summarize(base: dict[str, Any], aligned: dict[str, Any], settings: ToyEvalCo
         "base_mean": cmp["base_mean"], "aligned_mean": cmp["aligned_mean"], "mean_gain": cmp["mean_gain"],
         "win_rate": cmp["win_rate"], "wins": cmp["wins"], "ties": cmp["ties"], "losses": cmp["losses"],
         "base_std_over_seeds": base["std_over_seeds"], "aligned_std_over_seeds": aligned["std_over_seeds"],
-        "gain_std_over_seeds": gain_std,
+        "gain_std_over_seeds": gain_std, "gain_standard_error": cmp["gain_standard_error"],
         "gain_over_seed_std": cmp["mean_gain"] / seed_std if seed_std > 0 else None,
         "num_images": base["num_images"], "num_captions": len(base["captions"]), "seeds": list(base["seeds"]),
         "captions": settings.captions, "num_inference_steps": settings.num_inference_steps,
@@ -147,14 +149,17 @@ def summarize(base: dict[str, Any], aligned: dict[str, Any], settings: ToyEvalCo
 def format_table(summary: dict[str, Any]) -> str:
     """A short human-readable table of :func:`summarize`'s block."""
     ratio = summary["gain_over_seed_std"]
+    se = summary["gain_standard_error"]
     lines = [
         f"toy eval: judge score in [0, 1] on {summary['num_captions']} {summary['captions']} captions x "
         f"{len(summary['seeds'])} seeds = {summary['num_images']} images per model",
-        f"  {'model':<10}{'mean':>9}{'std over seeds':>17}",
-        f"  {'base':<10}{summary['base_mean']:>9.4f}{summary['base_std_over_seeds']:>17.4f}",
-        f"  {'aligned':<10}{summary['aligned_mean']:>9.4f}{summary['aligned_std_over_seeds']:>17.4f}",
-        f"  {'gain':<10}{summary['mean_gain']:>+9.4f}{summary['gain_std_over_seeds']:>17.4f}"
-        + (f"   (gain / seed std = {ratio:.1f})" if ratio is not None else ""),
+        f"  {'model':<10}{'mean':>9}{'std over sampling seeds':>26}",
+        f"  {'base':<10}{summary['base_mean']:>9.4f}{summary['base_std_over_seeds']:>26.4f}",
+        f"  {'aligned':<10}{summary['aligned_mean']:>9.4f}{summary['aligned_std_over_seeds']:>26.4f}",
+        f"  {'gain':<10}{summary['mean_gain']:>+9.4f}{summary['gain_std_over_seeds']:>26.4f}"
+        + (f"   (gain / model seed std = {ratio:.1f})" if ratio is not None else ""),
+        f"  gain {summary['mean_gain']:+.4f} +- {se:.4f} (paired standard error over {summary['num_images']} "
+        f"images: gain / SE = {summary['mean_gain'] / se if se > 0 else float('inf'):.1f})",
         f"  win rate of aligned over base: {100 * summary['win_rate']:.1f}% "
         f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses)",
     ]

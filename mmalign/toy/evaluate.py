@@ -78,7 +78,12 @@ def evaluate_pipeline(pipe, captions: Sequence[str], seeds: Sequence[int], *,
 
 
 def compare(base: dict[str, Any], aligned: dict[str, Any], *, tie_margin: float = 0.0) -> dict[str, float]:
-    """Win rate of aligned over base on matched (caption, seed) images (ties count half) and the mean gain."""
+    """Win rate of aligned over base on matched (caption, seed) images (ties count half) and the mean gain.
+
+    ``gain_standard_error`` is the paired standard error of the mean gain, ``std(a_i - b_i, ddof=1) / sqrt(n)`` over
+    the ``n`` matched images: the sampling noise of the gain for this one trained model (the spread over training
+    seeds is ``bench/toy_quality.py``'s).
+    """
     if base.get("captions") != aligned.get("captions") or base.get("seeds") != aligned.get("seeds"):
         raise ValueError("compare: base and aligned must be evaluated on the same captions and seeds")
     b, a = torch.tensor(base["scores"], dtype=torch.float64), torch.tensor(aligned["scores"], dtype=torch.float64)
@@ -88,6 +93,7 @@ def compare(base: dict[str, Any], aligned: dict[str, Any], *, tie_margin: float 
         "win_rate": float((wins + 0.5 * ties).mean()),
         "wins": int(wins.sum()), "ties": int(ties.sum()), "losses": int(len(diff) - wins.sum() - ties.sum()),
         "mean_gain": float(a.mean() - b.mean()),
+        "gain_standard_error": float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0,
         "base_mean": float(b.mean()), "aligned_mean": float(a.mean()),
     }
 

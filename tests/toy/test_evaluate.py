@@ -20,6 +20,8 @@ def test_compare_counts_ties_half_and_gain_is_difference_of_means():
     assert (out["wins"], out["ties"], out["losses"]) == (2, 1, 1)
     assert out["win_rate"] == pytest.approx((2 + 0.5) / 4)
     assert out["mean_gain"] == pytest.approx(np.mean([0.4, 0.5, 0.1, 1.0]) - np.mean([0.2, 0.5, 0.5, 0.9]))
+    diff = np.array([0.2, 0.0, -0.4, 0.1])  # paired standard error of the gain: std(ddof=1) / sqrt(n)
+    assert out["gain_standard_error"] == pytest.approx(np.sqrt(np.sum((diff - diff.mean()) ** 2) / 3) / 2)
     with pytest.raises(ValueError, match="same captions and seeds"):
         compare(base, _eval([0, 0, 0, 0], seeds=(0, 2)))
 
