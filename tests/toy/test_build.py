@@ -1,5 +1,8 @@
-"""A shortened asset build (``python -m mmalign.toy build --quick``) runs and writes the full layout."""
+"""A shortened asset build (``python -m mmalign.toy build --quick``) runs, writes the full layout, and is
+deterministic: a second build from the same seeds writes byte-identical files (the report differs only in its
+timings)."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -17,11 +20,24 @@ LAYOUT = ("pipeline/model_index.json", "pipeline/unet/diffusion_pytorch_model.sa
           paths.BUILD_REPORT)
 
 
-@pytest.mark.slow
-def test_quick_build_writes_every_asset(tmp_path):
-    out = tmp_path / "toy"
+def quick_build(out):
     subprocess.run([sys.executable, "-m", "mmalign.toy", "build", "--quick", "--out", str(out)], check=True,
                    env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+
+
+def file_digests(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != paths.BUILD_REPORT}
+
+
+def report_without_timings(root) -> dict:
+    return {k: v for k, v in json.loads((root / paths.BUILD_REPORT).read_text()).items() if not k.endswith("seconds")}
+
+
+@pytest.mark.slow
+def test_quick_build_writes_every_asset_deterministically(tmp_path):
+    out = tmp_path / "toy"
+    quick_build(out)
     for rel in LAYOUT:
         assert (out / rel).is_file(), rel
     report = json.loads((out / paths.BUILD_REPORT).read_text())
@@ -32,3 +48,9 @@ def test_quick_build_writes_every_asset(tmp_path):
 
     pipe = StableDiffusionPipeline.from_pretrained(out / paths.PIPELINE)
     assert pipe.tokenizer.model_max_length == 16 and pipe.unet.config.sample_size == 16
+
+    again = tmp_path / "again"
+    quick_build(again)
+    first, second = file_digests(out), file_digests(again)
+    assert len(first) > len(LAYOUT) and first == second
+    assert report_without_timings(out) == report_without_timings(again)
