@@ -1,6 +1,8 @@
 """Toy-world alignment quality per diffusion objective (issue 5): same base, data budget and evaluation for all.
 
     python bench/toy_quality.py [--methods dpo,sft,...] [--seeds 0,1,2] [--steps N] [--jobs 2]
+    python bench/toy_quality.py --methods 'smpo[method.smpo.order=human],inpo[method.beta=5000]' \
+        --section toy_quality_ablations --plot bench/toy_quality_ablations.png      # variants: recipe overrides
 
 For every method and training seed: train a LoRA on the shipped toy pipeline (``assets/toy/pipeline``) with the
 diffusion recipe (``recipes/diffusion.py``, subprocess), the method's data set from ``assets/toy/data`` (pairs,
@@ -26,6 +28,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -73,20 +76,39 @@ def _flatten(prefix: str, d: dict) -> list[str]:
     return out
 
 
-def train_one(method: str, seed: int, args, out: Path) -> Path:
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``"smpo[method.smpo.order=human;method.beta=5000]"`` -> ``("smpo", ["method.smpo.order=human", ...])``: a
+    method plus recipe overrides applied after its config's method block (a plain name has none)."""
+    name, _, rest = spec.partition("[")
+    if rest and not rest.endswith("]"):
+        raise ValueError(f"--methods: '{spec}' is not NAME or NAME[key=value;...]")
+    overrides = [o.strip() for o in rest[:-1].split(";") if o.strip()] if rest else []
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"--methods: '{spec}': overrides must be key=value, got {bad}")
+    return name.strip(), overrides
+
+
+def run_name(spec: str) -> str:
+    """A folder name for a method variant (``smpo[method.smpo.order=human]`` -> ``smpo-method.smpo.order-human``)."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", spec).strip("-")
+
+
+def train_one(spec: str, seed: int, args, out: Path) -> Path:
     """Train one LoRA with the recipe (subprocess, one CPU thread); reuses a finished run unless ``--retrain``."""
-    run_dir = out / f"{method}_seed{seed}"
+    method, variant_overrides = parse_variant(spec)
+    run_dir = out / f"{run_name(spec)}_seed{seed}"
     if (run_dir / "pytorch_lora_weights.safetensors").is_file() and not args.retrain:
         return run_dir
     block = method_block(method)
     block["name"] = method
     overrides = [
         f"model.pretrained={paths.pipeline_dir()}", f"data.path={paths.data_dir() / DATA_FILE.get(method, 'pairs.parquet')}",
-        "data.resolution=64", f"data.cache_dir={out / 'cache' / method}", f"train.max_steps={args.steps}",
+        "data.resolution=64", f"data.cache_dir={out / 'cache' / run_name(spec)}", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}", f"train.lr={args.lr}", "train.lr_scheduler=constant",
         f"train.seed={seed}", f"lora.rank={args.rank}", "validation.prompts=[]", f"output_dir={run_dir}",
         "train.progress_bar=false", "train.log_every=50", "toy_eval.enabled=false",  # evaluated below instead
-    ] + _flatten("method.", block)
+    ] + _flatten("method.", block) + variant_overrides
     cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / "toy_dpo.yaml"), *overrides]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = run_dir.parent / f"{run_dir.name}.log"
@@ -160,10 +182,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "outputs" / "toy_quality"))
     parser.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     parser.add_argument("--plot", default=str(REPO / "bench" / "toy_quality.png"))
+    parser.add_argument("--section", default="toy_quality", help="the RESULTS.md section this run rewrites")
     parser.add_argument("--retrain", action="store_true", help="retrain runs whose LoRA already exists")
     args = parser.parse_args()
     out = Path(args.out)
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in re.split(r",(?![^\[]*\])", args.methods) if m]  # commas inside [...] are overrides
+    for spec in methods:
+        parse_variant(spec)  # fail before any training on a malformed variant
     seeds = [int(s) for s in args.seeds.split(",")]
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     captions = paths.read_captions(paths.assets_dir() / paths.HELDOUT_CAPTIONS)
@@ -213,7 +238,7 @@ def write_results(rows: list[dict], base_mean: float, args, n_captions: int, eva
             lines.append(f"| {r['method']} | {r['seeds']} | {r['judge_mean']:.4f} | {r['seed_std']:.4f} | "
                          f"{r['win_rate']:.3f} | {r['mean_gain']:+.4f} | {r['gain_gt_3std']} |")
     lines.append(f"\n![toy quality per objective]({Path(args.plot).name})")
-    replace_section(Path(args.results), "toy_quality", "\n".join(lines), title="(bench/toy_quality.py, issue #5)")
+    replace_section(Path(args.results), args.section, "\n".join(lines), title="(bench/toy_quality.py, issue #5)")
     print("\n".join(lines))
 
 
@@ -228,6 +253,8 @@ def plot(rows: list[dict], base_mean: float, path: Path) -> None:
     ax.bar([r["method"] for r in ok], [r["judge_mean"] for r in ok],
            yerr=[0 if r["seed_std"] != r["seed_std"] else r["seed_std"] for r in ok], capsize=4, color="tab:blue")
     ax.axhline(base_mean, color="k", linestyle="--", label=f"base {base_mean:.3f}")
+    if max(len(r["method"]) for r in ok) > 10:  # variants: long labels
+        ax.tick_params(axis="x", labelrotation=20)
     ax.set_ylabel("judge mean (held-out captions)")
     ax.set_title("Toy world: alignment quality per objective (mean ± seed std)")
     ax.legend()
