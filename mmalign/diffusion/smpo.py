@@ -5,7 +5,8 @@ SmPO (Lu et al., ICML 2025, arXiv 2506.02698; official ``JaydenLyh/SmPO`` ``trai
     r_w, r_l = stored raw scorer rewards of the pair           (mmalign.diffusion.soft_labels; once per data set)
     order:     scorer (official) — the higher-rewarded image is the winner; human — keep the data's labels
     kappa    = gamma (2p - 1),  p = sigmoid(r'_w - r'_l),  r' min-max normalised over the data set
-               (mmalign.objectives.smoothed.smpo_kappa)
+               (mmalign.objectives.smoothed.smpo_kappa); order human: gamma |2p - 1|, since the signed kappa on
+               a pair the scorer disagrees with is exactly the scorer-ordered loss (the option would do nothing)
     x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad); eps^* the implied noise
     L        = -logsig(-(beta/2) kappa ((e_theta^w - e_theta^l) - (e_ref^w - e_ref^l)))
              = preference_loss("sigmoid", ..., beta = beta * kappa)   (per-pair beta)
@@ -46,7 +47,8 @@ def order_and_kappa(labels: SoftLabels, chosen_keys: list[str], rejected_keys: l
     r_c, r_r = labels.rewards(chosen_keys, rejected_keys)
     swap = (r_r > r_c) if order == "scorer" else torch.zeros_like(r_c, dtype=torch.bool)
     r_w, r_l = torch.where(swap, r_r, r_c), torch.where(swap, r_c, r_r)
-    kappa = smpo_kappa(r_w, r_l, gamma=gamma, reward_min=labels.reward_min, reward_max=labels.reward_max)
+    kappa = smpo_kappa(r_w, r_l, gamma=gamma, reward_min=labels.reward_min, reward_max=labels.reward_max,
+                       signed=order == "scorer")
     return swap, kappa
 
 

@@ -45,8 +45,9 @@ class SmpoConfig:
     gamma: float = 10.0
     """kappa = gamma * (2p - 1) (paper and code: 10)."""
     order: str = "scorer"
-    """scorer: the higher-scored image is the winner (official 'data cleaning'); human: keep the data's labels
-    (kappa < 0 where the scorer disagrees — the same loss as the swapped pair, see mmalign.objectives.smoothed)."""
+    """scorer: the higher-scored image is the winner (official 'data cleaning'); human: the data's winner stays the
+    winner and the scorer only weights the pair, kappa = gamma |2p - 1| (a signed kappa would re-order every pair
+    the scorer disagrees with: the same loss as 'scorer'; see mmalign.objectives.smoothed)."""
     labels: str | None = None
     """Soft-label file (JSON). null: <data cache root>/smpo_labels/<scorer>-<data+scorer fingerprint>.json,
     computed on first use. An existing file given here is used as is."""

@@ -12,9 +12,12 @@ the DPO implicit-reward difference by ``2 alpha - gamma = gamma (2p - 1)``::
     loss = -logsig(kappa * beta * h)                     # h: the DPO margin on scores, see pairwise.py
 
 so SmPO's loss is :func:`mmalign.objectives.preference_loss` ``("sigmoid")`` with the per-example beta
-``beta * kappa``. When the winner is chosen by the reward model (official) ``p >= 1/2`` and ``kappa >= 0``; with
-human labels ``kappa`` is negative where the reward model disagrees, and ``-logsig(kappa beta h)`` then equals the
-loss of the swapped pair with ``|kappa|`` (the two orders give the same loss).
+``beta * kappa``. When the winner is chosen by the reward model (official) ``p >= 1/2`` and ``kappa >= 0``.
+Evaluated on the human order instead, ``kappa`` is negative where the reward model disagrees, and
+``-logsig(kappa beta h)`` equals the loss of the swapped pair with ``|kappa|``: the signed formula always follows the
+reward model's order, whatever order it is given. Keeping the human labels therefore needs the unsigned weight
+``gamma |2p - 1|`` (the reward model's confidence, not its direction): ``smpo_kappa(..., signed=False)``, used by
+``method.smpo.order: human`` (our option; the official code only has the reward model's order).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def smoothed_win_probability(reward_chosen: torch.Tensor, reward_rejected: torch
 
 
 def smpo_kappa(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, *, gamma: float, reward_min: float,
-               reward_max: float) -> torch.Tensor:
-    """``kappa = gamma * (2p - 1)`` per pair, shape ``[B]`` float32 (computed in float64; see module docstring)."""
+               reward_max: float, signed: bool = True) -> torch.Tensor:
+    """``kappa = gamma * (2p - 1)`` per pair (``signed=False``: ``gamma * |2p - 1|``), shape ``[B]`` float32
+    (computed in float64; see module docstring)."""
     p = smoothed_win_probability(reward_chosen, reward_rejected, reward_min=reward_min, reward_max=reward_max)
-    return (gamma * (2.0 * p - 1.0)).float()
+    kappa = gamma * (2.0 * p - 1.0)
+    return (kappa if signed else kappa.abs()).float()

@@ -69,11 +69,17 @@ def test_soft_label_file_min_max_from_data_and_orders(tmp_path):
     expected = [_official_kappa(0.30, 0.10, 0.1, 0.3), _official_kappa(0.25, 0.12, 0.1, 0.3), 0.0]
     np.testing.assert_allclose(kappa.numpy(), expected, rtol=1e-6, atol=1e-7)
     swap_h, kappa_h = order_and_kappa(labels, ["a", "b", "c"], ["x", "y", "z"], gamma=10, order="human")
-    assert not swap_h.any() and float(kappa_h[1]) == pytest.approx(-expected[1])
-    # Human order with signed kappa is the same loss as the scorer-ordered pair.
-    h = torch.tensor([0.3, -0.2, 0.1])
+    # human order: no swap, the scorer's confidence |kappa| weights the pair in the human direction
+    assert not swap_h.any()
+    np.testing.assert_allclose(kappa_h.numpy(), np.abs(expected), rtol=1e-6, atol=1e-7)
+    h = torch.tensor([0.3, -0.2, 0.1])  # DPO margins of the pairs in the data set's order
     swapped_h = torch.where(swap, -h, h)
-    torch.testing.assert_close(F.logsigmoid(kappa_h * h), F.logsigmoid(kappa * swapped_h))
+    human_loss, scorer_loss = -F.logsigmoid(kappa_h * h), -F.logsigmoid(kappa * swapped_h)
+    torch.testing.assert_close(human_loss[[0, 2]], scorer_loss[[0, 2]])  # pairs both orders agree on
+    assert float(human_loss[1]) > float(scorer_loss[1])  # pair 1: human wants l > w where the margin says w > l
+    # (a signed kappa in human order would reproduce the scorer-ordered loss exactly: the option would be a no-op)
+    signed = smpo_kappa(torch.tensor([0.12]), torch.tensor([0.25]), gamma=10, reward_min=0.1, reward_max=0.3)
+    torch.testing.assert_close(-F.logsigmoid(signed * h[1]), scorer_loss[1:2])
     with pytest.raises(KeyError, match="no soft label"):
         labels.rewards(["a"], ["nope"])
 
@@ -209,7 +215,7 @@ def test_smpo_loss_matches_independent_computation(tiny_dirs, tmp_path, order):
             for tensor in (x0, cond):
                 tensor[[i, B + i]] = tensor[[B + i, i]]
             r_c, r_r = r_r, r_c
-        kappa.append(_official_kappa(r_c, r_r, lo, hi, gamma))
+        kappa.append(abs(_official_kappa(r_c, r_r, lo, hi, gamma)))  # >= 0 in scorer order anyway
     kappa = torch.tensor(kappa)
     x_t = _independent_inversion(parts.unet, parts.scheduler.alphas_cumprod, x0, cond, t2, 5, True, 0.0)
     official, _, _ = _official_loss(parts, x0, cond, t2, x_t, beta, kappa)
