@@ -223,7 +223,8 @@ def main() -> None:
 def write_results(rows: list[dict], base_mean: float, args, n_captions: int, eval_seeds: list[int]) -> None:
     date = datetime.date.today().isoformat()
     lines = [
-        f"## Toy-world alignment quality ({date}, CPU {platform.processor() or platform.machine()}, "
+        f"## Toy-world alignment quality{'' if args.section == 'toy_quality' else ': ' + args.section} "
+        f"({date}, CPU {platform.processor() or platform.machine()}, "
         f"`bench/toy_quality.py`)\n",
         f"Base: `assets/toy/pipeline` (judge mean {base_mean:.4f}); evaluation on {n_captions} held-out captions x "
         f"{len(eval_seeds)} seeds, {args.num_inference_steps} DDIM steps; LoRA rank {args.rank}, {args.steps} steps x "
