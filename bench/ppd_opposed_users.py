@@ -78,14 +78,27 @@ def judge_scores(images: np.ndarray, captions: list[str]) -> torch.Tensor:
     return torch.tensor(score_images(images, captions)["scores"], dtype=torch.float64)
 
 
-def evaluate(ppd: Path, dpo: Path, captions: list[str], eval_seeds: int, steps: int) -> dict:
+def eval_images(captions: list[str], eval_seeds: int) -> tuple[list[str], list[int]]:
+    """Caption and generator seed of every evaluation image: one noise per (caption, seed)."""
+    caps = [c for c in captions for _ in range(eval_seeds)]
+    return caps, [image_seed(s, i) for i in range(len(captions)) for s in range(eval_seeds)]
+
+
+def evaluate_base(captions: list[str], eval_seeds: int, steps: int) -> torch.Tensor:
+    """Judge scores of the base pipeline's evaluation images (the same for every training seed: computed once)."""
+    from mmalign.toy.build import load_pipeline
+
+    caps, seeds = eval_images(captions, eval_seeds)
+    return judge_scores(sample(load_pipeline(paths.pipeline_dir()), caps, seeds, steps=steps), caps)
+
+
+def evaluate(ppd: Path, dpo: Path, base_scores: torch.Tensor, captions: list[str], eval_seeds: int,
+             steps: int) -> dict:
     from mmalign.diffusion.ppd.export import load_user_adapter, load_user_embeddings
     from mmalign.toy.build import load_pipeline
 
-    caps = [c for c in captions for _ in range(eval_seeds)]
-    seeds = [image_seed(s, i) for i in range(len(captions)) for s in range(eval_seeds)]
-    base_pipe = load_pipeline(paths.pipeline_dir())
-    judged = {"base": judge_scores(sample(base_pipe, caps, seeds, steps=steps), caps)}
+    caps, seeds = eval_images(captions, eval_seeds)
+    judged = {"base": base_scores}
     dpo_pipe = load_pipeline(paths.pipeline_dir())
     dpo_pipe.load_lora_weights(str(dpo))
     judged["dpo"] = judge_scores(sample(dpo_pipe, caps, seeds, steps=steps), caps)
@@ -145,10 +158,11 @@ def main() -> None:
     data = out / "opposed_users.parquet"
     opposed_users(pd.read_parquet(paths.data_dir() / "pairs.parquet")).to_parquet(data)
     captions = paths.read_captions(paths.assets_dir() / paths.HELDOUT_CAPTIONS)[: args.max_captions]
+    base_scores = evaluate_base(captions, args.eval_seeds, args.steps)
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         ppd, dpo = train(data, seed, out)
-        result = {"seed": seed, **evaluate(ppd, dpo, captions, args.eval_seeds, args.steps)}
+        result = {"seed": seed, **evaluate(ppd, dpo, base_scores, captions, args.eval_seeds, args.steps)}
         print(json.dumps(result), flush=True)
         results.append(result)
     write_results(results, args)

@@ -118,15 +118,6 @@ def train_one(spec: str, seed: int, args, out: Path) -> Path:
     return run_dir
 
 
-def load_base():
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(paths.pipeline_dir(), safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def evaluate(run_dir: Path | None, captions: list[str], eval_seeds: list[int], steps: int) -> dict:
     """Judge evaluation of the base (``run_dir=None``) or base + the run's LoRA; cached in ``eval.json``."""
     cache = (run_dir / "eval.json") if run_dir is not None else None
@@ -134,7 +125,9 @@ def evaluate(run_dir: Path | None, captions: list[str], eval_seeds: list[int], s
         cached = json.loads(cache.read_text())
         if cached["captions"] == captions and cached["seeds"] == eval_seeds and cached["steps"] == steps:
             return cached
-    pipe = load_base()
+    from mmalign.toy.build import load_pipeline
+
+    pipe = load_pipeline(paths.pipeline_dir())
     if run_dir is not None:
         pipe.load_lora_weights(str(run_dir))
     result = evaluate_pipeline(pipe, captions, eval_seeds, num_inference_steps=steps)
