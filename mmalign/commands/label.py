@@ -66,6 +66,8 @@ def generate(pipe, prompts: list[str], k: int, args) -> list[list]:
     import torch
     from tqdm.auto import tqdm
 
+    from mmalign.diffusion.sampling import generate as generate_images
+
     out: list[list] = []
     step = max(1, args.prompts_per_batch)
     for start in tqdm(range(0, len(prompts), step), desc="generate", unit="batch"):
@@ -75,9 +77,8 @@ def generate(pipe, prompts: list[str], k: int, args) -> list[list]:
             g = torch.Generator(device="cpu").manual_seed(args.seed + start + i)
             generators.extend([g] * k)  # one stream per prompt: draws for its K images come from it in order
         kwargs = {"height": args.height, "width": args.width} if args.height or args.width else {}
-        images = pipe(prompt=chunk, num_images_per_prompt=k, num_inference_steps=args.steps,
-                      guidance_scale=args.guidance_scale, generator=generators,
-                      output_type="pil", **kwargs).images
+        images = generate_images(pipe, chunk, num_images_per_prompt=k, num_inference_steps=args.steps,
+                                 guidance_scale=args.guidance_scale, generator=generators, **kwargs)
         if len(images) != len(chunk) * k:
             raise RuntimeError(f"pipeline returned {len(images)} images for {len(chunk)} prompts x {k}")
         out.extend(images[i * k : (i + 1) * k] for i in range(len(chunk)))

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if u is not None and args.user_b is not None:
         u = interpolate_users(u, users[args.user_b], args.alpha)
     images = generate(pipe, model, args.prompt, u, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      seed=args.seed, output_type="pil").images
+                      seed=args.seed, output_type="pil")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from mmalign.diffusion.sampling import generate
+
 
 def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
     cols = math.ceil(len(images) / rows)
@@ -29,17 +31,17 @@ def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
 def render_grid(pipe, prompts: list[str], out_path: str | os.PathLike, *, size: int, steps: int, guidance: float,
                 seed: int, device: torch.device | str, num_images: int = 1,
                 autocast: Callable[[], object] = nullcontext, scorer=None) -> dict[str, object]:
-    """Sample ``num_images`` images per prompt with fixed seeds and save the grid PNG. ``autocast`` (e.g.
-    ``accelerator.autocast``) lets a bf16/fp16 UNet feed a float32 VAE. With a ``scorer``
+    """Sample ``num_images`` images per prompt with fixed seeds and save the grid PNG. Components meet in explicit
+    dtypes (:func:`mmalign.diffusion.sampling.generate`); ``autocast`` (e.g. ``accelerator.autocast``) is only a
+    speed-up. With a ``scorer``
     (:func:`scorers.load_scorer`) the result holds the images' mean score against their prompts."""
     pipe.set_progress_bar_config(disable=True)
     images = []
     for prompt in prompts:
         for j in range(num_images):
             generator = torch.Generator(device="cpu").manual_seed(seed + j)
-            with autocast():
-                images += pipe(prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
-                               generator=generator, output_type="pil").images
+            images += generate(pipe, prompt, height=size, width=size, num_inference_steps=steps,
+                               guidance_scale=guidance, generator=generator, autocast=autocast)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, rows=len(prompts)).save(out)

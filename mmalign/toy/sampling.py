@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mmalign.diffusion.sampling import generate
+
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 3.0
 
@@ -27,7 +29,7 @@ def sample_images(pipe, captions: Sequence[str], seeds: Sequence[int], *, num_in
         caps = list(captions[i:i + batch_size])
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i:i + batch_size]]
         shape_kw = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
-        images = pipe(caps, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=gens, output_type="np", **shape_kw).images
+        images = generate(pipe, caps, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          generator=gens, output_type="np", **shape_kw)
         out.append(np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)

@@ -79,7 +79,7 @@ def test_sdxl_no_user_equals_base():
 
 def _images(pipe, model, u, steps=3):
     return generate(pipe, model, ["a red square", "a blue circle"], u, num_inference_steps=steps,
-                    guidance_scale=3.0, seed=7, output_type="pt").images
+                    guidance_scale=3.0, seed=7, output_type="pt")
 
 
 def test_generation_with_users_and_interpolation_endpoints(sd15):

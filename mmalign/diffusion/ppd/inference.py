@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mmalign.diffusion.sampling import generate as generate_images
+
 
 def interpolate_users(u_a: torch.Tensor, u_b: torch.Tensor, alpha: float) -> torch.Tensor:
     """``(1 - alpha) * u_a + alpha * u_b`` (in floating point exactly ``u_a`` at 0 and ``u_b`` at 1 for finite
@@ -47,8 +49,8 @@ def generate(pipe, model, prompts: Sequence[str], user_embeds: torch.Tensor | No
              num_inference_steps: int = 25, guidance_scale: float = 7.5, seed: int = 0,
              num_images_per_prompt: int = 1, **pipe_kwargs):
     """Images of ``pipe`` (whose ``unet`` is ``model.unet``) for ``prompts``, conditioned on one user embedding
-    ``(S, H)`` (or one per image, ``(N, S, H)``). Returns the pipeline output (``output_type`` in
-    ``pipe_kwargs``, e.g. ``"pt"`` or ``"pil"``)."""
+    ``(S, H)`` (or one per image, ``(N, S, H)``). Returns the images as ``output_type`` (in ``pipe_kwargs``, e.g.
+    ``"pt"`` or ``"pil"``), components in explicit dtypes (:func:`mmalign.diffusion.sampling.generate`)."""
     if pipe.unet is not model.unet:
         raise ValueError("pipe.unet is not the user-conditioned UNet (build the adapter on pipe.unet)")
     prompts = list(prompts)
@@ -56,6 +58,6 @@ def generate(pipe, model, prompts: Sequence[str], user_embeds: torch.Tensor | No
     guidance = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     kwargs = user_cross_attention_kwargs(model, user_embeds, batch, guidance)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return pipe(prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                num_images_per_prompt=num_images_per_prompt, generator=generator, cross_attention_kwargs=kwargs,
-                **pipe_kwargs)
+    return generate_images(pipe, prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           num_images_per_prompt=num_images_per_prompt, generator=generator,
+                           cross_attention_kwargs=kwargs, **pipe_kwargs)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mmalign.diffusion.ppd.inference import user_cross_attention_kwargs
+from mmalign.diffusion.sampling import generate
 from mmalign.toy.evaluate import image_seed
 
 TIE = 1e-6
@@ -47,8 +48,8 @@ def sample(pipe, captions: Sequence[str], seeds: Sequence[int], *, model=None, u
         kwargs = None
         if model is not None and user_embeds is not None:
             kwargs = user_cross_attention_kwargs(model, user_embeds, len(caps), guidance > 1)
-        images = pipe(caps, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np",
-                      cross_attention_kwargs=kwargs).images
+        images = generate(pipe, caps, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                          output_type="np", cross_attention_kwargs=kwargs)
         out.append(np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8))
     return np.concatenate(out)
 
