@@ -104,12 +104,13 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
-    dotlist = parse_overrides(overrides)
-    if dotlist:
-        for item in dotlist:
-            key = item.split("=", 1)[0]
-            _check_key_path(schema_cls, key)
-        merged = _merge(merged, OmegaConf.from_dotlist(dotlist), source="command line")
+    for item in parse_overrides(overrides):
+        key = item.split("=", 1)[0]
+        _check_key_path(schema_cls, key, merged)
+        try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
+            merged.merge_with_dotlist([item])
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe(exc, "command line")) from None
     try:
         obj = OmegaConf.to_object(merged)
     except MissingMandatoryValue as exc:
@@ -134,26 +135,57 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _check_key_path(schema_cls: type, dotted: str) -> None:
+def _check_key_path(schema_cls: type, dotted: str, current: Any = None) -> None:
+    """An override's key must name a field; a list entry is addressed by an index that exists in ``current``
+    (the config merged so far), e.g. ``stages.0.data``."""
     import typing
 
     node: Any = schema_cls
-    walked = []
+    walked: list[str] = []
     for part in dotted.split("."):
+        node = _strip_optional(node)
+        parent, walked = ".".join(walked), [*walked, part]
+        if typing.get_origin(node) is list:
+            size = len(current) if current is not None else 0
+            if not part.isdigit() or int(part) >= size:
+                valid = f"indices 0..{size - 1}" if size else "it is empty; set the whole list instead"
+                raise ConfigError(f"config key '{'.'.join(walked)}': '{parent}' is a list of {size} entries "
+                                  f"({valid}), so '{part}' is not an entry of it")
+            node, current = typing.get_args(node)[0], current[int(part)]
+            continue
         if not dataclasses.is_dataclass(node):
             return
         names = {f.name for f in dataclasses.fields(node)}
-        walked.append(part)
         if part not in names:
             raise ConfigError(
                 f"unknown config key '{'.'.join(walked)}'; valid keys here: {', '.join(sorted(names))}"
             )
         node = typing.get_type_hints(node).get(part)
-    if dataclasses.is_dataclass(node):
+        current = _child(current, part)
+    if dataclasses.is_dataclass(_strip_optional(node)):
+        fields = dataclasses.fields(_strip_optional(node))
         raise ConfigError(
-            f"config key '{dotted}' is a section; override its fields instead, e.g. "
-            f"{dotted}.{dataclasses.fields(node)[0].name}=..."
+            f"config key '{dotted}' is a section; override its fields instead, e.g. {dotted}.{fields[0].name}=..."
         )
+
+
+def _child(node: Any, key: str) -> Any:
+    """``node.key`` of a config container, or None (no container, or a value still MISSING)."""
+    try:
+        return getattr(node, key) if node is not None else None
+    except OmegaConfBaseException:
+        return None
+
+
+def _strip_optional(tp: Any) -> Any:
+    """``X | None`` → ``X``; other types unchanged."""
+    import types
+    import typing
+
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
 
 
 def _merge(base: Any, other: Any, source: str) -> Any:

@@ -195,3 +195,45 @@ def test_bare_no_for_mixed_precision_and_bad_value_named():
     assert load_config(Recipe, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="train.mixed_precision"):
         load_config(Recipe, None, ["train.mixed_precision=fp8"])
+
+
+@dataclass
+class StageSection:
+    name: str = MISSING
+    data: str = MISSING
+    lr: float | None = None
+
+
+@dataclass
+class StagedConfig:
+    stages: list[StageSection] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+
+STAGED = """\
+    stages:
+      - {name: a, data: a.jsonl}
+      - {name: b, data: b.jsonl, lr: 1.0e-4}
+    prompts: [x, y]
+"""
+
+
+def test_list_entries_are_overridable(tmp_path):
+    """Issue 14 item 4: `stages.0.data=<file>` raised an uncaught 'Cannot merge incompatible container types'."""
+    cfg = load_config(StagedConfig, _yaml(tmp_path, STAGED),
+                      ["stages.0.data=/d/new.jsonl", "stages.1.lr=3e-4", "prompts=[p, q, r]", "prompts.2=s"])
+    assert [s.data for s in cfg.stages] == ["/d/new.jsonl", "b.jsonl"] and isinstance(cfg.stages[0], StageSection)
+    assert cfg.stages[1].lr == 3e-4 and cfg.stages[0].lr is None and cfg.prompts == ["p", "q", "s"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stages.2.data=x", r"'stages.2': 'stages' is a list of 2 entries \(indices 0..1\)"),
+    ("stages.first.data=x", r"'stages.first': 'stages' is a list of 2 entries"),
+    ("stages.0.nope=1", r"unknown config key 'stages.0.nope'; valid keys here: data, lr, name"),
+    ("stages.0=x", r"config key 'stages.0' is a section"),
+    ("stages.1.lr=fast", r"bad value for config key 'stages\[1\].lr'"),
+    ("prompts.5=z", r"'prompts' is a list of 2 entries"),
+])
+def test_bad_list_overrides_name_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(StagedConfig, _yaml(tmp_path, STAGED), [override])
