@@ -12,6 +12,7 @@ resumed from step k reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -31,6 +32,11 @@ from tqdm.auto import tqdm
 from mmalign import checkpoint as ckpt
 
 StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
+
+
+OPTIMIZER_EXTRAS: dict[str, tuple[str, str] | None] = {
+    "adamw": None, "adamw_fused": None, "adamw_8bit": ("bitsandbytes", "bnb"), "adafactor": None}
+"""Optimizer name → (module, mmalign extra) it needs, or None."""
 
 
 @dataclass
@@ -83,6 +89,11 @@ class TrainConfig:
             self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.optimizer not in OPTIMIZER_EXTRAS:
+            raise ValueError(f"train.optimizer: unknown optimizer '{self.optimizer}' ({', '.join(OPTIMIZER_EXTRAS)})")
+        extra = OPTIMIZER_EXTRAS[self.optimizer]
+        if extra and importlib.util.find_spec(extra[0]) is None:  # before any model loads, not at the first step
+            raise ValueError(f"train.optimizer={self.optimizer} needs the optional extra: pip install 'mmalign[{extra[1]}]'")
 
 
 class EpochSampler(Sampler[int]):

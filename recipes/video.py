@@ -10,7 +10,6 @@ file; finished stages are skipped on restart. Formulas: ``spec/vlm_video_objecti
 """
 
 
-import copy
 import dataclasses
 import math
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from mmalign.config import MISSING, ConfigError, load_config, require_paths, to_dict
 from mmalign.mllm.curriculum import LoraSettings, fresh_adapter, merge_adapter, run_stages
@@ -27,7 +27,8 @@ from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_record
 from mmalign.mllm.video_io import VideoSampling
 from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
-from mmalign.train import TrainConfig, train, write_summary
+from mmalign.reference import frozen_copy
+from mmalign.train import TrainConfig, finish_distributed, make_accelerator, train, write_summary
 
 
 @dataclass
@@ -241,26 +242,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref_model = None
         if cfg.model.lora:
             model = fresh_adapter(model, lora_for(None))
-        elif cfg.method.name != "sft":
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        accelerator = make_accelerator(cfg.train, output_dir)
+        if not cfg.model.lora and cfg.method.name != "sft":  # full fine-tuning: a frozen copy on the policy's device
+            ref_model = frozen_copy(model, accelerator.device)
         step = build_step(cfg, cfg.method.name, ref_model)
         summary = train(cfg.train, output_dir=output_dir, model=model, dataset=dataset, step_fn=step,
-                        collate_fn=collate, run_config=to_dict(cfg))
+                        collate_fn=collate, accelerator=accelerator, run_config=to_dict(cfg))
         summary["data_dropped"] = len(dataset.report.dropped)
         if cfg.model.lora:
-            model.save_pretrained(str(output_dir / "adapter"))
+            if accelerator.is_main_process:
+                model.save_pretrained(str(output_dir / "adapter"))
             model = merge_adapter(model)
-        else:  # full fine-tune: a complete model folder, loadable as model.pretrained of a next run
+        elif accelerator.is_main_process:  # full fine-tune: a complete model folder, loadable as model.pretrained
             model.save_pretrained(str(output_dir / "model"))
             processor.save_pretrained(str(output_dir / "model"))
     acc_after = toy_accuracy(cfg, model, processor)
     if acc_before is not None:
         summary["toy_direction_accuracy"] = {"before": acc_before, "after": acc_after}
         print(f"toy direction accuracy: before {acc_before:.3f}, after {acc_after:.3f}")
-    write_summary(output_dir, {k: v for k, v in summary.items() if k != "history"})
+    if PartialState().is_main_process:
+        write_summary(output_dir, {k: v for k, v in summary.items() if k != "history"})
     summary["model"] = model
     return summary
 
 
 if __name__ == "__main__":
     main()
+    finish_distributed()

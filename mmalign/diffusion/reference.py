@@ -12,12 +12,13 @@ Use as ``with reference.model(policy) as ref_unet: ...`` under ``torch.no_grad()
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from mmalign.reference import frozen_copy
 
 
 def unwrap(module: Any) -> Any:
@@ -59,8 +60,7 @@ class ReferenceProvider:
             return cls("none")
         if use_lora:
             return cls("lora")
-        frozen = copy.deepcopy(unwrap(unet)).requires_grad_(False).eval()
-        return cls("frozen_copy", frozen.to(dtype) if dtype is not None else frozen)
+        return cls("frozen_copy", frozen_copy(unwrap(unet), dtype=dtype))
 
     @contextmanager
     def model(self, policy: Any) -> Iterator[Any]:

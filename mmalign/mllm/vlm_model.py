@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from mmalign.mllm.vlm_config import LoraSettings, VLMModelConfig
 from mmalign.mllm.vlm_forward import base_model, vision_modules
+from mmalign.reference import frozen_copy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,7 +100,5 @@ def prepare_policy(
         return policy, None
     ref = None
     if needs_reference:
-        ref = copy.deepcopy(model).eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
+        ref = frozen_copy(model)
     return model, ref
