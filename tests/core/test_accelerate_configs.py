@@ -86,3 +86,23 @@ def test_fsdp_config_builds_the_plugin():
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
     assert plugin.state_dict_type.name == "FULL_STATE_DICT" and plugin.cpu_ram_efficient_loading is True
+
+
+@pytest.mark.parametrize("name,label", [("fsdp.yaml", "FSDP"), ("deepspeed_zero2.yaml", "DeepSpeed"),
+                                        ("deepspeed_zero3.yaml", "DeepSpeed")])
+def test_sharded_launch_without_an_accelerator_is_refused(name, label, tmp_path):
+    """Issue 14 item 5: accelerate 1.15 builds FSDP only for multi-GPU/XPU/NPU states (and DeepSpeed only with
+    cpu=False); on CPU it silently trained with DDP. make_accelerator refuses instead."""
+    from mmalign.train import TrainConfig, make_accelerator
+
+    _, _, env = _launch_env(CONFIG_DIR / name)
+    with mock.patch.dict(os.environ, env), pytest.raises(RuntimeError, match=f"{label} was requested .* no GPU"):
+        make_accelerator(TrainConfig(), tmp_path)
+
+
+def test_plain_launch_still_builds_an_accelerator(tmp_path):
+    from mmalign.train import TrainConfig, make_accelerator
+
+    with mock.patch.dict(os.environ, {"ACCELERATE_USE_FSDP": "false"}):
+        accelerator = make_accelerator(TrainConfig(autocast=False), tmp_path)
+    assert accelerator.autocast_handler is not None and accelerator.autocast_handler.enabled is False
