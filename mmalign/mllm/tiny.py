@@ -28,7 +28,8 @@ _CORPUS = [
     "the quick brown fox jumps over the lazy dog 0123456789 , . ! ? : ; ' \" ( ) - _ / \\",
 ]
 
-# ChatML-style templates (string or list-of-parts content); the visual placeholder differs per family.
+# ChatML-style templates (string or list-of-parts content) for the Qwen-VL and Idefics3 tiny models; the visual
+# placeholder differs per family.
 _TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -40,9 +41,19 @@ _TEMPLATE = (
 _PLACEHOLDER = {
     "qwen2vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen25vl": "<|vision_start|><|image_pad|><|vision_end|>",
-    "llava": "<image>\n",
     "idefics3": "<image>",
 }
+# The released chat template of llava-hf/llava-1.5-7b-hf (its chat_template.json, as in transformers'
+# tests/models/llava/test_processing_llava.py): typed content parts only — string content renders as nothing.
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
+    "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 _SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
     "<|video_pad|>", "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>",
@@ -77,7 +88,7 @@ def _ids(tokenizer) -> dict[str, int]:
 
 def build_processor(family: str, tokenizer):
     """The real processor class of ``family`` around ``tokenizer`` with tiny image sizes."""
-    template = _TEMPLATE.replace("IMAGE_PLACEHOLDER", _PLACEHOLDER[family])
+    template = LLAVA_TEMPLATE if family == "llava" else _TEMPLATE.replace("IMAGE_PLACEHOLDER", _PLACEHOLDER.get(family, ""))
     if family in ("qwen2vl", "qwen25vl"):
         from transformers import (
             Qwen2_5_VLProcessor,

@@ -1,8 +1,11 @@
-"""Tiny random-weight video LLM folders (Qwen2-VL / Qwen2.5-VL) for tests and the toy video recipes.
+"""Tiny random-weight video LLM folders for tests and the toy video recipes, each family in its real
+chat-template style.
 
-Builds on :mod:`mmalign.mllm.tiny` (offline BPE tokenizer, real processor and model classes) and swaps in a
-ChatML chat template that also renders ``{"type": "video"}`` parts as
-``<|vision_start|><|video_pad|><|vision_end|>``, as the real Qwen-VL templates do.
+* ``qwen2vl`` / ``qwen25vl``: :mod:`mmalign.mllm.tiny`'s Qwen-VL models (offline BPE tokenizer, real processor
+  and model classes) with a ChatML chat template that also renders ``{"type": "video"}`` parts as
+  ``<|vision_start|><|video_pad|><|vision_end|>``, as the real Qwen-VL templates do;
+* ``llavaov``: LLaVA-OneVision / LLaVA-Video (:mod:`mmalign.mllm.tiny_onevision`), the llava-hf template that
+  renders typed content parts only.
 
 Usage::
 
@@ -14,9 +17,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mmalign.mllm import tiny
+from mmalign.mllm import tiny, tiny_onevision
 
-FAMILIES = ("qwen2vl", "qwen25vl")
+FAMILIES = ("qwen2vl", "qwen25vl", "llavaov")
 
 TOY_VARIANT = {"text_overrides": {}, "vision_overrides": {}, "rope_theta": 10.0}
 """``<family>-toy`` (``tiny:qwen2vl-toy``, the toy video configs): the same shapes with M-RoPE base 10 instead of
@@ -39,6 +42,8 @@ def build_video_processor(family: str, tokenizer):
     """The family's real processor with a video-capable chat template."""
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny video family '{family}'; choose one of {', '.join(FAMILIES)}")
+    if family == "llavaov":
+        return tiny_onevision.build_processor(tokenizer)
     processor = tiny.build_processor(family, tokenizer)
     processor.chat_template = VIDEO_CHAT_TEMPLATE
     return processor
@@ -50,6 +55,10 @@ def build_tiny_video_llm(family: str = "qwen2vl", seed: int = 0):
     family, _, variant = family.partition("-")
     if variant not in ("", "toy"):
         raise ValueError(f"unknown tiny video variant '{variant}' (only '<family>-toy')")
+    if family == "llavaov":
+        if variant:
+            raise ValueError("tiny:llavaov has no '-toy' variant")
+        return tiny_onevision.build(seed)
     tokenizer = tiny.build_tokenizer()
     processor = build_video_processor(family, tokenizer)
     model = tiny.build_model(family, tokenizer, seed, **(TOY_VARIANT if variant else {}))

@@ -1,16 +1,20 @@
 """Video batches for video LLMs: chat template, video placeholders, completion masks, phrase ids, forwards.
 
-One *row* to score is ``(frames, question, response)``. The prompt is the processor's chat template for a user
-turn ``[{"type": "video"}, {"type": "text", "text": question}]`` with the generation header; the processor
-expands the video placeholder to the model's number of visual tokens and returns the pixel tensors
-(``pixel_values_videos`` + ``video_grid_thw`` for Qwen-VL, ``pixel_values_videos`` for LLaVA-Video-style
-models). The completion is the response followed by whatever the template appends after an assistant turn
-(Qwen ``<|im_end|>\\n``), tokenised separately (``add_special_tokens=False``) so per-token phrase ids line up.
+One *row* to score is ``(frames, question, response)``. Messages have typed content parts
+(:mod:`mmalign.mllm.chat`), which both the Qwen-VL and the llava-hf (LLaVA-OneVision / LLaVA-Video,
+LLaVA-NeXT-Video) templates render. The prompt is the chat template for a user turn
+``[{"type": "video"}, {"type": "text", "text": question}]`` with the generation header (plus the template's
+``lead``, e.g. LLaVA's space after ``ASSISTANT:``); the processor expands the video placeholder to the model's
+number of visual tokens and returns the pixel tensors (``pixel_values_videos`` + ``video_grid_thw`` for Qwen-VL;
+``pixel_values_videos`` ``[1, frames, 3, H, W]`` per row for LLaVA-OneVision). The completion is the response
+followed by whatever the template appends after an assistant turn (Qwen ``<|im_end|>\\n``, OneVision
+``<|im_end|>``), tokenised separately (``add_special_tokens=False``) so per-token phrase ids line up.
 
 Sequences are ``prompt ⊕ completion``, right-padded; ``completion_mask`` is 1 only on completion tokens (never
-prompt text, visual placeholders or padding), ``mm_token_type_ids`` marks video tokens (2) and image tokens (1)
-as Qwen-VL expects. Truncation only ever shortens the completion; a prompt (with its visual tokens) that does not
-fit is an error naming the row. Log-probs use :mod:`mmalign.mllm.logprobs` (shift by one).
+prompt text, visual placeholders or padding); ``mm_token_type_ids`` marks video tokens (2) and image tokens (1)
+when the processor returns one (Qwen-VL; LLaVA-OneVision takes none). Truncation only ever shortens the
+completion; a prompt (with its visual tokens) that does not fit is an error naming the row. Log-probs use
+:mod:`mmalign.mllm.logprobs` (shift by one).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmalign.mllm.chat import ResponseSlot, render, response_slot, user_turn
 from mmalign.mllm.logprobs import token_logps
 
 TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "completion_mask", "phrase_ids")
@@ -41,12 +46,14 @@ class VideoRow:
 
 
 def user_messages(question: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    """The prompt turn of a row: a typed video part, then the question (:mod:`mmalign.mllm.chat`)."""
+    return user_turn(question, media="video")
 
 
 def prompt_text(processor, question: str) -> str:
-    """The chat-templated prompt (with the generation header); it must contain the video placeholder."""
-    text = processor.apply_chat_template(user_messages(question), add_generation_prompt=True, tokenize=False)
+    """The chat-templated prompt with the generation header (what the model sees when it answers); it must
+    contain the video placeholder."""
+    text = render(processor, user_messages(question), generation_prompt=True)
     video_token = getattr(processor, "video_token", None)
     if video_token and video_token not in text:
         raise ValueError(
@@ -56,16 +63,16 @@ def prompt_text(processor, question: str) -> str:
     return text
 
 
+def completion_slot(processor, question: str = "q") -> ResponseSlot:
+    """Where the response sits after the prompt: the template's ``lead`` (scored as prompt) and ``suffix``
+    (scored as completion), :func:`mmalign.mllm.chat.response_slot`."""
+    return response_slot(processor, user_messages(question))
+
+
 def completion_suffix(processor, question: str = "q") -> str:
-    """What the chat template writes after an assistant response (e.g. ``<|im_end|>\\n``)."""
-    sentinel = "§RESPONSE§"
-    prompt = processor.apply_chat_template(user_messages(question), add_generation_prompt=True, tokenize=False)
-    full = processor.apply_chat_template(
-        user_messages(question) + [{"role": "assistant", "content": sentinel}], tokenize=False
-    )
-    if not full.startswith(prompt) or sentinel not in full:
-        raise ValueError("cannot derive the completion suffix: the chat template does not extend the prompt")
-    return full[full.index(sentinel) + len(sentinel):]
+    """What the chat template writes after an assistant response (Qwen ``<|im_end|>\\n``, OneVision
+    ``<|im_end|>``)."""
+    return completion_slot(processor, question).suffix
 
 
 def _video_token_ids(processor) -> tuple[int | None, int | None]:
@@ -77,22 +84,24 @@ def _video_token_ids(processor) -> tuple[int | None, int | None]:
     return ids[0], ids[1]
 
 
-def encode_prompt(processor, frames: np.ndarray, question: str) -> dict:
-    """The processor's output for the chat-templated prompt with its video (visual tokens expanded)."""
-    text = prompt_text(processor, question)
+def encode_prompt(processor, frames: np.ndarray, question: str, lead: str = "") -> dict:
+    """The processor's output for the chat-templated prompt + ``lead`` with its video (visual tokens expanded)."""
+    text = prompt_text(processor, question) + lead
     return dict(processor(text=[text], videos=[frames], return_tensors="pt", do_sample_frames=False))
 
 
-def encode_row(processor, row: VideoRow, max_length: int | None = None, suffix: str | None = None,
+def encode_row(processor, row: VideoRow, max_length: int | None = None, slot: ResponseSlot | None = None,
                prompt: dict | None = None) -> dict:
     """Token ids, masks, phrase ids and pixel tensors of one row (no batch dimension on the text tensors).
 
-    ``prompt`` is :func:`encode_prompt`'s output for this row, when already computed."""
+    ``slot`` is :func:`completion_slot` (computed when None); ``prompt`` is :func:`encode_prompt`'s output for
+    this row with ``slot.lead``, when already computed."""
     tok = processor.tokenizer
-    enc = prompt if prompt is not None else encode_prompt(processor, row.frames, row.question)
+    slot = completion_slot(processor) if slot is None else slot
+    enc = prompt if prompt is not None else encode_prompt(processor, row.frames, row.question, slot.lead)
     prompt_ids = enc["input_ids"][0]
     response_ids = tok(row.response, add_special_tokens=False)["input_ids"]
-    suffix = completion_suffix(processor) if suffix is None else suffix
+    suffix = slot.suffix
     suffix_ids = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
     phrase = list(row.phrase_ids) if row.phrase_ids is not None else [0] * len(response_ids)
     if len(phrase) != len(response_ids):
@@ -143,6 +152,10 @@ def collate_encoded(encoded: Sequence[dict], pad_token_id: int) -> dict[str, tor
         batch[key] = torch.stack(rows)
     for key in encoded[0]:
         if key not in TEXT_KEYS:
+            shapes = {tuple(e[key].shape[1:]) for e in encoded}
+            if len(shapes) > 1:  # e.g. LLaVA-OneVision's [1, frames, 3, H, W] per row
+                raise ValueError(f"rows of one batch have {key} of different shapes {sorted(shapes)}: sample the "
+                                 "same number of frames at the same size for every video (video.* settings)")
             batch[key] = torch.cat([e[key] for e in encoded], dim=0)
     return batch
 
@@ -176,7 +189,7 @@ class VideoRowCollator:
     def __init__(self, processor, max_length: int | None = None, cache_size: int = 2048) -> None:
         self.processor = processor
         self.max_length = max_length
-        self.suffix = completion_suffix(processor)
+        self.slot = completion_slot(processor)
         tok = processor.tokenizer
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.cache_size = cache_size
@@ -189,7 +202,7 @@ class VideoRowCollator:
         key = (hashlib.sha1(frames.tobytes() + str(frames.shape).encode()).hexdigest(), row.question)
         hit = self._prompts.get(key)
         if hit is None:
-            hit = encode_prompt(self.processor, frames, row.question)
+            hit = encode_prompt(self.processor, frames, row.question, self.slot.lead)
             if self.cache_size > 0:
                 self._prompts[key] = hit
                 if len(self._prompts) > self.cache_size:
@@ -201,7 +214,7 @@ class VideoRowCollator:
     def __call__(self, items: Sequence[Sequence[VideoRow]]) -> dict[str, torch.Tensor]:
         width = len(items[0])
         ordered = [item[k] for k in range(width) for item in items]
-        encoded = [encode_row(self.processor, r, self.max_length, self.suffix, self._prompt(r)) for r in ordered]
+        encoded = [encode_row(self.processor, r, self.max_length, self.slot, self._prompt(r)) for r in ordered]
         batch = collate_encoded(encoded, self.pad_token_id)
         batch["group_size"] = torch.tensor(width)
         return batch

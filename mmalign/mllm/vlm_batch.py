@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from mmalign.data.vlm_rows import VLMRow, split_bad
+from mmalign.mllm.chat import assistant_turn, render, typed_messages
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
 """Vision inputs consumed only by the vision encoder (replaced by cached features when shared)."""
@@ -42,26 +43,6 @@ class OverlongPromptError(ValueError):
 
 def is_conversational(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
-
-
-def _structured(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
-    """Messages with list content; ``n_images`` image parts inserted before the first user turn's text (TRL
-    ``prepare_multimodal_messages``). Already structured image parts are kept and counted."""
-    out, present = [], 0
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        content = [dict(p) for p in (content or [])]
-        present += sum(1 for p in content if p.get("type") == "image")
-        out.append({**m, "content": content})
-    missing = n_images - present
-    if missing > 0:
-        first_user = next((m for m in out if m["role"] == "user"), None)
-        if first_user is None:
-            raise ValueError("conversational prompt has no user turn to attach the images to")
-        first_user["content"] = [{"type": "image"} for _ in range(missing)] + first_user["content"]
-    return out
 
 
 def _common_prefix(a: str, b: str) -> str:
@@ -84,16 +65,13 @@ def render_row(processor: Any, row: VLMRow) -> tuple[str, str, str]:
     """
     n = len(row.images)
     if is_conversational(row.prompt):
-        prompt_msgs = _structured(row.prompt, n)
-        chosen_msgs = _structured(row.chosen, 0) if is_conversational(row.chosen) else [
-            {"role": "assistant", "content": [{"type": "text", "text": row.chosen}]}]
-        rejected_msgs = _structured(row.rejected, 0) if is_conversational(row.rejected) else [
-            {"role": "assistant", "content": [{"type": "text", "text": row.rejected}]}]
+        prompt_msgs = typed_messages(row.prompt, n)
+        chosen_msgs, rejected_msgs = (typed_messages(c) if is_conversational(c) else [assistant_turn(c)]
+                                      for c in (row.chosen, row.rejected))
         gen = prompt_msgs[-1]["role"] != "assistant"
-        prompt = processor.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=gen,
-                                               continue_final_message=not gen)
-        full_c = processor.apply_chat_template(prompt_msgs + chosen_msgs, tokenize=False)
-        full_r = processor.apply_chat_template(prompt_msgs + rejected_msgs, tokenize=False)
+        prompt = render(processor, prompt_msgs, generation_prompt=gen, continue_final=not gen)
+        full_c = render(processor, prompt_msgs + chosen_msgs)
+        full_r = render(processor, prompt_msgs + rejected_msgs)
         prompt = _common_prefix(_common_prefix(prompt, full_c), full_r)
         return prompt, full_c[len(prompt):], full_r[len(prompt):]
     image_token = getattr(processor, "image_token", "<image>")

@@ -25,3 +25,11 @@ def tiny_qwen2vl():
     from mmalign.mllm.tiny_video import build_tiny_video_llm
 
     return build_tiny_video_llm("qwen2vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llavaov():
+    """A tiny LLaVA-OneVision (LLaVA-Video architecture) with the llava-hf typed-content chat template."""
+    from mmalign.mllm.tiny_video import build_tiny_video_llm
+
+    return build_tiny_video_llm("llavaov", seed=0)

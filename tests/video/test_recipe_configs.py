@@ -1,4 +1,5 @@
-"""Every shipped video config runs end to end (a step or a stage each) on a tiny random Qwen-VL and toy clips."""
+"""Every shipped video config runs end to end (a step or a stage each) on a tiny random model of its architecture
+(Qwen-VL; LLaVA-OneVision for LLaVA-Video) and toy clips."""
 
 import json
 import runpy
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 main = runpy.run_path(str(ROOT / "recipes" / "video.py"))["main"]
@@ -46,7 +48,7 @@ def _trainable_changed(model_before, model_after):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,model,data_key", [
     ("qwen25vl_rrpo", "tiny:qwen25vl", "rrpo"),
-    ("llavavideo_rrpo", "tiny:qwen2vl", "rrpo"),
+    ("llavavideo_rrpo", "tiny:llavaov", "rrpo"),  # llava-hf template: typed content parts only
     ("qwen25vl_vdpo", "tiny:qwen25vl", "sft"),
 ])
 def test_single_stage_configs(name, model, data_key, data, tmp_path):
@@ -60,6 +62,10 @@ def test_single_stage_configs(name, model, data_key, data, tmp_path):
     if data_key == "rrpo":
         assert "kl/chosen" in final and final["kl/chosen"] == pytest.approx(0.0, abs=1e-6)  # step 1: ref == policy
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "summary.json").is_file()
+    lora_b = [v for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(v.abs().max() > 0 for v in lora_b)  # zero-initialised B moved in the one step
+    if model == "tiny:llavaov":
+        assert type(summary["model"]).__name__ == "LlavaOnevisionForConditionalGeneration"
 
 
 @pytest.mark.slow

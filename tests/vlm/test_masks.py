@@ -10,6 +10,7 @@ from mmalign.mllm.vlm_config import VLMMethodConfig
 from mmalign.mllm.vlm_objective import preference_step
 
 FAMILIES = ["qwen2vl", "qwen25vl", "llava", "idefics3"]
+COMPLETION_TEXT = {"llava": " a red square "}
 
 
 def _image_token_id(processor) -> int:
@@ -58,9 +59,10 @@ def test_only_completion_logits_change_the_loss(family, window, make_policy, vlm
     image_id = _image_token_id(processor)
     assert (ids == image_id).any(), "the prompt must contain visual placeholder tokens"
     assert not completion.bool()[ids == image_id].any(), "visual tokens are never completion tokens"
-    # The completion tokens decode to exactly the completion text (+ the template's end-of-turn suffix).
+    # The completion tokens decode to exactly the completion text (+ the template's end-of-turn suffix; the
+    # llava-hf LLaVA-1.5 template writes "ASSISTANT: " + text + " " and its generation prompt ends at ":").
     first = processor.tokenizer.decode(ids[0][completion[0].bool()])
-    assert first.startswith("a red square")
+    assert first == COMPLETION_TEXT.get(family, "a red square<|im_end|>\n")
 
     # logits at position i predict token i+1: "prompt logits" predict prompt tokens, "completion logits" predict
     # completion tokens. Shift the token masks left by one to select logit positions.
