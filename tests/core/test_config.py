@@ -237,3 +237,18 @@ def test_list_entries_are_overridable(tmp_path):
 def test_bad_list_overrides_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(StagedConfig, _yaml(tmp_path, STAGED), [override])
+
+
+def test_missing_optimizer_extra_is_a_config_error_before_any_model_loads(monkeypatch):
+    """sdxl_mapo_full.yaml uses adamw_8bit: without bitsandbytes the error came from build_optimizer, after the
+    SDXL pipeline had loaded and the cache was built."""
+    import importlib.util
+
+    from mmalign.diffusion.config import DiffusionRecipeConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train.optimizer=adamw_8bit needs the optional extra: pip install 'mmalign\[bnb\]'"):
+        load_config(DiffusionRecipeConfig, "recipes/configs/diffusion/sdxl_mapo_full.yaml")
+    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
+        load_config(DiffusionRecipeConfig, "recipes/configs/diffusion/sdxl_mapo_full.yaml", ["train.optimizer=sgd"])

@@ -64,7 +64,7 @@ def models(tmp_path_factory) -> LazyDirs:
     ``scorers`` (every scorer layout; ``models.scorer_checkpoint(name)`` picks one)."""
     builders = {kind: partial(_diffusion_pipeline, kind) for kind in ("sd15", "sd2v", "sdxl")}
     builders.update({f"vlm:{f}": partial(_vlm, f) for f in ("qwen2vl", "qwen25vl", "llava", "idefics3")})
-    builders.update({f"video:{f}": partial(_video_llm, f) for f in ("qwen2vl", "qwen25vl", "qwen2vl-toy")})
+    builders.update({f"video:{f}": partial(_video_llm, f) for f in ("qwen2vl", "qwen25vl", "qwen2vl-toy", "llavaov")})
     builders["scorers"] = _scorers
     return LazyDirs(tmp_path_factory.mktemp("matrix_models"), builders)
 

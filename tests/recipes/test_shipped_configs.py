@@ -43,10 +43,11 @@ TINY_DIFFUSION = {
 }
 TINY_VLM = {"Qwen/Qwen2-VL-2B-Instruct": "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct": "qwen25vl",
             "llava-hf/llava-1.5-7b-hf": "llava"}
-TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "tiny:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "tiny:qwen2vl",
+TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "tiny:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "tiny:llavaov",
               "tiny:qwen2vl-toy": "tiny:qwen2vl-toy", "runs/toy_sft/model": "video:qwen2vl-toy"}
 """Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder, another value
 a saved folder from the ``models`` fixture."""
+TINY_PPD_VLM = {"llava-hf/llava-onevision-qwen2-7b-ov-chat-hf": "video:llavaov"}
 DIFFUSION_DATA = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "dual", "rankdpo": "ranked",
                   "kto": "unpaired", "smpo": "pairs", "inpo": "pairs", "ppd": "per_user"}
 VIDEO_DATA = {"rrpo": "rrpo", "dpo": "dpo", "vdpo": "sft", "sft": "sft"}
@@ -111,7 +112,8 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
         ppd = cfg["method"]["ppd"]
         out += [f"method.ppd.cache_dir={tmp / 'users'}", "method.ppd.max_new_tokens=3"]
         if ppd.get("embedding") == "vlm":
-            out.append(f"method.ppd.vlm={models['vlm:qwen2vl']}")
+            assert ppd["vlm"] in TINY_PPD_VLM, f"add a tiny stand-in for {ppd['vlm']!r} to TINY_PPD_VLM"
+            out.append(f"method.ppd.vlm={models[TINY_PPD_VLM[ppd['vlm']]]}")
     return out
 
 
