@@ -78,7 +78,7 @@ def mode_overrides(config: str, mode: str) -> list[str]:
     if mode == "shipped":
         return []
     if mode == "bf16":
-        return ["train.mixed_precision=bf16", "train.autocast=true"]
+        return ["train.mixed_precision=bf16"]  # autocast on: the default
     autocast_on_cpu = precision(shipped(config)) == "bf16"
     return ["train.autocast=false"] + ([] if autocast_on_cpu else ["train.mixed_precision=bf16"])
 
