@@ -22,12 +22,15 @@ import torch
 
 from mmalign.config import MISSING, ConfigError, load_config, require_paths, to_dict
 from mmalign.mllm.curriculum import LoraSettings, fresh_adapter, merge_adapter, run_stages
+from mmalign.mllm.temporal import KINDS
 from mmalign.mllm.video_batch import VideoRowCollator
 from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_records
 from mmalign.mllm.video_io import VideoSampling
 from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
+from mmalign.objectives import PREFERENCE_KINDS
 from mmalign.objectives.rrpo import rrpo_defaults
 from mmalign.train import TrainConfig, train, write_summary
+from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 
 @dataclass
@@ -136,6 +139,18 @@ class VideoRecipeConfig:
     stages: list[StageConfig] = field(default_factory=list)
     """Curriculum stages, run in order (empty: one run of ``method`` on ``data.train``)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate).
+register(ModelConfig, dtype=OneOf("float32", "bfloat16", "float16"), lora_r=Range(1), lora_alpha=Range(0, low_open=True),
+         lora_dropout=Range(0, 1, high_open=True))
+register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), alpha=Range(0),
+         loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), perturbations=OneOf(*KINDS), magnitude=Range(1),
+         frames_per_clip=Range(1), kl_chunk_size=Range(1))
+register(DataConfig, max_length=Range(1), on_error=OneOf("raise", "skip"), max_skip_fraction=Range(0, 1))
+register(StageConfig, method=OneOf(*METHODS), epochs=Range(0, low_open=True), max_steps=Range(0),
+         lr=Range(0, low_open=True), lora_r=Range(1), lora_alpha=Range(0, low_open=True))
+register_check(VideoRecipeConfig, lambda c: output_dir_problem(c.output_dir))
 
 
 def load_model(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
