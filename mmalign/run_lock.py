@@ -12,6 +12,7 @@ a second still waits on the old one); an unlocked, empty ``.mmalign.lock`` is ha
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -60,6 +61,8 @@ def lock_run_folder(output_dir: str | os.PathLike) -> str | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    if not _held:
+        atexit.register(_release_all)  # a clean exit leaves an empty lock file; only a killed run leaves its PID
     _held[str(root)] = fd
     if previous.get("pid") and previous.get("pid") != os.getpid():
         return f"took over the stale lock of PID {previous['pid']} (no longer running) on {root}"
@@ -72,6 +75,11 @@ def release_run_folder(output_dir: str | os.PathLike) -> None:
     if fd is not None:
         os.ftruncate(fd, 0)
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _release_all() -> None:
+    for key in list(_held):
+        release_run_folder(key)
 
 
 def _read(fd: int) -> dict[str, Any]:
