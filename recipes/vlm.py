@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = VLMPreferenceDataset(
         cfg.data.path, split=cfg.data.split, image_root=cfg.data.image_root,
         extra_image_field=cfg.data.extra_image_field, require_extra_image=method.name == "rdpo",
-        on_bad_row=cfg.data.on_bad_row, max_rows=cfg.data.max_rows,
+        on_bad_row=cfg.data.on_bad_row, max_rows=cfg.data.max_rows, allow_outside_paths=cfg.data.allow_outside_paths,
     )
     check_batch_fits(len(dataset), cfg.train.batch_size, int(os.environ.get("WORLD_SIZE", "1")), "rows")
 

@@ -55,7 +55,7 @@ def load_data(cfg: DiffusionRecipeConfig, kind: str):
 
     return load_preference_data(
         cfg.data.path, kind=kind, max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
-        bad_image="drop" if cfg.data.cache else "replace",
+        bad_image="drop" if cfg.data.cache else "replace", allow_outside_paths=cfg.data.allow_outside_paths,
     )
 
 

@@ -101,6 +101,9 @@ class DataConfig:
     """Stop when more than this fraction of samples is corrupt (they are skipped and counted)."""
     limit: int | None = None
     """Use only the first N examples."""
+    allow_outside_paths: bool = False
+    """Read image paths of jsonl/csv rows that resolve outside the data file's folder (absolute paths, ``../``,
+    symlinks out of it); false: such a row is an error naming file, line and field."""
 
 
 @dataclass

@@ -106,6 +106,9 @@ class VLMDataConfig:
     """Stop when unreadable images (found while training) exceed this fraction of the rows seen."""
     max_rows: int | None = None
     """Use only the first N rows."""
+    allow_outside_paths: bool = False
+    """Read image paths that resolve outside the image root (absolute paths, ``../``, symlinks out of it); false:
+    such a row is a bad row (error, or skipped with on_bad_row=skip)."""
 
 
 @dataclass
