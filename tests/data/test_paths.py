@@ -87,3 +87,19 @@ def test_vlm_rows_outside_the_image_root_are_bad_rows(tmp_path, solid):
     skipping = VLMPreferenceDataset(path, on_bad_row="skip")
     assert len(skipping) == 1 and "outside the data set's folder" in skipping.skipped[0]
     assert len(VLMPreferenceDataset(path, allow_outside_paths=True)) == 2
+
+
+@pytest.mark.parametrize(("label_1", "ok"), [(0, True), (1, False), (0.5, False), (None, True)])
+def test_label_1_must_agree_with_label_0(tmp_path, solid, label_1, ok):
+    for i in range(2):
+        solid(i).save(tmp_path / f"{i}.png")
+    row = {"caption": "a", "jpg_0": "0.png", "jpg_1": "1.png", "label_0": 1}
+    if label_1 is not None:
+        row["label_1"] = label_1
+    path = tmp_path / "pickapic.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    if ok:
+        assert len(load_preference_data(path)) == 1
+    else:
+        with pytest.raises(DataFormatError, match="line 1, field 'label_1': label_1 must be 1 - label_0 = 0"):
+            load_preference_data(path)

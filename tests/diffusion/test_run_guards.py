@@ -41,3 +41,18 @@ def test_disk_full_at_export_keeps_a_checkpoint_that_mmalign_export_exports(run_
     monkeypatch.undo()
     assert cli(["export", str(kept), "--out", str(tmp_path / "lora")]) == 0
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_captions_longer_than_the_text_encoder_are_counted_and_reported(run_recipe, tiny_model_dirs, tmp_path,
+                                                                        capsys):
+    from mmalign.data import write_pairs_jsonl
+    from mmalign.diffusion.placeholders import square_image
+
+    long_caption = "a red square " + " ".join(["on a very plain gray background"] * 20)
+    rows = [{"prompt": long_caption if i == 1 else f"a square number {i}", "chosen": square_image("red", seed=i, size=32),
+             "rejected": square_image("blue", seed=10 + i, size=32)} for i in range(4)]
+    data = write_pairs_jsonl(rows, tmp_path / "long" / "data.jsonl")
+    summary = run_recipe("toy_dpo.yaml", tiny_model_dirs["sd15"], str(data), "toy_eval.enabled=false",
+                         "train.max_steps=1")
+    assert summary["data"]["captions_truncated"] == 1 and summary["data"]["captions_distinct"] == 4
+    assert "warning: 1 of 4 distinct captions are longer than the text encoder's 77 tokens" in capsys.readouterr().out
