@@ -6,8 +6,9 @@
 :class:`~mmalign.config.ConfigError` (a bad key or value), :class:`~mmalign.data.errors.DataFormatError` (a bad
 data file, naming file/row/field) and :class:`~mmalign.run_lock.RunFolderLockedError` (another run holds the
 output folder) exit with 2. An interrupted run (Ctrl-C / SIGTERM, :class:`~mmalign.interrupt.TrainingInterrupted`)
-has already said where its checkpoint is and exits with 130. Everything else is a bug or a fault and keeps its
-traceback.
+has already said where its checkpoint is and exits with 130. Faults whose message already says what happened and
+what is left (a full disk, a failed export that kept a checkpoint, too many bad samples, a run of NaN losses) are
+one line too, with exit code 1. Everything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 BAD_INPUT_EXIT = 2
+FAULT_EXIT = 1
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -26,6 +28,15 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     from mmalign.run_lock import RunFolderLockedError
 
     return ConfigError, DataFormatError, RunFolderLockedError
+
+
+def explained_faults() -> tuple[type[BaseException], ...]:
+    from mmalign.data.errors import TooManyBadSamplesError
+    from mmalign.disk_errors import DiskFullError
+    from mmalign.safe_export import ExportFailedError
+    from mmalign.train import NonFiniteLossError
+
+    return DiskFullError, ExportFailedError, TooManyBadSamplesError, NonFiniteLossError
 
 
 def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
@@ -38,5 +49,8 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
     except bad_input_errors() as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT
+    except explained_faults() as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return FAULT_EXIT
     finish_distributed()
     return 0

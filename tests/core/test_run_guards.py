@@ -139,3 +139,15 @@ def test_failed_export_keeps_a_checkpoint_to_export_or_resume_from(tiny, tmp_pat
     again = train(TrainConfig(**{**RUN, "checkpoint_every": 0, "resume": "latest"}), output_dir=out,
                   model=tiny.make_model(seed=11), dataset=tiny.TinyRegression(), step_fn=tiny.make_step_fn())
     assert again["steps"] == 4 and again["history"] == []
+
+
+def test_recipes_report_explained_faults_in_one_line_with_exit_1(capsys):
+    from mmalign.recipe_entry import run_recipe
+
+    def full_disk(argv):
+        raise disk_errors.DiskFullError(errno.ENOSPC, "no space left on device while writing x; the last complete "
+                                                      "checkpoint is y")
+
+    assert run_recipe(full_disk, []) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on device while writing x; the last complete checkpoint is y" in err[0]
