@@ -132,3 +132,27 @@ def clean_temporaries(output_dir: str | os.PathLike) -> None:
         for child in root.iterdir():
             if child.name.startswith(".tmp-checkpoint-"):
                 shutil.rmtree(child, ignore_errors=True)
+
+
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def rng_state_problem(folder: str | os.PathLike, process_index: int = 0) -> str | None:
+    """Why ``random_states_<i>.pkl`` of a checkpoint cannot restore this process's RNGs, or ``None``.
+
+    accelerate's ``load_state`` swallows a missing or unreadable file (an info-level log line) and the resumed run
+    continues with different randomness; checking it first lets ``train.resume`` refuse such a checkpoint.
+    """
+    from accelerate.utils import load
+
+    path = Path(folder) / f"random_states_{process_index}.pkl"
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        states = load(path)
+    except Exception as exc:  # truncated / corrupt pickle: any error means "cannot restore"
+        return f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    missing = [k for k in RNG_KEYS if not isinstance(states, dict) or k not in states]
+    if torch.cuda.is_available() and isinstance(states, dict) and "torch_cuda_manual_seed" not in states:
+        missing.append("torch_cuda_manual_seed")
+    return f"{path} lacks {', '.join(missing)}" if missing else None

@@ -96,7 +96,7 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
             with open(path, encoding="utf-8") as fh:
                 data = yaml.load(fh, Loader=_UniqueKeySafeLoader) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(_yaml_error(path, exc)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         try:
@@ -119,6 +119,9 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         raise ConfigError(_describe(exc, "config")) from None
     except ValueError as exc:  # a dataclass __post_init__ check; its message names the key
         raise ConfigError(str(exc)) from None
+    from mmalign.validate import check_values
+
+    check_values(obj)  # ranges and choices registered by the schema modules (mmalign.validate)
     return obj  # type: ignore[return-value]
 
 
@@ -133,6 +136,18 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
                 raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: config key '{key}' is repeated")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: ``<file>: line L, column C: <problem>`` (python/* and other unknown tags named as such)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "could not determine a constructor for the tag" in str(problem):
+        tag = str(problem).split("for the tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        problem = f"YAML tag '{tag}' is not allowed (configs are plain data: no Python objects)"
+    context = getattr(exc, "context", None)
+    return f"{path}: {where}not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def _check_key_path(schema_cls: type, dotted: str, current: Any = None) -> None:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from mmalign import checkpoint as ckpt
+from mmalign import disk_errors
+from mmalign.config import ConfigError
+from mmalign.interrupt import StopRequest, TrainingInterrupted
+from mmalign.run_lock import lock_run_folder
+from mmalign.validate import OneOf, Range, check_values, register
 
 StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -52,7 +58,7 @@ class TrainConfig:
     lr: float = 1e-5
     """Peak learning rate."""
     lr_scheduler: str = "constant_with_warmup"
-    """One of transformers' schedules: constant, constant_with_warmup, linear, cosine, ..."""
+    """constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial | inverse_sqrt."""
     warmup_steps: int = 0
     optimizer: str = "adamw"
     """adamw | adamw_fused (CUDA) | adamw_8bit (bitsandbytes) | adafactor."""
@@ -79,6 +85,9 @@ class TrainConfig:
     """Keep the newest K checkpoints (0 keeps all)."""
     resume: str | None = None
     """``latest`` (newest complete checkpoint in output_dir, if any) or a checkpoint folder."""
+    resume_require_rng_state: bool = True
+    """Refuse to resume from a checkpoint whose RNG state file is missing or unreadable (false: resume anyway; the
+    run's randomness then differs from an uninterrupted run's)."""
     max_nonfinite_steps: int = 5
     """Skip optimizer steps whose loss or gradient norm is NaN/inf; stop after this many in a row."""
     progress_bar: bool = True
@@ -94,6 +103,19 @@ class TrainConfig:
         extra = OPTIMIZER_EXTRAS[self.optimizer]
         if extra and importlib.util.find_spec(extra[0]) is None:  # before any model loads, not at the first step
             raise ValueError(f"train.optimizer={self.optimizer} needs the optional extra: pip install 'mmalign[{extra[1]}]'")
+
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                 "inverse_sqrt")
+"""transformers schedules that need no options beyond warmup and total steps."""
+OPTIMIZERS = ("adamw", "adamw_fused", "adamw_8bit", "adafactor")
+register(
+    TrainConfig, max_steps=Range(1), batch_size=Range(1), grad_accum=Range(1), lr=Range(0, low_open=True),
+    lr_scheduler=OneOf(*LR_SCHEDULERS), warmup_steps=Range(0), optimizer=OneOf(*OPTIMIZERS), weight_decay=Range(0),
+    adam_beta1=Range(0, 1, high_open=True), adam_beta2=Range(0, 1, high_open=True), adam_eps=Range(0, low_open=True),
+    mixed_precision=OneOf("no", "fp16", "bf16"), seed=Range(0, 2**32 - 1), num_workers=Range(0), log_every=Range(1),
+    checkpoint_every=Range(0), keep_checkpoints=Range(0), max_nonfinite_steps=Range(1),
+)
 
 
 class EpochSampler(Sampler[int]):
@@ -232,12 +254,16 @@ def train(
     metrics (tensors or floats). ``validate_fn(step)`` runs on every process every ``validate_every``
     steps and at the end; what it returns is logged and stored in the summary.
     """
+    check_values(cfg, "train.")  # ConfigError naming the key (load_config already checked recipe configs)
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(cfg, output_dir)
     _check_world_size(accelerator)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        note = lock_run_folder(output_dir)  # one run per folder (re-entrant: a recipe has usually locked it already)
+        if note:
+            accelerator.print(f"NOTE: {note}")
         ckpt.clean_temporaries(output_dir)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -271,6 +297,15 @@ def train(
     step, micro_done, nonfinite_run, skipped_steps, loss_scale_skips = 0, 0, 0, 0, 0
     resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
     if resume_from is not None:
+        rng_problem = ckpt.rng_state_problem(resume_from, accelerator.process_index)
+        if rng_problem and cfg.resume_require_rng_state:
+            raise ConfigError(
+                f"train.resume: checkpoint {resume_from} cannot restore the random state: {rng_problem}; set "
+                "train.resume_require_rng_state=false to resume anyway (randomness then differs from an "
+                "uninterrupted run)"
+            )
+        if rng_problem:
+            accelerator.print(f"warning: resuming without the saved random state: {rng_problem}")
         accelerator.load_state(str(resume_from))
         state = ckpt.read_state(resume_from)
         step, micro_done = state["step"], state["micro_batches"]
@@ -296,80 +331,85 @@ def train(
     acc_loss, acc_metrics, acc_count = 0.0, {}, 0
     model.train()
 
-    def save(at_step: int) -> None:
-        _write_checkpoint(accelerator, output_dir, at_step, cfg.keep_checkpoints, {
-            "step": at_step, "micro_batches": micro_done, "nonfinite_run": nonfinite_run,
-            "skipped_steps": skipped_steps, "loss_scale_skips": loss_scale_skips,
-            "micro_per_epoch": micro_per_epoch, "world_size": accelerator.num_processes,
-        })
+    def trainer_state(at_step: int) -> dict[str, int]:
+        return {"step": at_step, "micro_batches": micro_done, "nonfinite_run": nonfinite_run,
+                "skipped_steps": skipped_steps, "loss_scale_skips": loss_scale_skips,
+                "micro_per_epoch": micro_per_epoch, "world_size": accelerator.num_processes}
 
-    while step < cfg.max_steps:
-        epoch, offset = divmod(micro_done, micro_per_epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
-        epoch_loader.set_epoch(epoch)  # accelerate's own epoch counter (and datasets with set_epoch)
-        sampler.set_epoch(epoch)  # directly: accelerate does not forward it through SkipBatchSampler(BatchSamplerShard)
-        loader_rng.manual_seed(cfg.seed * 100_003 + epoch)
-        for batch in epoch_loader:
-            micro_done += 1
-            with accelerator.accumulate(model):
-                loss, metrics = step_fn(model, batch)
-                finite = torch.isfinite(loss.detach())
-                accelerator.backward(torch.where(finite, loss, torch.zeros_like(loss)))
-                # Accumulated on the device: no host sync per micro-batch (read at log steps, _host_floats).
-                acc_loss = acc_loss + torch.where(finite, _detached(loss), torch.full_like(_detached(loss), math.nan))
-                for k, v in metrics.items():
-                    acc_metrics[k] = acc_metrics.get(k, 0.0) + _detached(v)
-                acc_count += 1
-                samples_seen += cfg.batch_size * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                if cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)  # unscales fp16 grads
-                else:
-                    if accelerator.scaler is not None:
-                        accelerator.unscale_gradients()
-                    grad_norm = _grad_norm(params)
-                loss_ok, grad_ok = _finite_flags(accelerator, acc_loss, grad_norm)
-                # fp16: with a GradScaler, a non-finite gradient of a finite loss is a loss-scale overflow.
-                # optimizer.step() lets the scaler skip the update and lower its scale; skipping the call
-                # here would freeze the scale and turn every later step into an overflow.
-                ok = loss_ok and (grad_ok or accelerator.scaler is not None)
-                if ok:
-                    optimizer.step()
-                    nonfinite_run = 0
-                    loss_scale_skips += int(not grad_ok)
-                else:
-                    nonfinite_run += 1
-                    skipped_steps += 1
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            progress.update(1)
-            record = {"loss": acc_loss / acc_count, "grad_norm": _detached(grad_norm),
-                      "lr": scheduler.get_last_lr()[0]}
-            record.update({k: v / acc_count for k, v in acc_metrics.items()})  # tensors until a log step
-            acc_loss, acc_metrics, acc_count = 0.0, {}, 0
-            if not ok:
-                accelerator.print(f"step {step}: non-finite loss/grad, optimizer step skipped ({nonfinite_run} in a row)")
-                if nonfinite_run >= cfg.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{nonfinite_run} consecutive non-finite steps (train.max_nonfinite_steps="
-                        f"{cfg.max_nonfinite_steps}); last finite checkpoint: {ckpt.latest_checkpoint(output_dir)}"
-                    )
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                record = _reduce(accelerator, _host_floats(record, accelerator.device))
-                elapsed = time.perf_counter() - t_start
-                record["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
-                record["peak_mem_gib"] = _peak_memory_gib(accelerator.device)
-                history.append({"step": step, **record})
-                accelerator.log(record, step=step)
-                progress.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr") if k in record})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save(step)
-            if validate_fn is not None and validate_every and step % validate_every == 0 and step < cfg.max_steps:
-                validation = _run_validation(accelerator, model, validate_fn, step)
-            if step >= cfg.max_steps:
-                break
+    def save(at_step: int) -> None:
+        _write_checkpoint(accelerator, output_dir, at_step, cfg.keep_checkpoints, trainer_state(at_step))
+
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 (mmalign.interrupt)
+        while step < cfg.max_steps:
+            epoch, offset = divmod(micro_done, micro_per_epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+            epoch_loader.set_epoch(epoch)  # accelerate's own epoch counter (and datasets with set_epoch)
+            sampler.set_epoch(epoch)  # directly: accelerate does not forward it through SkipBatchSampler(BatchSamplerShard)
+            loader_rng.manual_seed(cfg.seed * 100_003 + epoch)
+            for batch in epoch_loader:
+                micro_done += 1
+                with accelerator.accumulate(model):
+                    loss, metrics = step_fn(model, batch)
+                    finite = torch.isfinite(loss.detach())
+                    accelerator.backward(torch.where(finite, loss, torch.zeros_like(loss)))
+                    # Accumulated on the device: no host sync per micro-batch (read at log steps, _host_floats).
+                    acc_loss = acc_loss + torch.where(finite, _detached(loss), torch.full_like(_detached(loss), math.nan))
+                    for k, v in metrics.items():
+                        acc_metrics[k] = acc_metrics.get(k, 0.0) + _detached(v)
+                    acc_count += 1
+                    samples_seen += cfg.batch_size * accelerator.num_processes
+                    if not accelerator.sync_gradients:
+                        continue
+                    if cfg.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)  # unscales fp16 grads
+                    else:
+                        if accelerator.scaler is not None:
+                            accelerator.unscale_gradients()
+                        grad_norm = _grad_norm(params)
+                    loss_ok, grad_ok, stopping = _finite_flags(accelerator, acc_loss, grad_norm, stop.requested)
+                    # fp16: with a GradScaler, a non-finite gradient of a finite loss is a loss-scale overflow.
+                    # optimizer.step() lets the scaler skip the update and lower its scale; skipping the call
+                    # here would freeze the scale and turn every later step into an overflow.
+                    ok = loss_ok and (grad_ok or accelerator.scaler is not None)
+                    if ok:
+                        optimizer.step()
+                        nonfinite_run = 0
+                        loss_scale_skips += int(not grad_ok)
+                    else:
+                        nonfinite_run += 1
+                        skipped_steps += 1
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step += 1
+                progress.update(1)
+                record = {"loss": acc_loss / acc_count, "grad_norm": _detached(grad_norm),
+                          "lr": scheduler.get_last_lr()[0]}
+                record.update({k: v / acc_count for k, v in acc_metrics.items()})  # tensors until a log step
+                acc_loss, acc_metrics, acc_count = 0.0, {}, 0
+                if not ok:
+                    accelerator.print(f"step {step}: non-finite loss/grad, optimizer step skipped ({nonfinite_run} in a row)")
+                    if nonfinite_run >= cfg.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"{nonfinite_run} consecutive non-finite steps (train.max_nonfinite_steps="
+                            f"{cfg.max_nonfinite_steps}); last finite checkpoint: {ckpt.latest_checkpoint(output_dir)}"
+                        )
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    record = _reduce(accelerator, _host_floats(record, accelerator.device))
+                    elapsed = time.perf_counter() - t_start
+                    record["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
+                    record["peak_mem_gib"] = _peak_memory_gib(accelerator.device)
+                    history.append({"step": step, **record})
+                    accelerator.log(record, step=step)
+                    progress.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr") if k in record})
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    save(step)
+                if stopping:
+                    progress.close()
+                    _stop_after_signal(accelerator, output_dir, step, cfg, save, stop.signal_name or "a signal")
+                if validate_fn is not None and validate_every and step % validate_every == 0 and step < cfg.max_steps:
+                    validation = _run_validation(accelerator, model, validate_fn, step)
+                if step >= cfg.max_steps:
+                    break
     progress.close()
     if cfg.checkpoint_at_end and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
         save(step)
@@ -386,6 +426,7 @@ def train(
         "final": history[-1] if history else {},
         "history": history,
         "validation": validation,
+        "trainer_state": trainer_state(step),  # what save_final_checkpoint writes when an export fails
     }
     if accelerator.is_main_process:
         write_summary(output_dir, summary)
@@ -395,6 +436,17 @@ def train(
     for tracker in accelerator.trackers:
         tracker.finish()
     return summary
+
+
+def save_final_checkpoint(accelerator: Accelerator, cfg: TrainConfig, output_dir: str | os.PathLike,
+                          summary: dict[str, Any]) -> Path:
+    """The checkpoint of the last step of ``summary`` (written now if the run has none): what is left to re-export
+    from (``mmalign export``) or resume from when the export after :func:`train` fails. Call on every process."""
+    output_dir = Path(output_dir)
+    final = ckpt.final_path(output_dir, summary["steps"])
+    if not (final / ckpt.STATE_FILE).is_file():
+        _write_checkpoint(accelerator, output_dir, summary["steps"], cfg.keep_checkpoints, summary["trainer_state"])
+    return final
 
 
 def finish_distributed() -> None:
@@ -407,15 +459,31 @@ def finish_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _finite_flags(accelerator: Accelerator, loss_sum: Any, grad_norm: Any) -> tuple[bool, bool]:
+def _finite_flags(accelerator: Accelerator, loss_sum: Any, grad_norm: Any, stop: bool = False
+                  ) -> tuple[bool, bool, bool]:
     """One decision for all ranks (one collective, one host sync per optimizer step): (every rank's loss finite,
-    grad norm finite everywhere)."""
+    grad norm finite everywhere, some rank was asked to stop)."""
     values = [_detached(loss_sum), _detached(grad_norm)]
     flags = torch.isfinite(torch.stack([torch.as_tensor(v).to(accelerator.device) for v in values])).float()
+    flags = torch.cat([flags, torch.tensor([float(stop)], device=flags.device)])
     if accelerator.num_processes > 1:
         flags = accelerator.reduce(flags, reduction="sum")
     ok = flags.tolist()
-    return ok[0] == accelerator.num_processes, ok[1] == accelerator.num_processes
+    return ok[0] == accelerator.num_processes, ok[1] == accelerator.num_processes, ok[2] > 0
+
+
+def _stop_after_signal(accelerator: Accelerator, output_dir: Path, step: int, cfg: TrainConfig,
+                       save: Callable[[int], None], signal_name: str) -> None:
+    """Write a checkpoint at ``step`` (unless one was just written), say where and how to resume, exit 130."""
+    if not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        save(step)
+    where = ckpt.final_path(output_dir, step)
+    message = (f"training stopped by {signal_name} after step {step}/{cfg.max_steps}; checkpoint: {where}\n"
+               f"resume: run the same command with train.resume=latest (output_dir {output_dir})")
+    accelerator.print(message)
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    raise TrainingInterrupted(message, where)
 
 
 def _detached(value: Any) -> Any:
@@ -491,15 +559,20 @@ def _load_hook(model: torch.nn.Module, models: list, folder: str) -> None:
 
 def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, state: dict) -> None:
     tmp = ckpt.temp_path(output_dir, step)
-    if accelerator.is_main_process:
-        tmp.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.write_state(tmp, state)
-        ckpt.commit(output_dir, step, keep)
-    accelerator.wait_for_everyone()
+
+    def survivor() -> str:
+        return f"the last complete checkpoint is {ckpt.latest_checkpoint(output_dir) or 'none (no checkpoint yet)'}"
+
+    with disk_errors.writing(tmp, survivor, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        if accelerator.is_main_process:
+            tmp.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.write_state(tmp, state)
+            ckpt.commit(output_dir, step, keep)
+        accelerator.wait_for_everyone()
 
 
 def _flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,6 @@ shared training loop → export → toy-world evaluation (optional) → summary.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -38,7 +37,11 @@ from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.soft_labels import prepare_soft_labels
 from mmalign.diffusion.toy_eval import check_toy_eval, run_toy_eval
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
-from mmalign.train import finish_distributed, make_accelerator, train, write_summary
+from mmalign.recipe_entry import run_recipe
+from mmalign.run_lock import lock_run_folder
+from mmalign.safe_export import export_or_keep_checkpoint
+from mmalign.train import make_accelerator, train, write_summary
+from mmalign.validate import check_batch_fits
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(DiffusionRecipeConfig, config_path, overrides)
     normalize_config(cfg)
     output_dir = Path(cfg.output_dir)
+    if note := lock_run_folder(output_dir):  # one run per output folder, before anything is written there
+        print(f"NOTE: {note}")
     accelerator = make_accelerator(cfg.train, output_dir)
     with accelerator.main_process_first():  # `tiny:` placeholders: other ranks reuse what the main process wrote
         for note in resolve_placeholders(cfg, output_dir / "tiny_inputs"):
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Data (validated records, lazy images) and the pipeline.
     dataset = load_data(cfg, kind)
+    check_batch_fits(len(dataset), cfg.train.batch_size, accelerator.num_processes)
     if cfg.method.name == "smpo":  # scorer soft labels: computed once per data set, stored, reused
         prepare_soft_labels(cfg, dataset, accelerator)
     parts = load_parts(cfg.model.pretrained, cfg.model.revision, cfg.model.prediction_type)
@@ -126,10 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     if ema is not None:
         ema.finish()
     if accelerator.is_main_process and cfg.export.enabled and cfg.method.name == "ppd":
-        extra["export"] = str(export_user_adapter(unwrap(unet), cfg, output_dir))
+        extra["export"] = str(export_or_keep_checkpoint(lambda: export_user_adapter(unwrap(unet), cfg, output_dir),
+                                                        accelerator, cfg.train, output_dir, summary))
     elif accelerator.is_main_process and cfg.export.enabled:
-        extra["export"] = str(export_trained(unwrap(unet), parts.pipeline_class, cfg.model.pretrained, output_dir,
-                                             use_lora=cfg.lora.rank > 0))
+        extra["export"] = str(export_or_keep_checkpoint(
+            lambda: export_trained(unwrap(unet), parts.pipeline_class, cfg.model.pretrained, output_dir,
+                                   use_lora=cfg.lora.rank > 0), accelerator, cfg.train, output_dir, summary))
 
     # 9. Toy world: the judge's score of base vs aligned on held-out captions, a table and a side-by-side grid.
     if accelerator.is_main_process and cfg.toy_eval.enabled:
@@ -141,5 +149,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    finish_distributed()
+    raise SystemExit(run_recipe(main))

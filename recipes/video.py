@@ -22,13 +22,18 @@ from accelerate import PartialState
 
 from mmalign.config import MISSING, ConfigError, load_config, require_paths, to_dict
 from mmalign.mllm.curriculum import LoraSettings, fresh_adapter, merge_adapter, run_stages
+from mmalign.mllm.temporal import KINDS
 from mmalign.mllm.video_batch import VideoRowCollator
 from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_records
 from mmalign.mllm.video_io import VideoSampling
 from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
+from mmalign.objectives import PREFERENCE_KINDS
 from mmalign.objectives.rrpo import rrpo_defaults
 from mmalign.reference import frozen_copy
-from mmalign.train import TrainConfig, finish_distributed, make_accelerator, train, write_summary
+from mmalign.recipe_entry import run_recipe
+from mmalign.run_lock import lock_run_folder
+from mmalign.train import TrainConfig, make_accelerator, train, write_summary
+from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 
 @dataclass
@@ -139,6 +144,18 @@ class VideoRecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate).
+register(ModelConfig, dtype=OneOf("float32", "bfloat16", "float16"), lora_r=Range(1), lora_alpha=Range(0, low_open=True),
+         lora_dropout=Range(0, 1, high_open=True))
+register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), alpha=Range(0),
+         loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), perturbations=OneOf(*KINDS), magnitude=Range(1),
+         frames_per_clip=Range(1), kl_chunk_size=Range(1))
+register(DataConfig, max_length=Range(1), on_error=OneOf("raise", "skip"), max_skip_fraction=Range(0, 1))
+register(StageConfig, method=OneOf(*METHODS), epochs=Range(0, low_open=True), max_steps=Range(0),
+         lr=Range(0, low_open=True), lora_r=Range(1), lora_alpha=Range(0, low_open=True))
+register_check(VideoRecipeConfig, lambda c: output_dir_problem(c.output_dir))
+
+
 def load_model(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
     if cfg.pretrained.startswith("tiny:"):
         from mmalign.mllm.tiny_video import build_tiny_video_llm
@@ -212,6 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         require_paths(**{"data.train": cfg.data.train})
 
+    if note := lock_run_folder(cfg.output_dir):  # one run per output folder
+        print(f"NOTE: {note}")
     model, processor = load_model(cfg.model)
     collate = VideoRowCollator(processor, cfg.data.max_length)
     output_dir = Path(cfg.output_dir)
@@ -267,5 +286,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
-    finish_distributed()
+    raise SystemExit(run_recipe(main))

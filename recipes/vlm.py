@@ -10,7 +10,7 @@ collator → step function (policy/reference scores → mmalign.objectives) → 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
 from mmalign.config import load_config, require_paths, to_dict
 from mmalign.data.skipping import SkipCounter
@@ -20,7 +20,11 @@ from mmalign.mllm.vlm_batch import VisionPreferenceCollator
 from mmalign.mllm.vlm_config import VLMRecipeConfig
 from mmalign.mllm.vlm_model import load_vlm, prepare_policy
 from mmalign.mllm.vlm_objective import check_method, needs_reference, preference_step
-from mmalign.train import finish_distributed, make_accelerator, train, write_summary
+from mmalign.recipe_entry import run_recipe
+from mmalign.run_lock import lock_run_folder
+from mmalign.safe_export import export_or_keep_checkpoint
+from mmalign.train import make_accelerator, train, write_summary
+from mmalign.validate import check_batch_fits
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,19 +35,24 @@ def main(argv: list[str] | None = None) -> dict:
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
     method = cfg.method
     check_method(method)
+    if note := lock_run_folder(cfg.output_dir):  # one run per output folder
+        print(f"NOTE: {note}")
+
+    # Data: rows (bad rows raise or are skipped and counted), read before the model so bad data fails fast.
+    dataset = VLMPreferenceDataset(
+        cfg.data.path, split=cfg.data.split, image_root=cfg.data.image_root,
+        extra_image_field=cfg.data.extra_image_field, require_extra_image=method.name == "rdpo",
+        on_bad_row=cfg.data.on_bad_row, max_rows=cfg.data.max_rows, allow_outside_paths=cfg.data.allow_outside_paths,
+    )
+    check_batch_fits(len(dataset), cfg.train.batch_size, int(os.environ.get("WORLD_SIZE", "1")), "rows")
 
     # Model: LoRA (reference = adapters off) or full fine-tuning (reference = frozen copy).
     model, processor = load_vlm(cfg.model)
     policy, ref_model = prepare_policy(model, cfg.model, cfg.lora, needs_reference=needs_reference(method))
     share_features = method.share_vision_features and cfg.model.freeze_vision
 
-    # Data: rows (bad rows raise or are skipped and counted) and the collator (chat template, masks, extra image).
+    # The collator (chat template, masks, extra image).
     extra = {"dpo": "none", "rdpo": "row", "mdpo": "row_or_crop" if cfg.data.extra_image_field else "crop"}[method.name]
-    dataset = VLMPreferenceDataset(
-        cfg.data.path, split=cfg.data.split, image_root=cfg.data.image_root,
-        extra_image_field=cfg.data.extra_image_field, require_extra_image=method.name == "rdpo",
-        on_bad_row=cfg.data.on_bad_row, max_rows=cfg.data.max_rows,
-    )
     collate = VisionPreferenceCollator(
         processor, max_length=cfg.data.max_length, on_overlong=cfg.data.on_overlong, extra=extra,
         crop_scale=(method.crop_scale_min, method.crop_scale_max), seed=cfg.train.seed,
@@ -64,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Export: peft adapter folder (or full model) + processor; optionally the merged full model.
     if accelerator.is_main_process:
-        out = save_trained(accelerator.unwrap_model(policy), processor, f"{cfg.output_dir}/{cfg.export.adapter_dir}")
+        out = export_or_keep_checkpoint(
+            lambda: save_trained(accelerator.unwrap_model(policy), processor, f"{cfg.output_dir}/{cfg.export.adapter_dir}"),
+            accelerator, cfg.train, cfg.output_dir, summary)
         exported = {"adapter_dir": str(out)}
         if cfg.export.merge and cfg.lora.enabled:
             exported["merged_dir"] = str(merge_adapter(out, f"{cfg.output_dir}/merged", base=cfg.model.pretrained))
@@ -76,5 +87,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    finish_distributed()
+    raise SystemExit(run_recipe(main))

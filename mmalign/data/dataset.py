@@ -36,8 +36,9 @@ from typing import Any
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mmalign.data.errors import BadSample, DataFormatError, TooManyBadSamplesError
+from mmalign.data.errors import BadSample, DataFormatError, TooManyBadSamplesError, where
 from mmalign.data.images import DEFAULT_MIN_IMAGE_SIZE, BadImageError, decode_image, image_key
+from mmalign.data.paths import DataPathError, read_regular_file, resolve_inside
 from mmalign.data.records import LoadStats, ReadOptions, Record, build_records
 from mmalign.data.sources import Source, open_sources
 
@@ -57,12 +58,14 @@ class PreferenceDataset(Dataset):
         min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
         max_bad_fraction: float = 0.01,
         bad_image: str = "replace",
+        allow_outside_paths: bool = False,
     ) -> None:
         if bad_image not in ("replace", "drop"):
             raise ValueError(f"bad_image must be 'replace' or 'drop', got {bad_image!r}")
         self.sources, self.records, self.kind, self.stats = sources, records, kind, stats
         self.min_image_size, self.max_bad_fraction, self.bad_image = min_image_size, max_bad_fraction, bad_image
         self.is_dual = kind == "pairs" and any(r.prompts is not None for r in records)
+        self.allow_outside_paths = allow_outside_paths
 
     def __len__(self) -> int:
         return len(self.records)
@@ -140,7 +143,28 @@ class PreferenceDataset(Dataset):
                 n = len(value) if isinstance(value, list | tuple) else type(value).__name__
                 raise BadImageError(f"'{ref.column}' has {n} entries but the record has {len(record.scores)} scores")
             value = value[ref.index]
-        return _resolve_bytes(value, source.root)
+        return _resolve_bytes(value, source.root, self.allow_outside_paths)
+
+    def check_paths(self) -> None:
+        """Load-time check of jsonl/csv rows (held in memory): every file path stays inside the data set's folder
+        (:mod:`mmalign.data.paths`); a :class:`DataFormatError` names file, line and field."""
+        for record in self.records:
+            source = self.sources[record.source]
+            if not source.by_line:
+                continue  # parquet / HF datasets: checked when read (values are mostly bytes)
+            columns = tuple(sorted({r.column for r in record.images}))
+            for ref in record.images:
+                value = source.read_cell(record.row, ref.column, columns)
+                values = value if isinstance(value, list | tuple) else [value]
+                for v in values:
+                    v = v.get("path") if isinstance(v, dict) and not v.get("bytes") else v
+                    if isinstance(v, str) and v:
+                        try:
+                            resolve_inside(v, source.root, self.allow_outside_paths)
+                        except DataPathError as exc:
+                            raise DataFormatError(
+                                f"{where(source.name, source.lines[record.row], ref.field, by_line=True)}: {exc}"
+                            ) from None
 
     def scan(self, progress: bool = True) -> ScanReport:
         """Read and decode every item once; return the bad ones (use with :meth:`without`)."""
@@ -158,6 +182,7 @@ class PreferenceDataset(Dataset):
         return PreferenceDataset(
             self.sources, records, self.kind, self.stats, min_image_size=self.min_image_size,
             max_bad_fraction=self.max_bad_fraction, bad_image=self.bad_image,
+            allow_outside_paths=self.allow_outside_paths,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -187,7 +212,7 @@ class ScanReport:
                 "last_bad": self.bad[-1].describe() if self.bad else None}
 
 
-def _resolve_bytes(value: Any, root: Path) -> bytes:
+def _resolve_bytes(value: Any, root: Path, allow_outside: bool = False) -> bytes:
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"])
@@ -195,11 +220,10 @@ def _resolve_bytes(value: Any, root: Path) -> bytes:
     if isinstance(value, bytes | bytearray):
         return bytes(value)
     if isinstance(value, str) and value:
-        path = Path(value) if os.path.isabs(value) else root / value
         try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise BadImageError(f"cannot read image file {path} ({type(exc).__name__}: {exc.strerror or exc})") from exc
+            return read_regular_file(resolve_inside(value, root, allow_outside))
+        except DataPathError as exc:
+            raise BadImageError(f"cannot read image file: {exc}") from exc
     raise BadImageError(f"no image (got {type(value).__name__})")
 
 
@@ -219,6 +243,7 @@ def load_preference_data(
     empty_prompt: str = "skip",
     max_items: int | None = None,
     extra_columns: tuple[str, ...] | list[str] = (),
+    allow_outside_paths: bool = False,
 ) -> PreferenceDataset:
     """Load preference data for text-to-image training (schemas: :mod:`mmalign.data.records`).
 
@@ -242,6 +267,9 @@ def load_preference_data(
         max_items: keep only the first N items (after filtering), e.g. DCPO's 20k subset.
         extra_columns: columns copied unchanged into every item (e.g. ``("user_id",)`` for PPD); a missing one
             is a :class:`DataFormatError`.
+        allow_outside_paths: read image paths that resolve outside the data set's folder (absolute paths,
+            ``../`` traversals, symlinks out of it); by default they are a :class:`DataFormatError` naming the
+            line (jsonl/csv) or a counted bad sample (other sources). Only regular files are read.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -262,5 +290,8 @@ def load_preference_data(
         records = records[:max_items]
     if not records:
         raise DataFormatError(f"{path}: no usable {kind} items after filtering ({stats.as_dict()})")
-    return PreferenceDataset(sources, records, kind, stats, min_image_size=min_image_size,
-                             max_bad_fraction=max_bad_fraction, bad_image=bad_image)
+    dataset = PreferenceDataset(sources, records, kind, stats, min_image_size=min_image_size,
+                                max_bad_fraction=max_bad_fraction, bad_image=bad_image,
+                                allow_outside_paths=allow_outside_paths)
+    dataset.check_paths()
+    return dataset

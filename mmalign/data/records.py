@@ -203,6 +203,7 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
     wanted = [prompt_col, "label_0", *(dual or ())]
     optional = [c for c in ("has_label", "are_different") if c in source.column_names]
     optional = [c for c in optional if (c == "has_label" and opts.honour_has_label) or (c == "are_different" and opts.honour_are_different)]
+    optional += ["label_1"] if "label_1" in source.column_names else []  # checked against label_0 when present
     if opts.dreamlike_pairs_only:
         _require(source, ["model_0", "model_1"], "dreamlike_pairs_only")
         wanted += ["model_0", "model_1"]
@@ -224,6 +225,9 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
         label = table["label_0"][row]
         if isinstance(label, bool) or not isinstance(label, int | float) or label not in (0, 0.5, 1):
             raise DataFormatError(f"{_loc(source, row, 'label_0')}: label must be 0, 0.5 or 1, got {label!r}")
+        if "label_1" in table and table["label_1"][row] is not None and table["label_1"][row] != 1 - label:
+            raise DataFormatError(f"{_loc(source, row, 'label_1')}: label_1 must be 1 - label_0 = {1 - label:g} "
+                                  f"(label_0 is {label!r}), got {table['label_1'][row]!r}")
         if label == 0.5:
             stats.dropped_tie += 1
             continue

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from mmalign.data.errors import BadSample, DataFormatError, where
 from mmalign.data.images import BadImageError, decode_image
+from mmalign.data.paths import DataPathError, read_regular_file, resolve_inside
 from mmalign.data.sources import RowsSource, open_sources
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
@@ -85,6 +86,8 @@ class VLMPreferenceDataset(Dataset):
         on_bad_row: ``"error"`` raises on the first structural problem; ``"skip"`` drops and counts it.
         max_rows: keep only the first N rows (after validation), for smoke runs.
         min_image_size: smallest accepted image side in pixels.
+        allow_outside_paths: read image paths that resolve outside the image root (absolute, ``../``, symlinks
+            out of it); by default such a row is a bad row (:mod:`mmalign.data.paths`).
     """
 
     def __init__(
@@ -98,11 +101,13 @@ class VLMPreferenceDataset(Dataset):
         on_bad_row: str = "error",
         max_rows: int | None = None,
         min_image_size: int = 8,
+        allow_outside_paths: bool = False,
     ) -> None:
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.image_root = Path(image_root).expanduser() if image_root else None
         self.min_image_size = min_image_size
+        self.allow_outside_paths = allow_outside_paths
         self.on_bad_row = on_bad_row
         self.skipped: list[str] = []
         """One message per row dropped at load time (file, row, field, reason)."""
@@ -161,7 +166,10 @@ class VLMPreferenceDataset(Dataset):
         return _RowRef(source, label, values, refs, extra, rewards)
 
     def _check_path(self, source, label, name, ref, jsonl) -> None:
-        path = self._path_of(source, ref)
+        try:
+            path = self._path_of(source, ref)
+        except DataPathError as exc:
+            raise DataFormatError(f"{where(source.name, label, name, by_line=jsonl)}: {exc}") from None
         if path is not None and not path.is_file():
             raise DataFormatError(f"{where(source.name, label, name, by_line=jsonl)}: image file not found: {path}")
 
@@ -171,8 +179,7 @@ class VLMPreferenceDataset(Dataset):
                 return None
             ref = ref.get("path")
         if isinstance(ref, str | os.PathLike):
-            p = Path(ref).expanduser()
-            return p if p.is_absolute() else (self.image_root or Path(source.root)) / p
+            return resolve_inside(ref, self.image_root or Path(source.root), self.allow_outside_paths)
         return None
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -185,8 +192,7 @@ class VLMPreferenceDataset(Dataset):
         path = self._path_of(ref_row.source, ref)
         data = ref.get("bytes") if isinstance(ref, dict) else ref
         if path is not None:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular_file(path)
         return decode_image(data, min_image_size=self.min_image_size)
 
     def __getitem__(self, index: int) -> VLMRow | BadSample:
@@ -196,7 +202,7 @@ class VLMPreferenceDataset(Dataset):
         for name, ref in r.image_refs + ([r.extra_ref] if r.extra_ref else []):
             try:
                 image = self._load(r, name, ref)
-            except (BadImageError, OSError) as exc:
+            except (BadImageError, DataPathError, OSError) as exc:
                 return BadSample(index, r.text["id"], str(r.source.name), r.row, name,
                                  f"{exc} ({where(r.source.name, r.row, name, by_line=jsonl)})")
             if r.extra_ref is not None and name == r.extra_ref[0]:

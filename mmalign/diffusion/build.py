@@ -15,6 +15,7 @@ from mmalign.config import ConfigError, require_paths
 from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, collate_members
 from mmalign.diffusion.cache import LatentTextCache
+from mmalign.diffusion.caption_length import report_overlong
 from mmalign.diffusion.config import DATA_KIND, METHODS, REFERENCE_FREE, DiffusionRecipeConfig
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
@@ -55,7 +56,7 @@ def load_data(cfg: DiffusionRecipeConfig, kind: str):
 
     return load_preference_data(
         cfg.data.path, kind=kind, max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
-        bad_image="drop" if cfg.data.cache else "replace",
+        bad_image="drop" if cfg.data.cache else "replace", allow_outside_paths=cfg.data.allow_outside_paths,
     )
 
 
@@ -65,10 +66,11 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     from mmalign.data import SkipCounter, collate_skipping
 
     device = accelerator.device
+    captions = report_overlong(dataset, parts.tokenizers[0], accelerator.print)  # truncated captions: counted
     if not cfg.data.cache:
         counter = SkipCounter(len(dataset), cfg.data.max_skip_fraction)
         return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip),
-                functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False})
+                functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False, **captions})
     if cfg.data.random_flip:
         warnings.warn("data.random_flip is ignored with data.cache=true (latents are cached unflipped)", stacklevel=2)
     entries, stats = None, {}
@@ -77,7 +79,8 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=False)
-    stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats}
+    stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats,
+             **captions}
     return CachedDataset(entries, cache), collate_members, None, stats
 
 

@@ -12,7 +12,9 @@ Layout under the cache root::
 * the posterior *moments* (mean, std, already × ``scaling_factor``) are stored, not a sample, so training still
   draws a fresh ``latent_dist.sample()`` each step as the official scripts do (``data.latent_sample=mean`` uses the
   mean); SDXL micro-conditioning ids (original size, crop) are stored with the latents;
-* files are written to a temporary name and renamed (a killed run never leaves a half-written entry).
+* files are written to a temporary name and renamed (a killed run never leaves a half-written entry); an entry
+  damaged anyway (a full disk, a copy cut short) fails a header check (:mod:`mmalign.diffusion.cache_check`), is
+  re-encoded and counted (``entries_damaged`` in the summary).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.diffusion.adapter import DiffusionParts
+from mmalign.diffusion.cache_check import safetensors_intact
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -61,7 +64,8 @@ class LatentTextCache:
         self.root, self.dtype = Path(root), DTYPES[dtype]
         self.latent_dir = self.root / "latents" / f"{vae_id}-r{resolution}"
         self.text_dir = self.root / "text" / text_id
-        self.stats = {"images_encoded": 0, "images_reused": 0, "prompts_encoded": 0, "prompts_reused": 0}
+        self.stats = {"images_encoded": 0, "images_reused": 0, "prompts_encoded": 0, "prompts_reused": 0,
+                      "entries_damaged": 0}
 
     @classmethod
     def for_model(cls, parts: DiffusionParts, resolution: int, root: str | os.PathLike | None = None,
@@ -77,10 +81,20 @@ class LatentTextCache:
         return base / key[:2] / f"{key}.safetensors"
 
     def has_image(self, key: str) -> bool:
-        return self._path(self.latent_dir, key).is_file()
+        return self._has(self._path(self.latent_dir, key))
 
     def has_prompt(self, prompt: str) -> bool:
-        return self._path(self.text_dir, prompt_key(prompt)).is_file()
+        return self._has(self._path(self.text_dir, prompt_key(prompt)))
+
+    def _has(self, path: Path) -> bool:
+        """An intact entry exists; a damaged one (truncated, overwritten) is removed and counted, so it is re-encoded."""
+        if not path.is_file():
+            return False
+        if safetensors_intact(path):
+            return True
+        path.unlink(missing_ok=True)
+        self.stats["entries_damaged"] += 1
+        return False
 
     def put_image(self, key: str, mean: torch.Tensor, std: torch.Tensor, time_ids: torch.Tensor) -> None:
         self._write(self._path(self.latent_dir, key), {"mean": mean, "std": std, "time_ids": time_ids.float()})

@@ -14,6 +14,7 @@ from mmalign.diffusion.noise_providers import NoiseConfig
 from mmalign.diffusion.ppd.config import PpdConfig
 from mmalign.diffusion.soft_labels import SmpoConfig
 from mmalign.train import TrainConfig
+from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 
 @dataclass
@@ -100,6 +101,9 @@ class DataConfig:
     """Stop when more than this fraction of samples is corrupt (they are skipped and counted)."""
     limit: int | None = None
     """Use only the first N examples."""
+    allow_outside_paths: bool = False
+    """Read image paths of jsonl/csv rows that resolve outside the data file's folder (absolute paths, ``../``,
+    symlinks out of it); false: such a row is an error naming file, line and field."""
 
 
 @dataclass
@@ -179,3 +183,29 @@ METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo", "ppd"
 DATA_KIND = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "pairs", "rankdpo": "ranked", "kto": "unpaired",
              "smpo": "pairs", "inpo": "pairs", "ppd": "pairs"}
 REFERENCE_FREE = ("sft", "mapo")
+
+
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate).
+_FRACTION = Range(0, 1)
+_DTYPES = OneOf("float32", "float16", "bfloat16")
+register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
+         attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"))
+register(LoraConfig, rank=Range(0), alpha=Range(0, low_open=True), init=OneOf("gaussian", "true", "True"),
+         dropout=Range(0, 1, high_open=True))
+register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), loss_type=OneOf("sigmoid", "hinge", "ipo"),
+         mapo_snr=Range(0, low_open=True), rank_source=OneOf("model", "label"), kto_lambda_desirable=Range(0),
+         kto_lambda_undesirable=Range(0), timestep_weight=OneOf("none", "snr_inverse"), empty_prompt_prob=_FRACTION,
+         sdxl_time_ids=OneOf("constant", "original"))
+register(DataConfig, kind=OneOf(*sorted(set(DATA_KIND.values()))), resolution=Range(8, multiple=8),
+         cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), max_skip_fraction=_FRACTION, limit=Range(1))
+register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0), seed=Range(0),
+         height=Range(8, multiple=8))
+register(ExportConfig, ema_decay=_FRACTION)
+register(ToyEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
+         batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))
+register(NoiseConfig, provider=OneOf("forward", "ddim", "renoise"), inversion_steps=Range(1), renoise_iters=Range(0),
+         eta=Range(0), inversion_model=OneOf("policy", "reference"))
+register(SmpoConfig, gamma=Range(0, low_open=True), order=OneOf("scorer", "human"), batch_size=Range(1))
+register(PpdConfig, embedding=OneOf("vlm", "clip", "clip_margin"), vlm_dtype=_DTYPES, max_new_tokens=Range(1),
+         shots=Range(1), num_tokens=Range(1), init=OneOf("zero", "text"), user_dropout=_FRACTION, seed=Range(0))
+register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir))

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmalign.validate import OneOf, Range, register, register_check
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
@@ -52,6 +54,12 @@ class VideoSampling:
     """Cap on ``height * width`` per frame (aspect ratio kept); ``None`` keeps the native size."""
     size_multiple: int = 1
     """Round resized height and width down to a multiple of this (e.g. 28 for Qwen-VL)."""
+
+
+register(VideoSampling, mode=OneOf("uniform", "fps"), num_frames=Range(1), fps=Range(0, low_open=True),
+         min_frames=Range(1), max_frames=Range(1), frame_multiple=Range(1), max_pixels=Range(1), size_multiple=Range(1))
+register_check(VideoSampling, lambda v: None if v.min_frames <= v.max_frames else
+               f"min_frames ({v.min_frames}) must be <= max_frames ({v.max_frames})")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from mmalign.config import MISSING
 from mmalign.train import TrainConfig
+from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 
 @dataclass
@@ -105,6 +106,9 @@ class VLMDataConfig:
     """Stop when unreadable images (found while training) exceed this fraction of the rows seen."""
     max_rows: int | None = None
     """Use only the first N rows."""
+    allow_outside_paths: bool = False
+    """Read image paths that resolve outside the image root (absolute paths, ``../``, symlinks out of it); false:
+    such a row is a bad row (error, or skipped with on_bad_row=skip)."""
 
 
 @dataclass
@@ -135,3 +139,16 @@ class VLMRecipeConfig:
     """Optimisation, precision, checkpoints (the shared training loop's config)."""
     export: VLMExportConfig = field(default_factory=VLMExportConfig)
     """What to write at the end."""
+
+
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss
+# and method.beta_mode are checked by mmalign.mllm.vlm_objective.check_method.
+_FRACTION = Range(0, 1)
+register(VLMModelConfig, dtype=OneOf("float32", "bfloat16", "float16"))
+register(LoraSettings, r=Range(1), alpha=Range(0, low_open=True), dropout=Range(0, 1, high_open=True))
+register(VLMMethodConfig, beta=Range(0, low_open=True), label_smoothing=Range(0, 0.5), gamma=Range(0),
+         sft_weight=Range(0), crop_scale_min=Range(0, 1, low_open=True), crop_scale_max=Range(0, 1, low_open=True),
+         beta_weight=Range(0), beta_k=Range(0, low_open=True))
+register(VLMDataConfig, max_length=Range(1), on_overlong=OneOf("error", "drop"), on_bad_row=OneOf("error", "skip"),
+         max_bad_fraction=_FRACTION, max_rows=Range(1))
+register_check(VLMRecipeConfig, lambda c: output_dir_problem(c.output_dir))

@@ -4,7 +4,10 @@ Imported by the tests in this folder (through ``conftest.py``) and run as a scri
 subprocess tests (kill during a checkpoint write; two processes under ``torchrun``)::
 
     python tests/core/tiny_run.py OUTPUT_DIR '{"max_steps": 6, "batch_size": 2}' [--noise] [--dropout] \
-        [--then-resume-from=K]
+        [--then-resume-from=K] [--announce]
+
+``--announce`` prints ``micro <n>`` before each micro-batch (and sleeps 50 ms), so a test can signal the run
+mid-training.
 
 Writes ``OUTPUT_DIR/final.safetensors`` (the trained weights, main process only) next to the loop's
 own ``summary.json``. With ``MMALIGN_TEST_KILL_AT_CHECKPOINT=k`` the process SIGKILLs itself in the
@@ -19,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +60,7 @@ def make_model(seed: int = 7, dropout: float = 0.0) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
-def make_step_fn(noise: bool = False, nan_at_calls: set[int] | None = None):
+def make_step_fn(noise: bool = False, nan_at_calls: set[int] | None = None, announce: bool = False):
     """``step_fn(model, batch) -> (mean squared error, metrics)``.
 
     ``noise``: perturb the inputs with noise drawn from the *global* torch RNG inside the step, as a
@@ -67,6 +71,9 @@ def make_step_fn(noise: bool = False, nan_at_calls: set[int] | None = None):
 
     def step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         calls["n"] += 1
+        if announce:  # the interrupt test waits for a line, then signals the process mid-run
+            print(f"micro {calls['n']}", flush=True)
+            time.sleep(0.05)
         x = batch["x"]
         if noise:
             x = x + 0.3 * torch.randn_like(x)
@@ -122,7 +129,7 @@ def main(argv: list[str]) -> int:
 def run_once(output_dir: Path, overrides: dict[str, Any], flags: set[str]) -> None:
     model = make_model(seed=7 if "resume" not in overrides else 999, dropout=0.25 if "--dropout" in flags else 0.0)
     train(TrainConfig(**overrides), output_dir=output_dir, model=model, dataset=TinyRegression(),
-          step_fn=make_step_fn(noise="--noise" in flags))
+          step_fn=make_step_fn(noise="--noise" in flags, announce="--announce" in flags))
     if int(os.environ.get("RANK", "0")) == 0:
         save_file(weights(model), str(output_dir / "final.safetensors"))
     if torch.distributed.is_initialized():

@@ -75,3 +75,26 @@ def test_corrupt_image_uncached_run_counts_skip(run_recipe, tiny_model_dirs, dat
                          "data.max_skip_fraction=0.5")
     assert summary["steps"] == 2
     assert summary["data"]["skips"]["bad_samples"] == 1 and "data.jsonl" in summary["data"]["skips"]["last_bad"]
+
+
+def test_damaged_entries_are_re_encoded_and_counted(tiny_model_dirs, data_dirs, tmp_path):
+    """A truncated latent entry and an overwritten text entry (a full disk, a copy cut short) are found by the
+    header check, re-encoded and counted; the data they give back equals a fresh encode (issue 18)."""
+    parts = load_parts(tiny_model_dirs["sd15"])
+    cache, entries, _ = _build(parts, data_dirs["pairs"], tmp_path, 32)
+    key, prompt = entries[0]["image_keys"][0], entries[0]["prompts"][0]
+    want_latent = {k: v.clone() for k, v in cache.get_image(key).items()}  # copies: the files are damaged below
+    want_text = {k: v.clone() for k, v in cache.get_prompt(prompt).items()}
+    latent_file = cache._path(cache.latent_dir, key)
+    latent_file.write_bytes(latent_file.read_bytes()[:-7])
+    from mmalign.diffusion.cache import prompt_key
+
+    (cache._path(cache.text_dir, prompt_key(prompt))).write_bytes(b"\0" * 64)
+
+    again, entries2, stats = _build(parts, data_dirs["pairs"], tmp_path, 32)
+    assert stats["entries_damaged"] == 2 and stats["images_encoded"] == 1 and stats["prompts_encoded"] == 1
+    assert entries2 == entries
+    for got, want in ((again.get_image(key), want_latent), (again.get_prompt(prompt), want_text)):
+        assert got.keys() == want.keys()
+        for k in want:  # encoded alone instead of in a batch of 8: equal up to float rounding
+            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)

@@ -37,6 +37,7 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
     dataset = load_preference_data(
         cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
         bad_image="drop" if cfg.data.cache else "replace", extra_columns=("user_id",),
+        allow_outside_paths=cfg.data.allow_outside_paths,
     )
     splits, split_stats = split_shots(dataset, ppd.shots, ppd.seed)
     if not splits:

@@ -1,0 +1,75 @@
+"""Ctrl-C / SIGTERM during training: finish the current optimizer step, write a checkpoint, say how to resume.
+
+:class:`StopRequest` installs handlers for SIGINT and SIGTERM while the training loop runs. The first signal only
+sets a flag; the loop reads it once per optimizer step (in the same collective as its NaN check, so every process
+stops at the same step), writes a checkpoint and raises :class:`TrainingInterrupted`, an exit with code 130 and no
+traceback. A second signal more than :data:`REPEAT_GRACE_S` seconds after the first raises ``KeyboardInterrupt`` at
+once (a user who presses Ctrl-C twice means it); one arriving sooner is taken for the same request forwarded by a
+launcher (torchrun sends SIGTERM to its workers right after the terminal's SIGINT). A SIGINT that the process
+inherited as ignored (``nohup``, background jobs) stays ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+from typing import Any
+
+INTERRUPTED_EXIT = 130
+REPEAT_GRACE_S = 2.0
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on a signal after writing a checkpoint; ``checkpoint`` is its folder."""
+
+    def __init__(self, message: str, checkpoint: Any = None) -> None:
+        super().__init__(INTERRUPTED_EXIT)
+        self.message, self.checkpoint = message, checkpoint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StopRequest:
+    """Context manager: ``with StopRequest() as stop: ... if stop.signal_name: ...``."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._first_at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
+        for sig in self.SIGNALS:
+            previous = signal.getsignal(sig)
+            if sig == signal.SIGINT and previous == signal.SIG_IGN:
+                continue
+            self._previous[sig] = previous
+            signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self.signal_name is None:
+            self.signal_name, self._first_at = signal.Signals(signum).name, now
+            # os.write, not print: a handler that prints while the interrupted code prints raises "reentrant call".
+            os.write(2, f"\n{self.signal_name} received: finishing the current optimizer step, then writing a "
+                        "checkpoint (press Ctrl-C again to stop at once, without saving)\n".encode())
+        elif now - self._first_at > REPEAT_GRACE_S:
+            raise KeyboardInterrupt

@@ -1,0 +1,56 @@
+"""The ``__main__`` of every recipe: bad input is one line on stderr and exit code 2, never a traceback.
+
+    if __name__ == "__main__":
+        raise SystemExit(run_recipe(main))
+
+:class:`~mmalign.config.ConfigError` (a bad key or value), :class:`~mmalign.data.errors.DataFormatError` (a bad
+data file, naming file/row/field) and :class:`~mmalign.run_lock.RunFolderLockedError` (another run holds the
+output folder) exit with 2. An interrupted run (Ctrl-C / SIGTERM, :class:`~mmalign.interrupt.TrainingInterrupted`)
+has already said where its checkpoint is and exits with 130. Faults whose message already says what happened and
+what is left (a full disk, a failed export that kept a checkpoint, too many bad samples, a run of NaN losses) are
+one line too, with exit code 1. Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BAD_INPUT_EXIT = 2
+FAULT_EXIT = 1
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    from mmalign.config import ConfigError
+    from mmalign.data.errors import DataFormatError
+    from mmalign.run_lock import RunFolderLockedError
+
+    return ConfigError, DataFormatError, RunFolderLockedError
+
+
+def explained_faults() -> tuple[type[BaseException], ...]:
+    from mmalign.data.errors import TooManyBadSamplesError
+    from mmalign.disk_errors import DiskFullError
+    from mmalign.safe_export import ExportFailedError
+    from mmalign.train import NonFiniteLossError
+
+    return DiskFullError, ExportFailedError, TooManyBadSamplesError, NonFiniteLossError
+
+
+def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
+    """Run ``main(argv)`` (default ``sys.argv[1:]``), then end the process group; return the exit code."""
+    from mmalign.train import finish_distributed
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        main(argv)
+    except bad_input_errors() as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return BAD_INPUT_EXIT
+    except explained_faults() as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return FAULT_EXIT
+    finish_distributed()
+    return 0
