@@ -98,9 +98,7 @@ class TrainConfig:
             self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.optimizer not in OPTIMIZER_EXTRAS:
-            raise ValueError(f"train.optimizer: unknown optimizer '{self.optimizer}' ({', '.join(OPTIMIZER_EXTRAS)})")
-        extra = OPTIMIZER_EXTRAS[self.optimizer]
+        extra = OPTIMIZER_EXTRAS.get(self.optimizer)  # an unknown name: the range check names the choices
         if extra and importlib.util.find_spec(extra[0]) is None:  # before any model loads, not at the first step
             raise ValueError(f"train.optimizer={self.optimizer} needs the optional extra: pip install 'mmalign[{extra[1]}]'")
 
@@ -108,7 +106,7 @@ class TrainConfig:
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
                  "inverse_sqrt")
 """transformers schedules that need no options beyond warmup and total steps."""
-OPTIMIZERS = ("adamw", "adamw_fused", "adamw_8bit", "adafactor")
+OPTIMIZERS = tuple(OPTIMIZER_EXTRAS)
 register(
     TrainConfig, max_steps=Range(1), batch_size=Range(1), grad_accum=Range(1), lr=Range(0, low_open=True),
     lr_scheduler=OneOf(*LR_SCHEDULERS), warmup_steps=Range(0), optimizer=OneOf(*OPTIMIZERS), weight_decay=Range(0),

@@ -29,8 +29,8 @@ from mmalign.mllm.video_io import VideoSampling
 from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives import PREFERENCE_KINDS
 from mmalign.objectives.rrpo import rrpo_defaults
-from mmalign.reference import frozen_copy
 from mmalign.recipe_entry import run_recipe
+from mmalign.reference import frozen_copy
 from mmalign.run_lock import lock_run_folder
 from mmalign.train import TrainConfig, make_accelerator, train, write_summary
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
