@@ -28,13 +28,11 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from mmalign.config_error import ConfigError
+
 T = TypeVar("T")
 
 __all__ = ["MISSING", "ConfigError", "load_config", "parse_overrides", "to_dict", "require_paths", "is_remote_id"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, raised before any model is loaded. The message names the key."""
 
 
 def parse_overrides(args: Sequence[str]) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mmalign.config import ConfigError
+from mmalign.config_error import ConfigError
 
 __all__ = ["Range", "OneOf", "register", "register_check", "check_values", "rules_for"]
 
