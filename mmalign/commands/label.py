@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from scorers.options import add_scorer_arguments
 
     parser.add_argument("--pipeline", required=True, help="diffusers pipeline folder (or hub id when online)")
-    parser.add_argument("--prompts", required=True, help=".txt file, one prompt per line (blank lines ignored)")
+    parser.add_argument("--prompts", "--prompt", dest="prompts", required=True,
+                        help=".txt file, one prompt per line (blank lines ignored)")
     parser.add_argument("--per-prompt", type=int, required=True, help="K images generated per prompt (>= 2)")
     add_scorer_arguments(parser, multiple=True)
     add_out_argument(parser, "output folder (ranked.jsonl, pairs.parquet, images/)")
