@@ -23,6 +23,18 @@ HUB_FOLDER_PATTERNS = ["*.json", "*.txt", "*.safetensors", "pytorch_model*.bin",
 IGNORED_KEY_SUFFIXES = ("position_ids", "attn_mask")  # buffers some versions save and others do not
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def card_default(ref: str | None) -> str | None:
+    """A card's ``default_checkpoint``: a relative path that exists in the repository (``assets/toy/...``) is
+    made absolute, so the shipped default works from any directory; hub references stay as they are."""
+    if ref is None or Path(ref).is_absolute() or Path(ref).expanduser().exists():
+        return ref
+    shipped = REPO_ROOT / ref
+    return str(shipped) if shipped.exists() else ref
+
+
 def resolve_checkpoint(ref: str | os.PathLike | None, what: str = "checkpoint") -> Path:
     """A local path for ``ref``: the path itself if it exists, else a hub download (clear error when offline)."""
     if ref is None:

@@ -54,8 +54,11 @@ def _one_to_pil(image: Any, where: str) -> Image.Image:
     if isinstance(image, str | os.PathLike):
         if not os.path.isfile(image):
             raise FileNotFoundError(f"{where}: image file not found: {image}")
-        with Image.open(image) as img:
-            return img.convert("RGB")
+        try:
+            with Image.open(image) as img:
+                return img.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as exc:  # truncated, not an image, too large
+            raise ValueError(f"{where}: cannot read image {image}: {exc}") from None
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         if image.dtype == torch.bfloat16 or image.dtype == torch.float16:

@@ -10,7 +10,7 @@ import torch
 
 from scorers.backbones import build_backbone
 from scorers.cards import load_card
-from scorers.checkpoints import resolve_checkpoint
+from scorers.checkpoints import card_default, resolve_checkpoint
 from scorers.heads import load_aesthetic_mlp
 from scorers.scorer import Scorer
 
@@ -46,12 +46,13 @@ def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, devic
     """
     card = load_card(name, **card_overrides)
     if card.layout == "aesthetic_mlp":
-        head_path = resolve_checkpoint(checkpoint or card.default_checkpoint, f"{card.name} head checkpoint")
+        head_path = resolve_checkpoint(checkpoint or card_default(card.default_checkpoint),
+                                       f"{card.name} head checkpoint")
         clip_path = resolve_checkpoint(card.backbone_checkpoint, f"{card.name} CLIP backbone checkpoint")
         backbone = build_backbone(card, clip_path)
         head = load_aesthetic_mlp(head_path, backbone.embed_dim)
     else:
-        path = resolve_checkpoint(checkpoint or card.default_checkpoint, f"{card.name} checkpoint")
+        path = resolve_checkpoint(checkpoint or card_default(card.default_checkpoint), f"{card.name} checkpoint")
         backbone = build_backbone(card, path)
         head = None
     if backbone.image_size != card.image_size:  # the vision tower fixes the input size

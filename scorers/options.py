@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scorers.cards import available_scorers
+from scorers.devices import add_device_argument, resolve_device
 from scorers.loading import load_scorer
 from scorers.scorer import Scorer
 
@@ -63,7 +64,7 @@ def add_scorer_arguments(parser, multiple: bool = False) -> None:
     parser.add_argument("--scorer-arg", action="append", default=[], metavar="[NAME.]KEY=VALUE",
                         help="scorer option or card override, value parsed as JSON when possible (repeatable), "
                         "e.g. arch=ViT-B-32, backbone_checkpoint=/models/clip-l14")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
+    add_device_argument(parser)
     parser.add_argument("--dtype", default="float32", help="weight dtype: float32 | bfloat16 | float16")
     parser.add_argument("--autocast", default=None, choices=["bf16", "fp16"], help="run forwards under autocast")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward")
@@ -78,6 +79,6 @@ def load_scorers_from_args(args) -> dict[str, Scorer]:
         per[names[0]].setdefault("checkpoint", args.checkpoint)
     loaded = {}
     for name in names:
-        kwargs = {"device": args.device, "dtype": args.dtype, "autocast": args.autocast, **per[name]}
+        kwargs = {"device": resolve_device(args.device), "dtype": args.dtype, "autocast": args.autocast, **per[name]}
         loaded[name] = load_scorer(name, **kwargs)
     return loaded

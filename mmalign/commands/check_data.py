@@ -2,8 +2,8 @@
 
 Loads ``<path>`` with :func:`mmalign.data.load_preference_data` (structural problems fail here with file, row
 and field), then decodes every image once (``--no-scan`` skips that) and prints one JSON object: what loading
-kept and dropped (ties, unlabelled, empty prompts, ...), how many items have unusable images, and where the
-first ``--show`` of them are. Exit status 0 when the data is usable, 1 when unusable images exceed
+kept and dropped (ties, unlabelled, empty prompts, ...), which files it read (``merged_files``: a folder merges every
+parquet of the selected split), how many items have unusable images, and where the first ``--show`` of them are. Exit status 0 when the data is usable, 1 when unusable images exceed
 ``--max-bad-fraction``, 2 on a structural error.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 NAME = "check-data"
 HELP = "Validate preference data (Pick-a-Pic parquet, datasets folder, jsonl/csv + images) and count bad samples."
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         min_image_size=args.min_image_size or DEFAULT_MIN_IMAGE_SIZE,
     )
     result = dataset.summary()
+    result["merged_files"] = list(dataset.stats.files)
     status = 0
     if not args.no_scan:
         report = dataset.scan()
@@ -45,4 +47,7 @@ def run(args: argparse.Namespace) -> int:
             result["error"] = str(exc)
             status = 1
     print(json.dumps(result, indent=2))
+    files = dataset.stats.files
+    print(f"mmalign check-data: {result['items']} items from {len(files)} file(s): {', '.join(files)}"
+          , file=sys.stderr)
     return status

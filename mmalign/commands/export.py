@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 
+from mmalign.commands._options import add_out_argument
+
 NAME = "export"
 HELP = "Export a training checkpoint (or run folder) as a LoRA / adapter or a merged model."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="<output_dir>/checkpoints/checkpoint-N, a run's output_dir, or an adapter")
-    parser.add_argument("--out", required=True, help="folder to write")
+    add_out_argument(parser, "folder to write")
     parser.add_argument("--merge", action="store_true", help="fold the LoRA into the base and write a full model")
     parser.add_argument("--base", default=None, help="VLM adapters: base model folder or hub id (default: recorded)")
 

@@ -1,4 +1,4 @@
-"""``mmalign label --pipeline <dir> --prompts <file> --per-prompt K --scorer <name>[,<name>...] --output <dir>``.
+"""``mmalign label --pipeline <dir> --prompts <file> --per-prompt K --scorer <name>[,<name>...] --out <dir>``.
 
 Synthetic preference labelling (RankDPO's recipe: generate K images per prompt, rank them with an averaged scorer
 ensemble). Steps:
@@ -7,7 +7,7 @@ ensemble). Steps:
    per prompt, so a run is reproducible and prompts are independent of batching).
 2. Every scorer scores every image; each scorer's scores are normalised **within the K candidates of a prompt**
    (``--normalize zscore`` default, ``rank`` or ``none``; see :mod:`scorers.ensemble`) and averaged.
-3. Written to ``--output``:
+3. Written to ``--out`` (alias ``--output``):
    * ``ranked.jsonl`` (+ ``images/``): ``{"prompt", "images", "scores"}`` with ``scores`` = ensemble scores, plus
      ``scorer_scores`` (raw per-scorer scores) — read with ``load_preference_data(path, "ranked")``;
    * ``pairs.parquet``: Pick-a-Pic v2 schema (``caption, jpg_0, jpg_1, label_0, ...``) — ``--pairs best-worst``
@@ -30,19 +30,21 @@ HELP = "Generate K images per prompt with a diffusers pipeline and label prefere
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmalign.commands._options import add_guidance_argument, add_out_argument
     from scorers.ensemble import NORMALIZATIONS
     from scorers.options import add_scorer_arguments
 
     parser.add_argument("--pipeline", required=True, help="diffusers pipeline folder (or hub id when online)")
-    parser.add_argument("--prompts", required=True, help=".txt file, one prompt per line (blank lines ignored)")
+    parser.add_argument("--prompts", "--prompt", dest="prompts", required=True,
+                        help=".txt file, one prompt per line (blank lines ignored)")
     parser.add_argument("--per-prompt", type=int, required=True, help="K images generated per prompt (>= 2)")
     add_scorer_arguments(parser, multiple=True)
-    parser.add_argument("--output", required=True, help="output folder (ranked.jsonl, pairs.parquet, images/)")
+    add_out_argument(parser, "output folder (ranked.jsonl, pairs.parquet, images/)")
     parser.add_argument("--normalize", default="zscore", choices=list(NORMALIZATIONS),
                         help="per-prompt normalisation of each scorer before averaging")
     parser.add_argument("--pairs", default="best-worst", choices=["best-worst", "all"], help="pairs per prompt")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    add_guidance_argument(parser)
     parser.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (prompt i uses seed + i)")
@@ -114,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--per-prompt must be at least 2 to form preferences")
     prompts = read_prompt_file(args.prompts)
     scorer_map = load_scorers_from_args(args)  # fail on scorer options before the (slow) generation
-    out_dir = Path(args.output)
+    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    device = torch.device(args.device)
+    from scorers.devices import resolve_device
+
+    device = torch.device(resolve_device(args.device))
     pipe = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.pipeline_dtype))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -1,4 +1,4 @@
-"""``mmalign ppd-sample <pipeline> <user_adapter> --user ID [--user-b ID --alpha A] --prompt P --out img.png``.
+"""``mmalign ppd-sample <pipeline> <user_adapter> --user ID [--user-b ID --alpha A] --prompts P --out img.png``.
 
 Sample a base pipeline with a trained PPD user adapter (``<run>/user_adapter``), conditioned on one training user's
 embedding, or on the linear interpolation ``(1 - alpha) u_a + alpha u_b`` of two users. ``--user none`` samples the
@@ -8,6 +8,13 @@ base model (the adapter adds exactly nothing without a user).
 from __future__ import annotations
 
 import argparse
+
+from mmalign.commands._options import (
+    add_device_argument,
+    add_guidance_argument,
+    add_out_argument,
+    resolve_device,
+)
 
 NAME = "ppd-sample"
 HELP = "Sample a pipeline with a PPD user adapter for one user or an interpolation of two users."
@@ -20,11 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user-b", default=None, help="second user id for interpolation")
     parser.add_argument("--alpha", type=float, default=0.5, help="interpolation weight of --user-b")
     parser.add_argument("--scale", type=float, default=None, help="user-branch scale (default: the adapter's)")
-    parser.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output PNG (one image per prompt: name_<i>.png when several)")
+    parser.add_argument("--prompts", "--prompt", dest="prompts", action="append", required=True,
+                        help="prompt (repeatable)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps")
+    add_guidance_argument(parser)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_device_argument(parser)
+    add_out_argument(parser, "output PNG (one image per prompt: name_<i>.png when several)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,18 +44,21 @@ def run(args: argparse.Namespace) -> int:
     from mmalign.diffusion.ppd import generate, interpolate_users, load_user_adapter, set_user_scale
     from mmalign.diffusion.ppd.export import load_user_embeddings
 
-    pipe = DiffusionPipeline.from_pretrained(args.pipeline)
+    device = resolve_device(args.device)
+    if not Path(args.adapter).is_dir():
+        raise FileNotFoundError(f"PPD user adapter folder not found: {args.adapter}")
+    pipe = DiffusionPipeline.from_pretrained(args.pipeline).to(device)
     model = load_user_adapter(pipe.unet, args.adapter)
     if args.scale is not None:
         set_user_scale(pipe.unet, args.scale)
     users = load_user_embeddings(args.adapter)
     for user in filter(None, [args.user if args.user != "none" else None, args.user_b]):
         if user not in users:
-            raise SystemExit(f"user '{user}' not in {args.adapter} (users: {', '.join(sorted(users)[:20])})")
+            raise ValueError(f"user '{user}' not in {args.adapter} (users: {', '.join(sorted(users)[:20])})")
     u = None if args.user == "none" else users[args.user]
     if u is not None and args.user_b is not None:
         u = interpolate_users(u, users[args.user_b], args.alpha)
-    images = generate(pipe, model, args.prompt, u, num_inference_steps=args.steps, guidance_scale=args.guidance,
+    images = generate(pipe, model, args.prompts, u, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                       seed=args.seed, output_type="pil")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmalign.commands._options import add_on_error_argument
     from scorers.options import add_scorer_arguments
 
     add_scorer_arguments(parser)
     parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders (sorted by name)")
-    parser.add_argument("--prompts", default=None,
+    parser.add_argument("--prompts", "--prompt", dest="prompts", default=None,
                         help="a prompt text (used for every image) or a .txt file with one prompt per line "
                         "(one line: broadcast; else one per image, in image order)")
     parser.add_argument("--probs", action="store_true", help="add softmax preference probabilities over the images")
+    add_on_error_argument(parser, "raise", "images")
 
 
 def collect_images(items: list[str]) -> list[Path]:
@@ -60,7 +62,48 @@ def read_prompts(value: str | None, n_images: int) -> list[str] | None:
     return [value] * n_images
 
 
+def _read(path: Path, on_error: str, skipped: list[str]):
+    """The RGB image at ``path``, or None (appended to ``skipped``) when unreadable and ``on_error == "skip"``."""
+    from scorers.images import to_pil_list
+
+    try:
+        return to_pil_list(path)[0]
+    except (OSError, ValueError) as exc:
+        if on_error == "raise":
+            raise ValueError(f"{exc} (--on-error skip scores the rest)") from None
+        skipped.append(f"{path}: {exc}")
+        return None
+
+
+def _score_all(scorer, paths: list[Path], prompts: list[str] | None, args, skipped: list[str]):
+    """``(kept indices, scores, raw)`` over the readable images, batch by batch, with a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    kept, scores, raw = [], [], []
+    bar = tqdm(total=len(paths), desc="score", unit="img")
+    for start in range(0, len(paths), args.batch_size):
+        idx = range(start, min(start + args.batch_size, len(paths)))
+        images = [(i, _read(paths[i], args.on_error, skipped)) for i in idx]
+        images = [(i, im) for i, im in images if im is not None]
+        bar.update(len(idx))
+        if not images:
+            continue
+        chunk = [im for _, im in images]
+        texts = [prompts[i] for i, _ in images] if prompts else None
+        kept.extend(i for i, _ in images)
+        scores.append(scorer.score(chunk, texts, batch_size=args.batch_size))
+        if scorer.needs_text:
+            raw.append(scorer.score(chunk, texts, raw=True, batch_size=args.batch_size))
+    bar.close()
+    return kept, torch.cat(scores) if scores else None, torch.cat(raw) if raw else None
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
     from scorers.options import load_scorers_from_args
 
     images = collect_images(args.images)
@@ -68,19 +111,26 @@ def run(args: argparse.Namespace) -> int:
     (name, scorer), = load_scorers_from_args(args).items()
     if scorer.needs_text and prompts is None:
         raise ValueError(f"scorer {name} needs --prompts")
-    scores = scorer.score(images, prompts, batch_size=args.batch_size)
-    raw = scorer.score(images, prompts, raw=True, batch_size=args.batch_size) if scorer.needs_text else None
-    probs = None
     if args.probs:
         if prompts is None or len(set(prompts)) != 1:
             raise ValueError("--probs compares the images of ONE prompt: give a single prompt")
-        probs = scorer.probs(images, prompts[0])
-    for i, path in enumerate(images):
-        row = {"image": str(path), "prompt": prompts[i] if prompts else None, "scorer": name,
-               "score": float(scores[i])}
+        if not scorer.card.probs:
+            raise ValueError(f"--probs: scorer {name} has no preference probabilities")
+    skipped: list[str] = []
+    kept, scores, raw = _score_all(scorer, images, prompts, args, skipped)
+    if not kept:
+        raise ValueError(f"no readable images among {len(images)} (first: {skipped[0]})")
+    probs = torch.softmax(scorer.logit_scale * raw, dim=0) if args.probs else None
+    for j, i in enumerate(kept):
+        row = {"image": str(images[i]), "prompt": prompts[i] if prompts else None, "scorer": name,
+               "score": float(scores[j])}
         if raw is not None:
-            row["raw"] = float(raw[i])
+            row["raw"] = float(raw[j])
         if probs is not None:
-            row["prob"] = float(probs[i])
+            row["prob"] = float(probs[j])
         print(json.dumps(row, ensure_ascii=False))
+    closing = f"mmalign score: scored {len(kept)} of {len(images)} images with {name}"
+    if skipped:
+        closing += f"; skipped {len(skipped)} unreadable (first: {skipped[0]})"
+    print(closing, file=sys.stderr)
     return 0

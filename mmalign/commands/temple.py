@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from mmalign.commands._options import (
+    add_device_argument,
+    add_on_error_argument,
+    add_out_argument,
+    resolve_device,
+)
 
 NAME = "temple"
 HELP = "TEMPLE data tools: make-pairs builds temporal preference pairs from videos with a video LLM."
@@ -17,10 +25,11 @@ HELP = "TEMPLE data tools: make-pairs builds temporal preference pairs from vide
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="temple_command", metavar="<subcommand>", required=True)
-    p = sub.add_parser("make-pairs", help="generate chosen (clean video) / rejected (perturbed video) pairs")
+    p = sub.add_parser("make-pairs", help="generate chosen (clean video) / rejected (perturbed video) pairs",
+                       formatter_class=parser.formatter_class)
     p.add_argument("--model", required=True, help="model folder (or hub id; tiny:qwen2vl for a smoke test)")
     p.add_argument("--videos", required=True, help="folder of videos, or a text file with one path a line")
-    p.add_argument("--out", required=True, help="output folder for pairs_r<m>.jsonl and report.json")
+    add_out_argument(p, "output folder for pairs_r<m>.jsonl and report.json")
     p.add_argument("--questions", default=None,
                    help="optional jsonl of {video, question} rows (default: a caption instruction per video)")
     p.add_argument("--chosen", choices=("generate", "answer"), default="generate",
@@ -31,13 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=None, help="sample at this fps instead of --frames")
     p.add_argument("--max-pixels", type=int, default=None, help="cap on height x width per frame")
     p.add_argument("--frames-per-clip", type=int, default=2, help="frames per perturbation unit")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap")
     p.add_argument("--sample", action="store_true", help="sample (T=0.7, repetition penalty 1.05) instead of greedy")
     p.add_argument("--max-length-ratio", type=float, default=1.5,
                    help="shuffle/reverse length-ratio filter (<= 0 disables)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="skip", help="unreadable videos")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trust-remote-code", action="store_true")
+    add_on_error_argument(p, "skip", "videos")
+    p.add_argument("--seed", type=int, default=0, help="perturbation seed")
+    add_device_argument(p)
+    p.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--chosen answer needs --questions with an 'answer' per video")
 
     model, processor = _load(args.model, args.trust_remote_code)
+    model = model.to(resolve_device(args.device))
     by_m, report = make_pairs(
         model, processor, videos, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
         magnitudes=[int(m) for m in args.magnitudes.split(",")], questions=questions,
@@ -85,10 +96,23 @@ def run(args: argparse.Namespace) -> int:
         generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}, references=references,
     )
     written = write_pairs(args.out, by_m, report)
-    print(json.dumps({"videos": len(videos), "unreadable": skipped.count, "generated": report.generated,
+    print(json.dumps({"videos": len(videos), "unreadable": skipped.count, "unreadable_files": list(skipped.skipped), "generated": report.generated,
                       "kept": report.kept, "dropped": dict(report.dropped),
                       "files": [str(p) for p in written]}, indent=2))
+    print(_closing(args.out, len(videos), skipped, report), file=sys.stderr)
     return 0
+
+
+def _closing(out: str, n_videos: int, skipped, report) -> str:
+    """One line: where the pairs are, how many were kept, what was dropped and which videos were unreadable."""
+    text = f"mmalign temple make-pairs: kept {report.kept} of {report.generated} pairs from {n_videos} videos in {out}"
+    if report.dropped:
+        text += " (dropped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) + ")"
+    if skipped.count:
+        text += f"; skipped {skipped.count} unreadable video(s)"
+        path, why = next(iter(skipped.skipped.items()))
+        text += f" (first: {path}: {why})"
+    return text
 
 
 def _load(model: str, trust_remote_code: bool):

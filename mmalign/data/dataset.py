@@ -244,6 +244,7 @@ def load_preference_data(
     max_items: int | None = None,
     extra_columns: tuple[str, ...] | list[str] = (),
     allow_outside_paths: bool = False,
+    keep_ties: bool = False,
 ) -> PreferenceDataset:
     """Load preference data for text-to-image training (schemas: :mod:`mmalign.data.records`).
 
@@ -270,6 +271,8 @@ def load_preference_data(
         allow_outside_paths: read image paths that resolve outside the data set's folder (absolute paths,
             ``../`` traversals, symlinks out of it); by default they are a :class:`DataFormatError` naming the
             line (jsonl/csv) or a counted bad sample (other sources). Only regular files are read.
+        keep_ties: keep Pick-a-Pic ground-truth ties (``label_0 == 0.5``) as pairs whose item carries
+            ``label_0: 0.5`` (for evaluation, e.g. ``mmalign eval-scorer``); by default they are dropped and counted.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -278,7 +281,7 @@ def load_preference_data(
     sources = open_sources(path, split)
     opts = ReadOptions(kind, prompt_column, tuple(caption_columns) if caption_columns else None,
                        honour_has_label, honour_are_different, dreamlike_pairs_only, empty_prompt,
-                       tuple(extra_columns))
+                       tuple(extra_columns), keep_ties)
     stats = LoadStats()
     records = build_records(sources, opts, stats)
     if stats.dropped_empty_prompt and stats.dropped_empty_prompt > max_bad_fraction * max(stats.rows_read, 1):

@@ -73,6 +73,7 @@ class LoadStats:
     rows_read: int = 0
     items: int = 0
     dropped_tie: int = 0
+    kept_tie: int = 0
     dropped_no_label: int = 0
     dropped_not_different: int = 0
     dropped_not_dreamlike: int = 0
@@ -94,6 +95,9 @@ class ReadOptions:
     dreamlike_pairs_only: bool = False
     empty_prompt: str = "skip"
     extra_columns: tuple[str, ...] = ()
+    keep_ties: bool = False
+    """Keep Pick-a-Pic rows with ``label_0 == 0.5`` (jpg_0 as ``chosen``, item field ``label_0: 0.5``; evaluation
+    only — training objectives need a winner). Kept ties are counted in ``stats.kept_tie``."""
 
 
 def _extra(source: Source, opts: ReadOptions) -> dict[str, list] | None:
@@ -228,23 +232,27 @@ def _pickapic_pairs(index: int, source: Source, opts: ReadOptions, stats: LoadSt
         if "label_1" in table and table["label_1"][row] is not None and table["label_1"][row] != 1 - label:
             raise DataFormatError(f"{_loc(source, row, 'label_1')}: label_1 must be 1 - label_0 = {1 - label:g} "
                                   f"(label_0 is {label!r}), got {table['label_1'][row]!r}")
-        if label == 0.5:
+        if label == 0.5 and not opts.keep_ties:
             stats.dropped_tie += 1
             continue
         prompt = _text(source, row, prompt_col, table[prompt_col][row], opts, stats)
         if prompt is None:
             continue
-        first, second = ("jpg_0", "jpg_1") if label == 1 else ("jpg_1", "jpg_0")
+        first, second = ("jpg_1", "jpg_0") if label == 0 else ("jpg_0", "jpg_1")
         prompts = None
         if dual:
-            c_first, c_second = (dual[0], dual[1]) if label == 1 else (dual[1], dual[0])
+            c_first, c_second = (dual[1], dual[0]) if label == 0 else (dual[0], dual[1])
             p_w = _text(source, row, c_first, table[c_first][row], opts, stats)
             p_l = _text(source, row, c_second, table[c_second][row], opts, stats) if p_w is not None else None
             if p_w is None or p_l is None:
                 continue
             prompts = (p_w, p_l)
         refs = (ImageRef(first, first), ImageRef(second, second))
-        out.append(Record(index, row, prompt, refs, prompts, extra=_row(extra, row)))
+        fields = _row(extra, row)
+        if label == 0.5:
+            stats.kept_tie += 1
+            fields = {**(fields or {}), "label_0": 0.5}
+        out.append(Record(index, row, prompt, refs, prompts, extra=fields))
     return out
 
 

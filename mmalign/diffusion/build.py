@@ -25,7 +25,16 @@ WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 
 def normalize_config(cfg: DiffusionRecipeConfig) -> None:
-    """What must hold before the Accelerator is made: a valid ``train.mixed_precision``."""
+    """What must hold before the Accelerator is made: a valid ``train.mixed_precision``; input paths absolute
+    (relative ones found in the cwd, else in the repository: :func:`mmalign.shipped_paths.resolve_shipped`), so
+    the saved run config works from any directory."""
+    from mmalign.shipped_paths import resolve_shipped
+
+    cfg.model.pretrained = resolve_shipped(cfg.model.pretrained)
+    cfg.data.path = resolve_shipped(cfg.data.path)
+    for section in (cfg.method.smpo, cfg.method.ppd, cfg.validation):
+        section.scorer_checkpoint = resolve_shipped(section.scorer_checkpoint)
+    cfg.method.ppd.vlm = resolve_shipped(cfg.method.ppd.vlm)
     if str(cfg.train.mixed_precision).lower() == "false":  # YAML 1.1 / OmegaConf read a bare `no` as a boolean
         cfg.train.mixed_precision = "no"
     if cfg.train.mixed_precision not in WEIGHT_DTYPES:

@@ -106,13 +106,13 @@ def base_model(pipe, reference: ReferenceProvider, use_lora: bool, pretrained: s
             yield pipe
 
 
-def _evaluate(pipe, captions: list[str], settings: ToyEvalConfig, autocast) -> dict[str, Any]:
+def _evaluate(pipe, captions: list[str], settings: ToyEvalConfig, autocast, which: str) -> dict[str, Any]:
     from mmalign.toy.evaluate import evaluate_pipeline
 
     with autocast():
         return evaluate_pipeline(pipe, captions, settings.seeds, num_inference_steps=settings.num_inference_steps,
                                  guidance_scale=settings.guidance_scale, batch_size=settings.batch_size,
-                                 return_images=True)
+                                 return_images=True, desc=f"toy eval ({which})")
 
 
 def _model_row(result: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +190,8 @@ def run_toy_eval(cfg: DiffusionRecipeConfig, pipe, unet, reference: ReferencePro
     pipe.set_progress_bar_config(disable=True)
     try:
         with base_model(pipe, reference, cfg.lora.rank > 0, cfg.model.pretrained, cfg.model.revision) as base_pipe:
-            base = _evaluate(base_pipe, captions, settings, autocast)
-        aligned = _evaluate(pipe, captions, settings, autocast)
+            base = _evaluate(base_pipe, captions, settings, autocast, "base")
+        aligned = _evaluate(pipe, captions, settings, autocast, "aligned")
     finally:
         bare.train(was_training)
     summary = summarize(base, aligned, settings)
@@ -208,4 +208,6 @@ def run_toy_eval(cfg: DiffusionRecipeConfig, pipe, unet, reference: ReferencePro
         np.savez_compressed(out / IMAGES_FILE, base=base["images"], aligned=aligned["images"])
         summary["images"] = str(out / IMAGES_FILE)
     print_fn(format_table(summary))
+    written = [summary[k] for k in ("grid", "scores", "images") if k in summary]
+    print_fn(f"toy eval: {len(captions)} captions x {len(settings.seeds)} seeds per model; wrote {', '.join(written)}")
     return summary

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mmalign.mllm.temporal import perturb_frames
 from mmalign.mllm.video_batch import prompt_text
@@ -61,7 +62,9 @@ class PairFilter:
 
 @dataclass
 class PairReport:
-    """Generated, kept and dropped pair counts (reason → count)."""
+    """Candidate (``generated``), kept and dropped pair counts (reason → count; a perturbation whose frame order
+    repeats an earlier kind's at the same magnitude — ``shuffle`` of 2 clips is ``reverse`` — is dropped as
+    ``"<kind>: same frame order as <other>"`` without generating an answer)."""
 
     generated: int = 0
     kept: int = 0
@@ -127,17 +130,22 @@ def make_pairs(
     was_training = model.training
     model.eval()
     try:
-        for vi, (path, frames) in enumerate(videos):
+        for vi, (path, frames) in enumerate(tqdm(videos, desc="temple make-pairs", unit="video")):
             question = questions[vi] if questions is not None else rng.choice(CAPTION_PROMPTS)
             chosen = references[vi] if references is not None else generate_answer(
                 model, processor, frames, question, **gen)
             for m in magnitudes:
+                seen: dict[tuple[int, ...], str] = {}  # frame order -> the kind that produced it
                 for kind in kinds:
                     pseed = seed * 1_000_003 + vi * 101 + m * 7 + kinds.index(kind)
                     pert, idx = perturb_frames(frames, kind, m, pseed, frames_per_clip=frames_per_clip,
                                                avoid_identity=True)
-                    rejected = generate_answer(model, processor, pert, question, **gen)
                     report.generated += 1
+                    if tuple(idx) in seen:
+                        report.dropped[f"{kind}: same frame order as {seen[tuple(idx)]}"] += 1
+                        continue
+                    seen[tuple(idx)] = kind
+                    rejected = generate_answer(model, processor, pert, question, **gen)
                     reason = filter_reason(chosen, rejected, kind, flt)
                     if reason:
                         report.dropped[reason] += 1

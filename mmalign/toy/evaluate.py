@@ -47,13 +47,14 @@ def image_seed(seed: int, caption_index: int) -> int:
 
 def evaluate_pipeline(pipe, captions: Sequence[str], seeds: Sequence[int], *,
                       num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
-                      batch_size: int = 64, return_images: bool = False) -> dict[str, Any]:
+                      batch_size: int = 64, return_images: bool = False,
+                      desc: str | None = "toy eval") -> dict[str, Any]:
     """Sample every (caption, seed) combination and score it with the judge.
 
     Returns ``{"mean", "std_over_seeds", "num_images", "captions", "seeds", "scores" (list, caption-major:
     index = caption_index * len(seeds) + seed_index), "per_caption" ({caption: mean over seeds}),
     "per_seed" (mean over captions per seed), "terms" ({term: mean})}`` plus ``"images"`` (uint8 array, same
-    order) when ``return_images``.
+    order) when ``return_images``. ``desc``: label of the sampling progress bar (None: no bar).
     """
     captions, seeds = list(captions), [int(s) for s in seeds]
     if not captions or not seeds:
@@ -61,7 +62,7 @@ def evaluate_pipeline(pipe, captions: Sequence[str], seeds: Sequence[int], *,
     all_caps = [c for c in captions for _ in seeds]
     all_seeds = [image_seed(s, i) for i in range(len(captions)) for s in seeds]
     images = sample_images(pipe, all_caps, all_seeds, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, batch_size=batch_size)
+                           guidance_scale=guidance_scale, batch_size=batch_size, desc=desc)
     result = score_images(images, all_caps)
     grid = np.asarray(result["scores"]).reshape(len(captions), len(seeds))
     per_seed = grid.mean(axis=0)
