@@ -7,7 +7,8 @@ SmPO (Lu et al., ICML 2025, arXiv 2506.02698; official ``JaydenLyh/SmPO`` ``trai
     kappa    = gamma (2p - 1),  p = sigmoid(r'_w - r'_l),  r' min-max normalised over the data set
                (mmalign.objectives.smoothed.smpo_kappa); order human: gamma |2p - 1|, since the signed kappa on
                a pair the scorer disagrees with is exactly the scorer-ordered loss (the option would do nothing)
-    x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad); eps^* the implied noise
+    x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad; method.noise.convention, default official =
+               diffusers 0.20's DDIMInverseScheduler as the official code ran it); eps^* the implied noise at t
     L        = -logsig(-(beta/2) kappa ((e_theta^w - e_theta^l) - (e_ref^w - e_ref^l)))
              = preference_loss("sigmoid", ..., beta = beta * kappa)   (per-pair beta)
 
