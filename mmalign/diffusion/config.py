@@ -57,7 +57,12 @@ class MethodConfig:
     """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
     KTO beta (1000)."""
     loss_type: str = "sigmoid"
-    """dpo/dcpo: sigmoid | hinge | ipo (through mmalign.objectives.preference_loss)."""
+    """dpo/dcpo: sigmoid | hinge | ipo (through mmalign.objectives.preference_loss), all with ``beta`` in the
+    official -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid -logsig(beta h),
+    hinge relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2). The diffusers script's lines use
+    logits = 2h with its own beta_dpo = beta/2: its sigmoid and hinge are the same losses, its ipo line
+    (logits - 1/(2 beta_dpo))^2 = 4 (h - 1/(2 beta)) ^ 2 (same minimiser h* = 1/(2 beta), 4x the loss); see
+    mmalign.diffusion.methods."""
     mapo_snr: float = 0.5
     """MaPO ``s`` in the bounded link g_s(l) = s*l / (exp(s*l) - 1)."""
     rank_source: str = "model"
