@@ -6,7 +6,6 @@ Each function does one step of ``recipes/diffusion.py`` so the recipe reads top 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, collate_members
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.config import DATA_KIND, METHODS, REFERENCE_FREE, DiffusionRecipeConfig
+from mmalign.diffusion.flips import FLIP_MODES
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.speed import apply_speed_options
@@ -39,6 +39,8 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
     kind = cfg.data.kind or DATA_KIND[cfg.method.name]
     if kind != DATA_KIND[cfg.method.name]:
         raise ConfigError(f"config key 'data.kind': method '{cfg.method.name}' needs '{DATA_KIND[cfg.method.name]}' data")
+    if cfg.data.flip_mode not in FLIP_MODES:
+        raise ConfigError(f"config key 'data.flip_mode': '{cfg.data.flip_mode}' ({', '.join(FLIP_MODES)})")
     if cfg.method.loss_type not in ("sigmoid", "hinge", "ipo"):
         raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
     if cfg.lora.rank < 0:
@@ -67,10 +69,8 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     device = accelerator.device
     if not cfg.data.cache:
         counter = SkipCounter(len(dataset), cfg.data.max_skip_fraction)
-        return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip),
+        return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip, flip_mode=cfg.data.flip_mode),
                 functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False})
-    if cfg.data.random_flip:
-        warnings.warn("data.random_flip is ignored with data.cache=true (latents are cached unflipped)", stacklevel=2)
     entries, stats = None, {}
     if accelerator.is_main_process:
         entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=cfg.train.progress_bar)
@@ -78,7 +78,8 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     if not accelerator.is_main_process:
         entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=False)
     stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats}
-    return CachedDataset(entries, cache), collate_members, None, stats
+    return (CachedDataset(entries, cache, cfg.data.random_flip, cfg.data.flip_mode), collate_members, None,
+            stats)
 
 
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,
@@ -89,7 +90,7 @@ def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffus
     cache = LatentTextCache.for_model(parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.cache_dtype)
     entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device,
                                  max_skip_fraction=cfg.data.max_skip_fraction, progress=progress,
-                                 num_workers=cfg.train.num_workers)
+                                 num_workers=cfg.train.num_workers, flips=cfg.data.random_flip)
     return entries, stats, cache
 
 

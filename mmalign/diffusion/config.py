@@ -92,7 +92,11 @@ class DataConfig:
     resolution: int = 512
     """Images are resized (shorter side) and center-cropped to this size."""
     random_flip: bool = False
-    """Horizontal flip with p=0.5 (only without cache: cached latents are fixed)."""
+    """Horizontal flip with p=0.5 (the official DiffusionDPO/SmPO/InPO/DCPO trainers flip; not the toy world, whose
+    captions say left/right). With the cache both orientations are encoded and stored (2x the cache)."""
+    flip_mode: str = "pair"
+    """per_image (each image its own draw: the official trainers' per-image RandomHorizontalFlip) | pair (one draw
+    per item: the diffusers SDXL script); see mmalign/diffusion/flips.py."""
     cache: bool = True
     """Cache VAE latents and text embeddings on disk (keyed by content hash, model and resolution)."""
     cache_dir: str | None = None
