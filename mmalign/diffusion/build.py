@@ -16,6 +16,7 @@ from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, 
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.config import DATA_KIND, METHODS, REFERENCE_FREE, DiffusionRecipeConfig
 from mmalign.diffusion.flips import FLIP_MODES
+from mmalign.diffusion.kto_sampling import positive_ratio_weights, training_labels
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.speed import apply_speed_options
@@ -41,6 +42,9 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
         raise ConfigError(f"config key 'data.kind': method '{cfg.method.name}' needs '{DATA_KIND[cfg.method.name]}' data")
     if cfg.data.flip_mode not in FLIP_MODES:
         raise ConfigError(f"config key 'data.flip_mode': '{cfg.data.flip_mode}' ({', '.join(FLIP_MODES)})")
+    ratio = cfg.method.kto_positive_ratio
+    if ratio is not None and (cfg.method.name != "kto" or not 0.0 < ratio < 1.0):
+        raise ConfigError(f"config key 'method.kto_positive_ratio': {ratio} (kto only, in (0, 1), or null)")
     if cfg.method.loss_type not in ("sigmoid", "hinge", "ipo"):
         raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
     if cfg.lora.rank < 0:
@@ -80,6 +84,14 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats}
     return (CachedDataset(entries, cache, cfg.data.random_flip, cfg.data.flip_mode), collate_members, None,
             stats)
+
+
+def sampling_weights(cfg: DiffusionRecipeConfig, train_set) -> list[float] | None:
+    """Per-example sampling weights for the loop's sampler: Diffusion-KTO's desirable ratio
+    (``method.kto_positive_ratio``, :mod:`mmalign.diffusion.kto_sampling`), else None (a permutation per epoch)."""
+    if cfg.method.kto_positive_ratio is None:
+        return None
+    return positive_ratio_weights(training_labels(train_set), cfg.method.kto_positive_ratio)
 
 
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,

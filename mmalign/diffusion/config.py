@@ -69,6 +69,9 @@ class MethodConfig:
     """RankDPO discount ranking: model (current scores) | label (preference scores)."""
     kto_lambda_desirable: float = 1.0
     kto_lambda_undesirable: float = 1.0
+    kto_positive_ratio: float | None = None
+    """kto: sample desirable images with this probability (official WeightedRandomSampler: argparse 0.5, example
+    0.8; see kto_sampling.py); null: every example once per epoch in a random order."""
     timestep_weight: str = "none"
     """Per-timestep weight omega(t) multiplying the per-sample error: none (official, 1) | snr_inverse."""
     empty_prompt_prob: float = 0.0
