@@ -19,6 +19,7 @@ from mmalign.diffusion.flips import FLIP_MODES
 from mmalign.diffusion.kto_sampling import positive_ratio_weights, training_labels
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.soft_labels import REWARD_RANGES
 from mmalign.diffusion.speed import apply_speed_options
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,6 +43,9 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
         raise ConfigError(f"config key 'data.kind': method '{cfg.method.name}' needs '{DATA_KIND[cfg.method.name]}' data")
     if cfg.data.flip_mode not in FLIP_MODES:
         raise ConfigError(f"config key 'data.flip_mode': '{cfg.data.flip_mode}' ({', '.join(FLIP_MODES)})")
+    if cfg.method.smpo.reward_range != "data" and cfg.method.smpo.reward_range not in REWARD_RANGES:
+        raise ConfigError(f"config key 'method.smpo.reward_range': '{cfg.method.smpo.reward_range}' "
+                          f"(data, {', '.join(REWARD_RANGES)})")
     ratio = cfg.method.kto_positive_ratio
     if ratio is not None and (cfg.method.name != "kto" or not 0.0 < ratio < 1.0):
         raise ConfigError(f"config key 'method.kto_positive_ratio': {ratio} (kto only, in (0, 1), or null)")

@@ -86,6 +86,21 @@ def test_soft_label_file_min_max_from_data_and_orders(tmp_path):
         labels.rewards(["a"], ["nope"])
 
 
+def test_official_reward_range_by_name(tmp_path):
+    """method.smpo.reward_range=pickapic_v2_pickscore: SmPO train.py l.741-742's constants instead of the data's."""
+    rewards = [(0.21, 0.15), (0.12, 0.26)]
+    labels, _ = _labels(tmp_path, ["a", "b"], ["x", "y"], rewards)
+    _, kappa = order_and_kappa(labels, ["a", "b"], ["x", "y"], gamma=10, order="scorer",
+                               reward_range="pickapic_v2_pickscore")
+    expected = [_official_kappa(0.21, 0.15, OFFICIAL_MIN, OFFICIAL_MAX), _official_kappa(0.26, 0.12, OFFICIAL_MIN,
+                                                                                         OFFICIAL_MAX)]
+    np.testing.assert_allclose(kappa.numpy(), expected, rtol=1e-6, atol=1e-7)
+    _, data_kappa = order_and_kappa(labels, ["a", "b"], ["x", "y"], gamma=10, order="scorer")
+    assert labels.reward_range() == (0.12, 0.26) and (data_kappa - kappa).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="method.smpo.reward_range"):
+        labels.reward_range("laion")
+
+
 def test_swap_pairs():
     x = torch.arange(6)
     assert swap_pairs(x, torch.tensor([False, True, False])).tolist() == [0, 4, 2, 3, 1, 5]
