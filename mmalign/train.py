@@ -19,7 +19,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,10 +117,15 @@ register(
 
 
 class EpochSampler(Sampler[int]):
-    """A random permutation that depends only on ``(seed, epoch)``: resumable and rank-independent."""
+    """A random permutation that depends only on ``(seed, epoch)``: resumable and rank-independent. With
+    ``weights``: ``length`` draws with replacement, P(i) proportional to ``weights[i]`` (``WeightedRandomSampler``
+    semantics; Diffusion-KTO's positive-ratio sampler), from the same ``(seed, epoch)`` generator."""
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, length: int, seed: int, shuffle: bool = True, weights: Sequence[float] | None = None) -> None:
         self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        if self.weights is not None and len(self.weights) != length:
+            raise ValueError(f"sampler weights: {len(self.weights)} for {length} examples")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,6 +134,8 @@ class EpochSampler(Sampler[int]):
         if not self.shuffle:
             return iter(range(self.length))
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            return iter(torch.multinomial(self.weights, self.length, replacement=True, generator=g).tolist())
         return iter(torch.randperm(self.length, generator=g).tolist())
 
     def __len__(self) -> int:
@@ -243,6 +250,7 @@ def train(
     validate_fn: Callable[[int], dict[str, Any] | None] | None = None,
     validate_every: int = 0,
     run_config: dict[str, Any] | None = None,
+    sample_weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg.max_steps`` optimizer steps of ``step_fn`` over ``dataset``; return the summary.
 
@@ -250,7 +258,8 @@ def train(
     checkpointed. ``step_fn`` receives the accelerate-prepared model (DDP-wrapped when distributed) and
     one collated micro-batch already moved to the device, and returns the scalar loss and a dict of
     metrics (tensors or floats). ``validate_fn(step)`` runs on every process every ``validate_every``
-    steps and at the end; what it returns is logged and stored in the summary.
+    steps and at the end; what it returns is logged and stored in the summary. ``sample_weights`` (one per
+    example): sample with replacement in proportion to them instead of a permutation (see :class:`EpochSampler`).
     """
     check_values(cfg, "train.")  # ConfigError naming the key (load_config already checked recipe configs)
     output_dir = Path(output_dir)
@@ -271,7 +280,7 @@ def train(
     scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
-    sampler = EpochSampler(len(dataset), cfg.seed)
+    sampler = EpochSampler(len(dataset), cfg.seed, weights=sample_weights)
     loader_rng = torch.Generator()
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,

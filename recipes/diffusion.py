@@ -25,6 +25,7 @@ from mmalign.diffusion.build import (
     load_data,
     normalize_config,
     prepare_unet,
+    sampling_weights,
     training_set,
 )
 from mmalign.diffusion.config import DiffusionRecipeConfig
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = train(
         cfg.train, output_dir=output_dir, model=unet, dataset=train_set, step_fn=step_fn, collate_fn=collate_fn,
         accelerator=accelerator, validate_fn=validate_fn, validate_every=val.every, run_config=to_dict(cfg),
+        sample_weights=sampling_weights(cfg, train_set),
     )
 
     # 8. Export (and the summary fields).

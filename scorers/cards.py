@@ -7,7 +7,8 @@ Format (sections are for reading only; every key must be one of the :class:`Scor
     description: one line
     scale: the documented output scale (shown by ``mmalign score`` and in docs)
     backbone:   {backbone: open_clip|hf_clip, arch: <open_clip name | config dict | null>, quick_gelu: bool}
-    preprocess: {resize: longest|shortest, image_size: 224, crop_offset: floor|round, mean: [...], std: [...]}
+    preprocess: {resize: longest|shortest, resize_on: pil|tensor, image_size: 224, crop_offset: floor|round,
+                 mean: [...], std: [...]}
     text:       {prefix: ""}
     formula:    {head: cosine|aesthetic_mlp, scale_kind: constant|logit_scale, scale_value: 100.0,
                  clamp_min: null|0.0, probs: bool}
@@ -32,6 +33,7 @@ SECTIONS = ("backbone", "preprocess", "text", "formula", "checkpoint")
 _CHOICES = {
     "backbone": ("open_clip", "hf_clip"),
     "resize": ("longest", "shortest"),
+    "resize_on": ("pil", "tensor"),
     "crop_offset": ("floor", "round"),
     "head": ("cosine", "aesthetic_mlp"),
     "scale_kind": ("constant", "logit_scale"),
@@ -57,6 +59,10 @@ class ScorerCard:
     """QuickGELU activation (OpenAI weights) when building from an open_clip config."""
     resize: str = "shortest"
     """``longest`` (HPSv2: longest side + zero pad) or ``shortest`` (OpenAI: shortest side + centre crop)."""
+    resize_on: str = "pil"
+    """Where ``score()`` resizes: ``pil`` (PIL bicubic on the image: OpenAI clip, HF processors, upstream open_clip)
+    or ``tensor`` (the official HPSv2 transform: ``ToTensor`` first, then torchvision bicubic with antialias on the
+    float tensor, no clamp; ``scorers.preprocess``)."""
     image_size: int = 224
     """Square input size of the vision tower."""
     crop_offset: str = "floor"

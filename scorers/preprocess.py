@@ -7,11 +7,23 @@
   (torchvision ``CenterCrop``, used by OpenAI clip); scale to [0, 1]; normalise.
 * ``longest`` (HPSv2, upstream open_clip ``image_resize_mode='longest'``): ``ratio = max(h / S, w / S)``, each
   side ``round(side / ratio)``, bicubic; zero-pad centred to ``S x S`` (left/top pad ``gap // 2``); normalise.
-  The vendored HPSv2 transform resizes a float tensor instead of the PIL image and skips padding when the longer
-  side is already ``S``; we follow upstream open_clip (always pad), as the spec recommends.
 
-The torch path does the same geometry with ``F.interpolate(mode="bicubic", antialias=True)`` and clamps to
-[0, 1] (PIL clamps to 0..255); it is differentiable and matches the PIL path to about 1e-2 in normalised units.
+Where the resize runs is the card's ``resize_on``:
+
+* ``pil``: the PIL image is resized (PIL bicubic, antialiased, clamped to 0..255) — OpenAI clip, HF processors,
+  upstream open_clip.
+* ``tensor`` (the HPSv2 cards): the official HPSv2 validation transform (``tgxs002/HPSv2`` @ 866735e,
+  ``hpsv2/src/open_clip/transform.py`` l.141-157 with ``resize_longest_max=True`` from ``factory.py`` l.368-375):
+  ``ToTensor`` (uint8 / 255) first, then ``ResizeMaxSize`` (l.26-49): ``scale = S / max(h, w)``, each side
+  ``round(side * scale)``, torchvision bicubic on the float tensor (= ``F.interpolate(bicubic, antialias=True)``,
+  torchvision >= 0.17 default, **no clamp**), zero pad ``[w//2, h//2, w - w//2, h - h//2]``; normalise. One
+  deliberate difference: the official skips the pad when no resize is needed (longest side already ``S``), which
+  leaves a non-square image the model cannot take; we always pad.
+
+``score_tensor`` (the torch path, differentiable) does the same geometry with ``F.interpolate(mode="bicubic",
+antialias=True)``; for ``resize_on: pil`` it clamps to [0, 1] like PIL and matches the PIL path to about 1e-2 in
+normalised units, for ``resize_on: tensor`` it is the official transform itself (``score`` of a PIL image and
+``score_tensor`` of its ``ToTensor`` agree to float rounding).
 """
 
 from __future__ import annotations
@@ -29,7 +41,10 @@ from scorers.cards import ScorerCard
 def resized_size(height: int, width: int, card: ScorerCard) -> tuple[int, int]:
     """(new_height, new_width) before crop/pad."""
     size = card.image_size
-    if card.resize == "longest":
+    if card.resize == "longest" and card.resize_on == "tensor":  # HPSv2 ResizeMaxSize (l.42-44)
+        scale = size / float(max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    if card.resize == "longest":  # upstream open_clip ResizeKeepRatio
         ratio = max(height / size, width / size)
         return max(1, round(height / ratio)), max(1, round(width / ratio))  # a 1000x1 strip keeps 1 pixel
     if width <= height:
@@ -68,10 +83,13 @@ def _pil_one(img: Image.Image, card: ScorerCard, out: np.ndarray) -> None:
 
 
 def pil_to_pixels(images: list[Image.Image], card: ScorerCard, workers: int = 1) -> torch.Tensor:
-    """RGB PIL images -> normalised ``[B, 3, S, S]`` float32 pixels (the scorer's official PIL pipeline).
+    """RGB PIL images -> normalised ``[B, 3, S, S]`` float32 pixels (the scorer's official pipeline; for
+    ``resize_on: tensor`` the resize runs on each image's float tensor, see the module docstring).
 
     ``workers > 1`` resizes in a thread pool (PIL releases the GIL while resampling); results are identical.
     """
+    if card.resize_on == "tensor":
+        return _normalize(torch.cat([_geometry(_to_tensor(img), card, clamp=False) for img in images]), card)
     size = card.image_size
     out = np.zeros((len(images), size, size, 3), dtype=np.float32)
     if workers > 1 and len(images) > 1:
@@ -91,13 +109,25 @@ def tensor_to_pixels(images: torch.Tensor, card: ScorerCard) -> torch.Tensor:
         raise ValueError(f"score_tensor expects float pixels [B, 3, H, W], got shape {tuple(images.shape)}")
     if not torch.is_floating_point(images):
         raise ValueError(f"score_tensor expects float pixels in [0, 1], got dtype {images.dtype}")
+    return _normalize(_geometry(images, card, clamp=card.resize_on != "tensor"), card)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """torchvision ``ToTensor`` of an RGB PIL image: ``[1, 3, H, W]`` float32 = uint8 / 255."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float().div(255)
+
+
+def _geometry(x: torch.Tensor, card: ScorerCard, *, clamp: bool) -> torch.Tensor:
+    """Resize (bicubic, antialias), optionally clamp to [0, 1], then zero-pad (longest) or centre-crop (shortest)."""
     size = card.image_size
-    height, width = images.shape[-2:]
+    height, width = x.shape[-2:]
     new_h, new_w = resized_size(height, width, card)
-    x = images
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-    x = x.clamp(0.0, 1.0)
+    if clamp:
+        x = x.clamp(0.0, 1.0)
     if card.resize == "longest":
         pad_h, pad_w = max(size - new_h, 0), max(size - new_w, 0)
         x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
@@ -105,4 +135,4 @@ def tensor_to_pixels(images: torch.Tensor, card: ScorerCard) -> torch.Tensor:
     else:
         top, left = _crop_offset(new_h, size, card), _crop_offset(new_w, size, card)
         x = x[..., top : top + size, left : left + size]
-    return _normalize(x, card)
+    return x

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from mmalign.data.errors import BadSample, TooManyBadSamplesError
 from mmalign.diffusion.adapter import DiffusionParts, encode_pixels, encode_text, preprocess_image
 from mmalign.diffusion.cache import LatentTextCache
+from mmalign.diffusion.flips import draw_flips, flipped_key
 
 
 def _is_bad(item: Any) -> bool:
@@ -66,7 +67,8 @@ def _check_skips(skipped: int, seen: int, max_fraction: float, last: str) -> Non
         )
 
 
-def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache) -> dict[str, Any] | BadSample | None:
+def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache,
+                 flips: bool = False) -> dict[str, Any] | BadSample | None:
     """The entry of an item whose images and prompts are all cached, read without decoding any image (content keys
     from the raw bytes, prompts from the record); ``None`` when something must be encoded or the dataset does not
     expose records (:class:`mmalign.data.PreferenceDataset` does)."""
@@ -83,7 +85,8 @@ def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache) ->
         prompts, extras = [record.prompt] * len(keys), {"scores": torch.tensor([float(v) for v in record.scores])}
     else:
         prompts, extras = [record.prompt], {"label": torch.tensor(bool(record.label))}
-    if not all(cache.has_image(k) for k in keys) or not all(cache.has_prompt(p) for p in prompts):
+    needed = [*keys, *(flipped_key(k) for k in keys)] if flips else list(keys)
+    if not all(cache.has_image(k) for k in needed) or not all(cache.has_prompt(p) for p in prompts):
         return None
     return {"image_keys": list(keys), "prompts": prompts, **extras}
 
@@ -92,18 +95,19 @@ def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache) ->
 def build_cache(
     dataset: Dataset, kind: str, parts: DiffusionParts, cache: LatentTextCache, resolution: int,
     device: torch.device | str, batch_size: int = 8, max_skip_fraction: float = 0.05, num_workers: int = 0,
-    progress: bool = True,
+    progress: bool = True, flips: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """First pass: encode what the cache lacks; return the light entries of the usable items and the stats.
 
     Items already fully cached are recognised from their content keys without decoding their images; the rest are
-    decoded (DataLoader workers), encoded in batches and written.
+    decoded (DataLoader workers), encoded in batches and written. ``flips``: also encode every image flipped
+    (stored under :func:`mmalign.diffusion.flips.flipped_key`) for ``data.random_flip``.
     """
     entries: dict[int, dict[str, Any]] = {}
     bad: list[Any] = []
     to_decode: list[int] = []
     for index in tqdm(range(len(dataset)), desc="check cache", disable=not progress):
-        light = _light_entry(dataset, index, kind, cache)
+        light = _light_entry(dataset, index, kind, cache, flips)
         if light is None:
             to_decode.append(index)
         elif _is_bad(light):
@@ -120,9 +124,11 @@ def build_cache(
             members, extras = item_members(item, kind)
             entries[index] = {"image_keys": [m[1] for m in members], "prompts": [m[2] for m in members], **extras}
             for image, key, prompt in members:
-                if not cache.has_image(key) and key not in keys:
-                    images.append(image)
-                    keys.append(key)
+                for flip in (False, True) if flips else (False,):
+                    stored = flipped_key(key) if flip else key
+                    if not cache.has_image(stored) and stored not in keys:
+                        images.append((image, flip))
+                        keys.append(stored)
                 if not cache.has_prompt(prompt) and prompt not in prompts:
                     prompts.append(prompt)
         _encode_into_cache(parts, cache, images, keys, prompts, resolution, device, batch_size)
@@ -139,7 +145,7 @@ def build_cache(
 
 def _encode_into_cache(parts, cache, images, keys, prompts, resolution, device, batch_size) -> None:
     for start in range(0, len(images), batch_size):
-        pre = [preprocess_image(im, resolution) for im in images[start : start + batch_size]]
+        pre = [preprocess_image(im, resolution, flip) for im, flip in images[start : start + batch_size]]
         pixels = torch.stack([p for p, _ in pre]).to(device)
         mean, std = encode_pixels(parts, pixels)
         for i, key in enumerate(keys[start : start + batch_size]):
@@ -154,15 +160,19 @@ def _encode_into_cache(parts, cache, images, keys, prompts, resolution, device, 
 class CachedDataset(Dataset):
     """Examples from the cache: ``latent_mean/latent_std/time_ids/prompt_embeds[/pooled]`` with leading dim k."""
 
-    def __init__(self, entries: list[dict[str, Any]], cache: LatentTextCache) -> None:
-        self.entries, self.cache = entries, cache
+    def __init__(self, entries: list[dict[str, Any]], cache: LatentTextCache, random_flip: bool = False,
+                 flip_mode: str = "pair") -> None:
+        """``random_flip``: read each image's flipped latents with p = 0.5 (``flip_mode``: per_image | pair; the
+        cache must hold both orientations, ``build_cache(flips=True)``)."""
+        self.entries, self.cache, self.random_flip, self.flip_mode = entries, cache, random_flip, flip_mode
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
-        lat = [self.cache.get_image(k) for k in entry["image_keys"]]
+        flips = draw_flips(len(entry["image_keys"]), self.random_flip, self.flip_mode)
+        lat = [self.cache.get_image(flipped_key(k) if f else k) for k, f in zip(entry["image_keys"], flips)]
         loaded = {p: self.cache.get_prompt(p) for p in dict.fromkeys(entry["prompts"])}  # a pair's prompt read once
         txt = [loaded[p] for p in entry["prompts"]]
         example = {
@@ -184,8 +194,10 @@ class CachedDataset(Dataset):
 class PixelDataset(Dataset):
     """Uncached examples: ``pixels/time_ids`` (leading dim k) and prompts; bad items pass through as ``None``."""
 
-    def __init__(self, dataset: Dataset, kind: str, resolution: int, random_flip: bool = False, seed: int = 0):
+    def __init__(self, dataset: Dataset, kind: str, resolution: int, random_flip: bool = False, seed: int = 0,
+                 flip_mode: str = "pair"):
         self.dataset, self.kind, self.resolution, self.random_flip, self.seed = dataset, kind, resolution, random_flip, seed
+        self.flip_mode = flip_mode
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -195,9 +207,9 @@ class PixelDataset(Dataset):
         if _is_bad(item):
             return None
         members, extras = item_members(item, self.kind)
-        # One flip decision per item: winner and loser get identical geometry (spec §9).
-        flip = self.random_flip and bool(torch.rand(()) < 0.5)
-        pre = [preprocess_image(image, self.resolution, flip) for image, _, _ in members]
+        # flip_mode pair: one decision per item (identical geometry, spec §9); per_image: one per image (official)
+        flips = draw_flips(len(members), self.random_flip, self.flip_mode)
+        pre = [preprocess_image(image, self.resolution, f) for (image, _, _), f in zip(members, flips)]
         return {
             "pixels": torch.stack([p for p, _ in pre]),
             "time_ids": torch.stack([t for _, t in pre]),

@@ -6,7 +6,6 @@ Each function does one step of ``recipes/diffusion.py`` so the recipe reads top 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import torch
@@ -17,8 +16,11 @@ from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, 
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.caption_length import report_overlong
 from mmalign.diffusion.config import DATA_KIND, METHODS, REFERENCE_FREE, DiffusionRecipeConfig
+from mmalign.diffusion.flips import FLIP_MODES
+from mmalign.diffusion.kto_sampling import positive_ratio_weights, training_labels
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.soft_labels import REWARD_RANGES
 from mmalign.diffusion.speed import apply_speed_options
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,6 +51,14 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
     kind = cfg.data.kind or DATA_KIND[cfg.method.name]
     if kind != DATA_KIND[cfg.method.name]:
         raise ConfigError(f"config key 'data.kind': method '{cfg.method.name}' needs '{DATA_KIND[cfg.method.name]}' data")
+    if cfg.data.flip_mode not in FLIP_MODES:
+        raise ConfigError(f"config key 'data.flip_mode': '{cfg.data.flip_mode}' ({', '.join(FLIP_MODES)})")
+    if cfg.method.smpo.reward_range != "data" and cfg.method.smpo.reward_range not in REWARD_RANGES:
+        raise ConfigError(f"config key 'method.smpo.reward_range': '{cfg.method.smpo.reward_range}' "
+                          f"(data, {', '.join(REWARD_RANGES)})")
+    ratio = cfg.method.kto_positive_ratio
+    if ratio is not None and (cfg.method.name != "kto" or not 0.0 < ratio < 1.0):
+        raise ConfigError(f"config key 'method.kto_positive_ratio': {ratio} (kto only, in (0, 1), or null)")
     if cfg.method.loss_type not in ("sigmoid", "hinge", "ipo"):
         raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
     if cfg.lora.rank < 0:
@@ -78,10 +88,8 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     captions = report_overlong(dataset, parts.tokenizers[0], accelerator.print)  # truncated captions: counted
     if not cfg.data.cache:
         counter = SkipCounter(len(dataset), cfg.data.max_skip_fraction)
-        return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip),
+        return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip, flip_mode=cfg.data.flip_mode),
                 functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False, **captions})
-    if cfg.data.random_flip:
-        warnings.warn("data.random_flip is ignored with data.cache=true (latents are cached unflipped)", stacklevel=2)
     entries, stats = None, {}
     if accelerator.is_main_process:
         entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=cfg.train.progress_bar)
@@ -90,7 +98,16 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
         entries, stats, cache = prebuild_cache(cfg, kind, dataset, parts, device, progress=False)
     stats = {"cache": True, "cache_latents_dir": str(cache.latent_dir), "cache_text_dir": str(cache.text_dir), **stats,
              **captions}
-    return CachedDataset(entries, cache), collate_members, None, stats
+    return (CachedDataset(entries, cache, cfg.data.random_flip, cfg.data.flip_mode), collate_members, None,
+            stats)
+
+
+def sampling_weights(cfg: DiffusionRecipeConfig, train_set) -> list[float] | None:
+    """Per-example sampling weights for the loop's sampler: Diffusion-KTO's desirable ratio
+    (``method.kto_positive_ratio``, :mod:`mmalign.diffusion.kto_sampling`), else None (a permutation per epoch)."""
+    if cfg.method.kto_positive_ratio is None:
+        return None
+    return positive_ratio_weights(training_labels(train_set), cfg.method.kto_positive_ratio)
 
 
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,
@@ -101,7 +118,7 @@ def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffus
     cache = LatentTextCache.for_model(parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.cache_dtype)
     entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device,
                                  max_skip_fraction=cfg.data.max_skip_fraction, progress=progress,
-                                 num_workers=cfg.train.num_workers)
+                                 num_workers=cfg.train.num_workers, flips=cfg.data.random_flip)
     return entries, stats, cache
 
 

@@ -58,13 +58,21 @@ class MethodConfig:
     """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
     KTO beta (1000)."""
     loss_type: str = "sigmoid"
-    """dpo/dcpo: sigmoid | hinge | ipo (through mmalign.objectives.preference_loss)."""
+    """dpo/dcpo: sigmoid | hinge | ipo (through mmalign.objectives.preference_loss), all with ``beta`` in the
+    official -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid -logsig(beta h),
+    hinge relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2). The diffusers script's lines use
+    logits = 2h with its own beta_dpo = beta/2: its sigmoid and hinge are the same losses, its ipo line
+    (logits - 1/(2 beta_dpo))^2 = 4 (h - 1/(2 beta)) ^ 2 (same minimiser h* = 1/(2 beta), 4x the loss); see
+    mmalign.diffusion.methods."""
     mapo_snr: float = 0.5
     """MaPO ``s`` in the bounded link g_s(l) = s*l / (exp(s*l) - 1)."""
     rank_source: str = "model"
     """RankDPO discount ranking: model (current scores) | label (preference scores)."""
     kto_lambda_desirable: float = 1.0
     kto_lambda_undesirable: float = 1.0
+    kto_positive_ratio: float | None = None
+    """kto: sample desirable images with this probability (official WeightedRandomSampler: argparse 0.5, example
+    0.8; see kto_sampling.py); null: every example once per epoch in a random order."""
     timestep_weight: str = "none"
     """Per-timestep weight omega(t) multiplying the per-sample error: none (official, 1) | snr_inverse."""
     empty_prompt_prob: float = 0.0
@@ -88,7 +96,11 @@ class DataConfig:
     resolution: int = 512
     """Images are resized (shorter side) and center-cropped to this size."""
     random_flip: bool = False
-    """Horizontal flip with p=0.5 (only without cache: cached latents are fixed)."""
+    """Horizontal flip with p=0.5 (the official DiffusionDPO/SmPO/InPO/DCPO trainers flip; not the toy world, whose
+    captions say left/right). With the cache both orientations are encoded and stored (2x the cache)."""
+    flip_mode: str = "pair"
+    """per_image (each image its own draw: the official trainers' per-image RandomHorizontalFlip) | pair (one draw
+    per item: the diffusers SDXL script); see mmalign/diffusion/flips.py."""
     cache: bool = True
     """Cache VAE latents and text embeddings on disk (keyed by content hash, model and resolution)."""
     cache_dir: str | None = None

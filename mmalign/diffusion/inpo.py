@@ -10,8 +10,10 @@ InPO (Lu et al., CVPR 2025, arXiv 2503.18454; official ``JaydenLyh/InPO`` ``trai
 
 i.e. :func:`mmalign.objectives.preference_loss` ``("sigmoid")`` on scores ``-e/2`` — exactly the Diffusion-DPO step
 with the forward noise replaced by the ``ddim`` noise provider (:mod:`mmalign.diffusion.noise_providers`).
-Differences from the official code (documented choices): the inversion grid ends exactly at ``t`` (official: the
-first "leading" grid level >= t, started from a negative timestep) and any per-device batch size works (official: 1).
+The inversion follows ``method.noise.convention`` (default ``official``: diffusers 0.20's ``DDIMInverseScheduler``
+grid and query level, as the official code ran; ``exact``: a grid ending exactly at ``t``;
+:mod:`mmalign.diffusion.inversion_plan`). Difference from the official code: any per-device batch size works, each
+pair with its own ``t`` (official: 1).
 
 Logged: the Diffusion-DPO metrics (``implicit_acc``, ``model_mse``, ``ref_mse``, ``e_w`` ...) plus
 ``implied_noise_std`` (the std of the inversion-derived noise; 1 for Gaussian noise).

@@ -3,31 +3,25 @@
 Used by SmPO (ReNoise inversion) and InPO (DDIM inversion with a small stochastic term) to find the trajectory
 point ``x_t`` the model itself assigns to a preference image (spec ``diffusion_objectives.md`` §3, §4).
 
-Grid (a deliberate, documented difference from the official code). The official SmPO/InPO ``train.py`` uses
-diffusers' ``DDIMInverseScheduler`` with a "leading" grid of ``K`` points over ``[0, 1000)`` (first step from a
-negative timestep) and stops at the first grid level at or above the sampled ``t``, so the latent sits at a
-slightly different noise level than ``t``. Here every sample gets its own grid that starts at the clean latent
-(``abar = 1``) and ends **exactly** at its ``t``::
-
-    n_i   = max(1, ceil(K * t_i / T))               # about the official step size T / K
-    tau_k = round(k * t_i / n_i),  k = 1..n_i       # integer levels, tau_{n_i} = t_i
-    abar(level 0) = 1 (clean x0),  abar(level k) = alphas_cumprod[tau_k]
-
+Which levels the steps go through and where the model is queried is the *convention*
+(:mod:`mmalign.diffusion.inversion_plan`): ``official`` = diffusers 0.20's ``DDIMInverseScheduler`` as the SmPO /
+InPO code ran it (rolled "leading" grid, model queried at the level of its input latent, ending at the next grid
+level >= t); ``exact`` = a per-sample grid from the clean latent to exactly ``t``, queried at the target level.
 Samples of one batch may have different ``t`` (per-device batch size > 1; the official code supports 1): each
 iteration runs the model only on the samples that still have steps left.
 
-One inversion step from level ``a`` (``abar_prev``) to level ``b`` (``abar_next``) with noise estimate ``e``
-(DDIM, eta = 0; the model is queried at the *target* timestep ``tau_k``, as diffusers' ``DDIMInverseScheduler``
-and null-text/ReNoise inversion code do)::
+One inversion step from level ``a`` (``abar_src``) to level ``b`` (``abar_dst``) with noise estimate ``e``
+(DDIM, eta = 0)::
 
-    x0_hat = (z - sqrt(1 - a) e) / sqrt(a);   z' = sqrt(b) x0_hat + sqrt(1 - b) e
+    x0_hat = (z - sqrt(1 - a) e) / sqrt(a)      (official: clamped to clip_sample_range if clip_sample)
+    z'     = sqrt(b) x0_hat + sqrt(1 - b) e
 
-* **DDIM inversion** (InPO): ``e = eps(z, tau_k)``; then ``z' += eta * sqrt(Var_DDIM(tau_k -> tau_{k-1})) * N(0, I)``
-  with ``Var = (1 - a)/(1 - b) * (1 - b/a)`` (diffusers ``DDIMScheduler._get_variance(tau_k, tau_{k-1})``;
-  official InPO ``inversion_eta = 0.1``; zero on the first step, which starts from the clean latent).
-* **ReNoise inversion** (SmPO; Garibi et al. 2024): ``e_0 = eps(z, tau_k)``, ``z_0 = step(z, e_0)``; for
-  ``r = 1..R``: ``e_r = eps(z_{r-1}, tau_k)``, ``z_r = step(z, mean(e_0..e_r))``. With ``R = 1`` this is exactly
-  the official SmPO loop (``e1``, ``e2``, ``step(z, (e1 + e2) / 2)``).
+* **DDIM inversion** (InPO): ``e = eps(z, tau_q)``; then ``z' += eta * sqrt(Var_DDIM(b, a)) * N(0, I)`` with
+  ``Var = (1 - a)/(1 - b) * (1 - b/a)`` (InPO ``train.py`` l.1008-1011: ``noise_scheduler._get_variance(tau +
+  T/K, tau)``, ``inversion_eta = 0.1``; with the exact grid zero on the first step, whose ``a`` = 1).
+* **ReNoise inversion** (SmPO; Garibi et al. 2024): ``e_0 = eps(z, tau_q)``, ``z_0 = step(z, e_0)``; for
+  ``r = 1..R``: ``e_r = eps(z_{r-1}, tau_q)``, ``z_r = step(z, mean(e_0..e_r))``. With ``R = 1`` this is exactly
+  the official SmPO loop (``train.py`` l.1003-1022: ``e1``, ``e2`` at the same timestep, ``step(z, (e1 + e2)/2)``).
 
 v-prediction models are inverted through ``eps = sqrt(abar) v + sqrt(1 - abar) x`` at the query level.
 Everything runs without gradient; arithmetic in float32, model inputs in the model's dtype.
@@ -35,34 +29,11 @@ Everything runs without gradient; arithmetic in float32, model inputs in the mod
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-
-def inversion_grid(t: torch.Tensor, num_steps: int, num_train_timesteps: int) -> list[list[int]]:
-    """Per-sample integer grids ``[tau_1, ..., tau_n]`` ending exactly at ``t_i`` (see module docstring)."""
-    if num_steps < 1:
-        raise ValueError(f"number of inversion steps must be >= 1, got {num_steps}")
-    grids = []
-    for ti in t.tolist():
-        ti = int(ti)
-        if not 0 <= ti < num_train_timesteps:
-            raise ValueError(f"timestep {ti} outside [0, {num_train_timesteps})")
-        n = max(1, math.ceil(num_steps * ti / num_train_timesteps))
-        grids.append([round(k * ti / n) for k in range(1, n + 1)])
-    return grids
-
-
-def _levels(grids: list[list[int]], step: int) -> tuple[list[int], list[int]]:
-    """Indices of samples active at iteration ``step`` and their query timesteps ``tau_{step+1}``."""
-    active = [i for i, g in enumerate(grids) if step < len(g)]
-    return active, [grids[i][step] for i in active]
-
-
-def _abar(level_t: int | None, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    return torch.ones((), dtype=torch.float64) if level_t is None else alphas_cumprod[level_t].double()
+from mmalign.diffusion.inversion_plan import Step, inversion_plan
 
 
 def predict_eps(
@@ -84,11 +55,15 @@ def predict_eps(
     raise ValueError(f"inversion supports epsilon and v_prediction models, not '{prediction_type}'")
 
 
-def ddim_inversion_step(z: torch.Tensor, eps: torch.Tensor, abar_prev: torch.Tensor, abar_next: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM step from level ``abar_prev`` to ``abar_next`` (either direction); per-sample (N,)."""
+def ddim_inversion_step(z: torch.Tensor, eps: torch.Tensor, abar_prev: torch.Tensor, abar_next: torch.Tensor,
+                        clip: float | None = None) -> torch.Tensor:
+    """Deterministic DDIM step from level ``abar_prev`` to ``abar_next`` (either direction); per-sample (N,).
+    ``clip``: clamp ``x0_hat`` to ``[-clip, clip]`` (diffusers' ``clip_sample``)."""
     shape = (-1, *[1] * (z.dim() - 1))
     a, b = abar_prev.view(shape).to(z), abar_next.view(shape).to(z)
     x0_hat = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    if clip is not None:
+        x0_hat = x0_hat.clamp(-clip, clip)
     return b.sqrt() * x0_hat + (1 - b).sqrt() * eps
 
 
@@ -97,43 +72,46 @@ def ddim_posterior_variance(abar_larger_t: torch.Tensor, abar_smaller_t: torch.T
     return (1 - abar_smaller_t) / (1 - abar_larger_t) * (1 - abar_larger_t / abar_smaller_t)
 
 
+def _column(steps: list[Step], field: str, device: torch.device) -> torch.Tensor:
+    return torch.tensor([getattr(s, field) for s in steps], dtype=torch.float64, device=device)
+
+
 @torch.no_grad()
 def invert(
     unet: Any, scheduler: Any, x0: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor], *,
     num_steps: int = 10, renoise_iters: int = 0, eta: float = 0.0, prediction_type: str = "epsilon",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, convention: str = "official",
 ) -> torch.Tensor:
-    """Invert clean latents ``x0`` (N, C, H, W) to their own timesteps ``t`` (N,) with ``unet``; returns ``x_t``.
+    """Invert clean latents ``x0`` (N, C, H, W) to their own timesteps ``t`` (N,) with ``unet``; returns the
+    inverted latents (under ``convention="official"`` at the grid level the official loop reaches, see
+    :mod:`mmalign.diffusion.inversion_plan`; ``"exact"``: at ``t``).
 
     ``renoise_iters=0, eta=0``: plain DDIM inversion; ``renoise_iters=R``: ReNoise; ``eta>0``: InPO's stochastic
     term. ``cond``: ``prompt_embeds`` (N, L, D) and, for SDXL, ``pooled`` and ``time_ids``.
     """
-    alphas = scheduler.alphas_cumprod.to("cpu", torch.float64)
-    grids = inversion_grid(t.cpu(), num_steps, int(scheduler.config.num_train_timesteps))
+    plan = inversion_plan(t, num_steps, scheduler, convention)
     z = x0.detach().float().clone()
-    previous: list[int | None] = [None] * len(grids)
-    for step in range(max(len(g) for g in grids)):
-        active, taus = _levels(grids, step)
+    for k in range(plan.iterations):
+        active = [i for i, s in enumerate(plan.steps) if k < len(s)]
+        steps = [plan.steps[i][k] for i in active]
         idx = torch.tensor(active, device=x0.device)
-        sub_cond = {k: v[idx] for k, v in cond.items()}
-        tau = torch.tensor(taus, device=x0.device, dtype=torch.long)
-        a = torch.stack([_abar(previous[i], alphas) for i in active]).to(x0.device)
-        b = torch.stack([_abar(taus[j], alphas) for j in range(len(active))]).to(x0.device)
+        sub_cond = {key: v[idx] for key, v in cond.items()}
+        tau = torch.tensor([s.query for s in steps], device=x0.device, dtype=torch.long)
+        a, b = _column(steps, "src", x0.device), _column(steps, "dst", x0.device)
+        q = _column(steps, "query_abar", x0.device)
         z_prev = z[idx]
-        eps = predict_eps(unet, z_prev, tau, sub_cond, prediction_type, b)
-        z_next = ddim_inversion_step(z_prev, eps, a, b)
+        eps = predict_eps(unet, z_prev, tau, sub_cond, prediction_type, q)
+        z_next = ddim_inversion_step(z_prev, eps, a, b, plan.clip)
         if renoise_iters > 0:
             eps_sum = eps.clone()
             for r in range(1, renoise_iters + 1):
-                eps_sum += predict_eps(unet, z_next, tau, sub_cond, prediction_type, b)
-                z_next = ddim_inversion_step(z_prev, eps_sum / (r + 1), a, b)
+                eps_sum += predict_eps(unet, z_next, tau, sub_cond, prediction_type, q)
+                z_next = ddim_inversion_step(z_prev, eps_sum / (r + 1), a, b, plan.clip)
         if eta > 0:
             std = eta * ddim_posterior_variance(b, a).clamp(min=0).sqrt()
             noise = torch.randn(z_next.shape, generator=generator, device=z_next.device, dtype=z_next.dtype)
             z_next = z_next + std.view(-1, *[1] * (z.dim() - 1)).to(z_next) * noise
         z[idx] = z_next
-        for j, i in enumerate(active):
-            previous[i] = taus[j]
     return z
 
 
@@ -142,20 +120,18 @@ def ddim_denoise(
     unet: Any, scheduler: Any, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor], *,
     num_steps: int = 10, prediction_type: str = "epsilon",
 ) -> torch.Tensor:
-    """Deterministic DDIM sampling from ``x_t`` at ``t`` back to the clean level on the same grid as :func:`invert`
-    (the model is queried at the current level ``tau_k`` to step to ``tau_{k-1}``, the clean level last)."""
-    alphas = scheduler.alphas_cumprod.to("cpu", torch.float64)
-    grids = [list(reversed(g)) for g in inversion_grid(t.cpu(), num_steps, int(scheduler.config.num_train_timesteps))]
+    """Deterministic DDIM sampling from ``x_t`` at ``t`` back to the clean level on the ``exact`` grid of
+    :func:`invert` (the model is queried at the current level ``tau_k`` to step to ``tau_{k-1}``, the clean level
+    last)."""
+    plan = inversion_plan(t, num_steps, scheduler, "exact")
     z = x_t.detach().float().clone()
-    for step in range(max(len(g) for g in grids)):
-        active = [i for i, g in enumerate(grids) if step < len(g)]
+    for k in range(plan.iterations):
+        active = [i for i, s in enumerate(plan.steps) if k < len(s)]
+        steps = [plan.steps[i][len(plan.steps[i]) - 1 - k] for i in active]  # walked backwards
         idx = torch.tensor(active, device=x_t.device)
-        taus = [grids[i][step] for i in active]
-        nexts = [grids[i][step + 1] if step + 1 < len(grids[i]) else None for i in active]
-        a = torch.stack([_abar(tau, alphas) for tau in taus]).to(x_t.device)
-        b = torch.stack([_abar(nxt, alphas) for nxt in nexts]).to(x_t.device)
-        tau = torch.tensor(taus, device=x_t.device, dtype=torch.long)
-        eps = predict_eps(unet, z[idx], tau, {k: v[idx] for k, v in cond.items()}, prediction_type, a)
+        a, b = _column(steps, "dst", x_t.device), _column(steps, "src", x_t.device)
+        tau = torch.tensor([s.query for s in steps], device=x_t.device, dtype=torch.long)
+        eps = predict_eps(unet, z[idx], tau, {key: v[idx] for key, v in cond.items()}, prediction_type, a)
         z[idx] = ddim_inversion_step(z[idx], eps, a, b)
     return z
 

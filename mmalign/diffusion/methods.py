@@ -23,6 +23,17 @@ ppd        pairs of many users, shared t and noise, user-conditioned policy vs t
            (§5; ``mmalign.diffusion.ppd.step``)
 =========  =================================================================================================
 
+Diffusion IPO (``loss_type: ipo``; issue 16). With ``h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l))`` the
+official sigmoid loss is ``-logsig(beta h)`` (beta 5000), so ``h`` is the log-ratio margin of scores ``-e/2`` and
+IPO (Azar et al. 2023; TRL ``(logits - 1/(2 beta))^2``) is ``(h - 1/(2 beta))^2`` with the **same** ``beta`` as
+the sigmoid. The diffusers ``train_diffusion_dpo.py`` (huggingface/diffusers @ 58eb52c0, l.878-885) computes
+``logits = ref_diff - model_diff = 2h`` with ``beta_dpo = beta/2`` (default 2500 = official 5000): its sigmoid
+``-logsig(beta_dpo logits)`` and hinge ``relu(1 - beta_dpo logits)`` equal ours; its IPO line
+``(logits - 1/(2 args.beta))^2`` cannot run (``args.beta`` is undefined); read as ``args.beta_dpo`` it is
+``(2h - 1/beta)^2 = 4 (h - 1/(2 beta))^2``: the same minimiser ``h* = 1/(2 beta)``, 4x our loss (a constant
+factor: 4x the gradients, about no change under Adam). ``method.beta`` therefore means the same thing for every
+loss type — the official -(beta/2) convention — as the config documents.
+
 Logged: ``loss``, ``implicit_acc`` (official: fraction with the DPO logit > 0), ``rewards/*`` from the objective,
 ``model_mse`` / ``ref_mse`` (official names), ``e_w``, ``e_l``, ``e_ref_w``, ``e_ref_l``.
 """

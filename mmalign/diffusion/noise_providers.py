@@ -15,7 +15,9 @@ renoise    image-specific: ReNoise inversion with ``renoise_iters`` re-predictio
 =========  ===================================================================================================
 
 Inversion runs without gradient with the **current policy** (official SmPO/InPO ``train.py`` call ``unet``) or,
-with ``inversion_model: reference``, with the reference model. Details of the grid: :mod:`mmalign.diffusion.inversion`.
+with ``inversion_model: reference``, with the reference model. The grid and the query level follow ``convention``
+(official: diffusers 0.20 as the SmPO/InPO code ran it; exact: ending exactly at ``t``):
+:mod:`mmalign.diffusion.inversion_plan`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from mmalign.diffusion.inversion import implied_noise, invert
+from mmalign.diffusion.inversion_plan import CONVENTIONS
 from mmalign.diffusion.reference import unwrap
 
 PROVIDERS = ("forward", "ddim", "renoise")
@@ -36,9 +39,15 @@ METHOD_DEFAULTS = {"smpo": {"provider": "renoise", "eta": 0.0}, "inpo": {"provid
 class NoiseConfig:
     provider: str | None = None
     """forward | ddim | renoise (null: the method's own — smpo: renoise, inpo: ddim, others: forward)."""
+    convention: str = "official"
+    """official | exact: the inversion grid and the timestep the model is queried at (inversion_plan.py).
+    official = diffusers 0.20 DDIMInverseScheduler as the SmPO/InPO code ran it: rolled "leading" grid of K
+    points, model queried at the level of its input latent (the clean latent at -T/K + steps_offset), every grid
+    step below t, so the latent ends at the next grid level >= t; exact = a grid from the clean latent ending
+    exactly at t, model queried at each step's target level."""
     inversion_steps: int = 10
-    """K: inversion steps over the full range [0, T); a sample at t gets max(1, ceil(K t / T)) steps ending
-    exactly at t (official: 10 for SDXL and InPO, 5 for SmPO SD1.5)."""
+    """K: grid points over the full range [0, T) (official: 10 for SDXL and InPO, 5 for SmPO SD1.5; the official
+    convention needs K >= 2). exact: a sample at t gets max(1, ceil(K t / T)) steps ending exactly at t."""
     renoise_iters: int = 1
     """ReNoise re-predictions per inversion step (official SmPO: 1, i.e. the average of 2 predictions)."""
     eta: float | None = None
@@ -53,12 +62,14 @@ def resolved(cfg: NoiseConfig, method: str) -> NoiseConfig:
     out = NoiseConfig(
         provider=cfg.provider or defaults["provider"], inversion_steps=cfg.inversion_steps,
         renoise_iters=cfg.renoise_iters, eta=defaults["eta"] if cfg.eta is None else cfg.eta,
-        inversion_model=cfg.inversion_model,
+        inversion_model=cfg.inversion_model, convention=cfg.convention,
     )
     if out.provider not in PROVIDERS:
         raise ValueError(f"config key 'method.noise.provider': '{out.provider}' ({', '.join(PROVIDERS)})")
     if out.inversion_model not in ("policy", "reference"):
         raise ValueError(f"config key 'method.noise.inversion_model': '{out.inversion_model}' (policy, reference)")
+    if out.convention not in CONVENTIONS:
+        raise ValueError(f"config key 'method.noise.convention': '{out.convention}' ({', '.join(CONVENTIONS)})")
     if out.inversion_steps < 1 or out.renoise_iters < 0 or out.eta < 0:
         raise ValueError("config keys 'method.noise.*': inversion_steps >= 1, renoise_iters >= 0, eta >= 0")
     return out
@@ -75,12 +86,14 @@ def forward_noise(x0: torch.Tensor, groups: int, group_size: int,
 def inversion_noise(
     unet: Any, scheduler: Any, x0: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor], *,
     num_steps: int, renoise_iters: int = 0, eta: float = 0.0, prediction_type: str = "epsilon",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, convention: str = "official",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(eps_hat, x_t)``: invert ``x0`` to ``t`` with ``unet`` and return the implied noise and the point
-    ``scheduler.add_noise(x0, eps_hat, t)`` (equal to the inverted latent up to float rounding)."""
+    """``(eps_hat, x_t)``: invert ``x0`` with ``unet`` and return the implied noise at ``t`` and the point
+    ``scheduler.add_noise(x0, eps_hat, t)`` (equal to the inverted latent up to float rounding). Under the official
+    convention the inverted latent sits at a grid level near ``t``; as in the official code (InPO ``train.py``
+    l.1012-1014) the implied noise is computed with ``abar_t`` of the sampled ``t``."""
     x_inv = invert(unet, scheduler, x0, t, cond, num_steps=num_steps, renoise_iters=renoise_iters, eta=eta,
-                   prediction_type=prediction_type, generator=generator)
+                   prediction_type=prediction_type, generator=generator, convention=convention)
     eps_hat = implied_noise(x0.float(), x_inv, t, scheduler.alphas_cumprod)
     return eps_hat, scheduler.add_noise(x0.float(), eps_hat, t.to(x0.device))
 
@@ -103,7 +116,7 @@ class NoiseProvider:
             raise ValueError("method.noise: DDIM/ReNoise inversion needs an epsilon or v_prediction model")
         renoise = cfg.renoise_iters if cfg.provider == "renoise" else 0
         kwargs = dict(num_steps=cfg.inversion_steps, renoise_iters=renoise, eta=cfg.eta,
-                      prediction_type=ctx.parts.prediction_type)
+                      prediction_type=ctx.parts.prediction_type, convention=cfg.convention)
         with torch.no_grad(), ctx.autocast():
             if cfg.inversion_model == "reference":
                 with ctx.reference.model(unwrap(policy)) as ref:

@@ -7,7 +7,8 @@ SmPO (Lu et al., ICML 2025, arXiv 2506.02698; official ``JaydenLyh/SmPO`` ``trai
     kappa    = gamma (2p - 1),  p = sigmoid(r'_w - r'_l),  r' min-max normalised over the data set
                (mmalign.objectives.smoothed.smpo_kappa); order human: gamma |2p - 1|, since the signed kappa on
                a pair the scorer disagrees with is exactly the scorer-ordered loss (the option would do nothing)
-    x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad); eps^* the implied noise
+    x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad; method.noise.convention, default official =
+               diffusers 0.20's DDIMInverseScheduler as the official code ran it); eps^* the implied noise at t
     L        = -logsig(-(beta/2) kappa ((e_theta^w - e_theta^l) - (e_ref^w - e_ref^l)))
              = preference_loss("sigmoid", ..., beta = beta * kappa)   (per-pair beta)
 
@@ -39,16 +40,17 @@ def _labels(path: str) -> SoftLabels:
 
 
 def order_and_kappa(labels: SoftLabels, chosen_keys: list[str], rejected_keys: list[str], *, gamma: float,
-                    order: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    order: str, reward_range: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
     """``(swap [B] bool, kappa [B])``: which pairs to swap so the scorer's winner comes first (``order=scorer``;
-    never for ``human``) and the SmPO weight of each pair in the resulting order."""
+    never for ``human``) and the SmPO weight of each pair in the resulting order (rewards normalised with
+    ``labels.reward_range(reward_range)``)."""
     if order not in ORDERS:
         raise ValueError(f"config key 'method.smpo.order': '{order}' ({', '.join(ORDERS)})")
     r_c, r_r = labels.rewards(chosen_keys, rejected_keys)
     swap = (r_r > r_c) if order == "scorer" else torch.zeros_like(r_c, dtype=torch.bool)
     r_w, r_l = torch.where(swap, r_r, r_c), torch.where(swap, r_c, r_r)
-    kappa = smpo_kappa(r_w, r_l, gamma=gamma, reward_min=labels.reward_min, reward_max=labels.reward_max,
-                       signed=order == "scorer")
+    lo, hi = labels.reward_range(reward_range)
+    kappa = smpo_kappa(r_w, r_l, gamma=gamma, reward_min=lo, reward_max=hi, signed=order == "scorer")
     return swap, kappa
 
 
@@ -72,7 +74,7 @@ def smpo_step(ctx: Any, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tenso
     groups = batch["groups"]
     keys = batch["image_keys"]
     swap, kappa = order_and_kappa(_labels(cfg.labels), keys[:groups], keys[groups:], gamma=cfg.gamma,
-                                  order=cfg.order)
+                                  order=cfg.order, reward_range=cfg.reward_range)
     x0, cond = ctx.inputs(batch, ctx.device)
     x0 = swap_pairs(x0, swap)
     cond = {k: swap_pairs(v, swap) for k, v in cond.items()}

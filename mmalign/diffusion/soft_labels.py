@@ -7,7 +7,9 @@ cosine on Pick-a-Pic v2 for the normalisation. Here:
 * any scorer of the :mod:`scorers` API scores the pairs (``scorer.score(images, prompts, raw=True)``: the cosine for
   cosine heads, the head output for the aesthetic MLP);
 * ``reward_min`` / ``reward_max`` are the min and max over **all scored images of the data set** (spec pitfall 3:
-  the official constants are data- and scorer-specific), stored with the scores;
+  the official constants are data- and scorer-specific), stored with the scores; ``method.smpo.reward_range``
+  chooses them (``data``, the default) or a named official range (:data:`REWARD_RANGES`:
+  ``pickapic_v2_pickscore``, hard-coded in ``JaydenLyh/SmPO`` @ 8922d54 ``train.py`` l.741-742);
 * the file (JSON, ``format: mmalign.smpo_soft_labels/1``) holds, per pair ``"<chosen_key>|<rejected_key>"``, the raw
   rewards ``[r_chosen, r_rejected]`` in the data set's (human) order; the training step orders and weights pairs
   (:mod:`mmalign.diffusion.smpo`). Its default location is keyed by a fingerprint of the data (image keys and
@@ -31,6 +33,11 @@ from tqdm.auto import tqdm
 
 FORMAT = "mmalign.smpo_soft_labels/1"
 TINY = "tiny:"
+REWARD_RANGES: dict[str, tuple[float, float]] = {
+    "pickapic_v2_pickscore": (0.11543526500463486, 0.28201571106910706),
+}
+"""Named official ``(min, max)`` reward ranges. ``pickapic_v2_pickscore``: PickScore's raw cosine on Pick-a-Pic v2
+(SmPO ``train.py`` l.741-742 ``max_val`` / ``min_val``)."""
 
 
 @dataclass
@@ -51,6 +58,9 @@ class SmpoConfig:
     labels: str | None = None
     """Soft-label file (JSON). null: <data cache root>/smpo_labels/<scorer>-<data+scorer fingerprint>.json,
     computed on first use. An existing file given here is used as is."""
+    reward_range: str = "data"
+    """Min/max of the reward normalisation: data (over the data set's scored images, stored with the labels) or a
+    named official range: pickapic_v2_pickscore = 0.11543526500463486 .. 0.28201571106910706 (SmPO train.py)."""
     batch_size: int = 32
     """Images per scorer forward while labelling."""
 
@@ -157,6 +167,14 @@ class SoftLabels:
         if doc.get("format") != FORMAT:
             raise ValueError(f"{path}: not an SmPO soft-label file (format {doc.get('format')!r}, expected {FORMAT})")
         return cls(doc["pairs"], float(doc["reward_min"]), float(doc["reward_max"]), str(path))
+
+    def reward_range(self, name: str = "data") -> tuple[float, float]:
+        """``(min, max)`` of the normalisation: the data set's (``data``) or a named official range."""
+        if name == "data":
+            return self.reward_min, self.reward_max
+        if name not in REWARD_RANGES:
+            raise ValueError(f"config key 'method.smpo.reward_range': '{name}' (data, {', '.join(REWARD_RANGES)})")
+        return REWARD_RANGES[name]
 
     def rewards(self, chosen_keys: list[str], rejected_keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw rewards ``(r_chosen [B], r_rejected [B])`` (float64) of the pairs in the data set's order."""

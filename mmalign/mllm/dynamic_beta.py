@@ -17,7 +17,9 @@ Modes (``method.beta_mode``):
   a weighted draw ``S`` of ``int(0.8 |A|)`` entries without replacement, and
   ``beta_batch = max(1e-3, beta * (1 + w * (mean A_S - mean A)))`` — one beta for the whole batch. Needs at
   least 2 pairs in total (the code fails with one: NaN std, empty draw); here that raises a clear error.
-  [unverified details: unbiased std, int() rounding of the 80 % draw.]
+  Transcribed from ``Kwai-YuanQi/MM-RLHF`` @ 7c8af1d ``trl/trainer/dpo_trainer.py`` l.797-818 (unbiased
+  ``torch.std``, ``(A - mean) / (std + 1e-7)``, ``int(n * (1 - 0.2))`` draws with ``torch.multinomial`` without
+  replacement); tests/vlm/test_official_parity.py compares it with that code.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def batch_implicit_beta(
             f"method.beta_mode=batch_implicit needs at least 2 pairs per step over all processes (got {n}); "
             "raise train.batch_size or use beta_mode=fixed|per_sample"
         )
-    centred = (values - values.mean()) / values.std().clamp(min=1e-12)
+    centred = (values - values.mean()) / (values.std() + 1e-7)
     weights = torch.exp(-0.5 * centred**2)
     picked = torch.multinomial(weights.cpu(), take, replacement=False, generator=generator).to(values.device)
     return (beta * (1.0 + weight * (values[picked].mean() - values.mean()))).clamp(min=1e-3)

@@ -7,7 +7,10 @@ Each step runs the policy forward on a batch built by :class:`mmalign.mllm.video
 * ``dpo`` (TEMPLE): :func:`mmalign.objectives.preference_loss` on summed completion log-probs of
   ``[chosen ; rejected]`` (same video), plus ``sft_weight`` x token-mean NLL of the chosen rows — TEMPLE ran
   ms-swift <= 3.7 whose ``rpo_alpha`` defaulted to 1.0 (spec §3);
-* ``vdpo``: the same loss on ``[response | clean video ; response | perturbed video]`` (spec §7);
+* ``vdpo``: the same loss on ``[response | clean video ; response | perturbed video]`` (spec §7). No parity test
+  against official code exists because none is public: PaMi-VDPO (Ding et al., arXiv 2504.05810) released no
+  code that repository, code or issue search could find (the two "VDPO" repositories in the index are unrelated
+  projects); the loss is the sigmoid core, tested against TRL's, on a pair whose rejected row is the augmented clip;
 * ``rrpo``: :func:`mmalign.objectives.rrpo.rrpo_loss` with phrase ids and the chosen-side token KL (spec §2).
 
 Reference: a frozen model passed as ``ref_model``, or, when ``ref_model`` is None, the same (peft) model with

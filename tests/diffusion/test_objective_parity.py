@@ -174,3 +174,42 @@ def test_flow_target_and_velocity_target():
     abar = scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
     torch.testing.assert_close(x, abar.sqrt() * x0 + (1 - abar).sqrt() * eps)
     torch.testing.assert_close(target, abar.sqrt() * eps - (1 - abar).sqrt() * x0)
+
+
+def _diffusers_script_loss(model_losses, ref_losses, beta_dpo: float, loss_type: str) -> torch.Tensor:
+    """huggingface/diffusers @ 58eb52c0 examples/research_projects/diffusion_dpo/train_diffusion_dpo.py l.851-885
+    (the IPO line's undefined ``args.beta`` read as ``args.beta_dpo``)."""
+    model_losses_w, model_losses_l = model_losses.chunk(2)
+    model_diff = model_losses_w - model_losses_l
+    ref_losses_w, ref_losses_l = ref_losses.chunk(2)
+    ref_diff = ref_losses_w - ref_losses_l
+    logits = ref_diff - model_diff
+    if loss_type == "sigmoid":
+        return -1 * F.logsigmoid(beta_dpo * logits).mean()
+    if loss_type == "hinge":
+        return torch.relu(1 - beta_dpo * logits).mean()
+    return ((logits - 1 / (2 * beta_dpo)) ** 2).mean()
+
+
+def test_ipo_decision_against_the_diffusers_script():
+    """Issue 16: method.beta is the official -(beta/2) beta for every loss type; the diffusers script's beta_dpo is
+    beta/2. Its sigmoid and hinge then equal ours, and its IPO line is 4x ours (same minimiser h* = 1/(2 beta))."""
+    from mmalign.objectives import preference_loss
+
+    g = torch.Generator().manual_seed(0)
+    beta = 5000.0
+    e_ref = 0.1 + 0.05 * torch.rand(2 * 8, generator=g)
+    e = e_ref + 2e-4 * torch.randn(2 * 8, generator=g)  # margins around 1/(2 beta) = 1e-4
+    (e_w, e_l), (r_w, r_l) = e.chunk(2), e_ref.chunk(2)
+    ours = {}
+    for kind in ("sigmoid", "hinge", "ipo"):
+        b = 100.0 if kind == "hinge" else beta  # keep the hinge inside its linear part
+        losses, _ = preference_loss(kind, chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w,
+                                    ref_rejected=-0.5 * r_l, beta=b)
+        ours[kind] = losses.mean()
+        theirs = _diffusers_script_loss(e, e_ref, b / 2, kind)
+        factor = 4.0 if kind == "ipo" else 1.0
+        torch.testing.assert_close(factor * ours[kind], theirs, rtol=1e-5, atol=1e-12)
+    # the IPO loss is minimal where h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)) = 1/(2 beta)
+    h = -0.5 * ((e_w - e_l) - (r_w - r_l))
+    torch.testing.assert_close(ours["ipo"], ((h - 1 / (2 * beta)) ** 2).mean(), rtol=1e-5, atol=1e-14)

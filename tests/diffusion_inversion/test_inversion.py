@@ -1,12 +1,14 @@
 """DDIM / ReNoise inversion on tiny real diffusers UNets: exact grids, exact implied noise, invert→denoise
-round trips, batching (per-sample t) and the InPO stochastic term against an independent loop."""
+round trips, batching (per-sample t) and the InPO stochastic term against an independent loop (the ``exact``
+convention; the ``official`` one is compared with diffusers 0.20 + the official loops in test_official_inversion)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mmalign.diffusion.inversion import ddim_denoise, implied_noise, inversion_grid, invert
+from mmalign.diffusion.inversion import ddim_denoise, implied_noise, invert
+from mmalign.diffusion.inversion_plan import inversion_grid
 from mmalign.diffusion.noise_providers import inversion_noise
 
 T = torch.tensor([400, 150, 37])
@@ -61,7 +63,7 @@ def test_constant_zero_prediction_inverts_in_closed_form(models):
         zero.conv_out.weight.zero_()
         zero.conv_out.bias.zero_()
     x0, cond = _inputs("sd15")
-    x_t = invert(zero, sched, x0, T, cond, num_steps=10, renoise_iters=2)
+    x_t = invert(zero, sched, x0, T, cond, num_steps=10, renoise_iters=2, convention="exact")
     abar = sched.alphas_cumprod[T].view(-1, 1, 1, 1)
     torch.testing.assert_close(x_t, abar.sqrt() * x0, rtol=0, atol=1e-5)
     assert implied_noise(x0, x_t, T, sched.alphas_cumprod).abs().max() < 1e-4
@@ -76,7 +78,8 @@ def test_invert_then_denoise_returns_the_latent(models, kind):
     pt = sched.config.prediction_type
     errors = {}
     for steps, renoise in [(10, 0), (40, 0), (10, 3)]:
-        x_t = invert(unet, sched, x0, T, cond, num_steps=steps, renoise_iters=renoise, prediction_type=pt)
+        x_t = invert(unet, sched, x0, T, cond, num_steps=steps, renoise_iters=renoise, prediction_type=pt,
+                     convention="exact")
         back = ddim_denoise(unet, sched, x_t, T, cond, num_steps=steps, prediction_type=pt)
         errors[(steps, renoise)] = _rel(back, x0)
     print(kind, {k: [round(v, 5) for v in e.tolist()] for k, e in errors.items()})
@@ -104,13 +107,14 @@ def test_implied_noise_reproduces_x_t_by_the_forward_formula(models, provider):
     torch.testing.assert_close(x_t, x_inv, rtol=0, atol=1e-5)
 
 
-def test_batch_with_different_timesteps_equals_one_by_one(models):
+@pytest.mark.parametrize("convention", ["official", "exact"])
+def test_batch_with_different_timesteps_equals_one_by_one(models, convention):
     unet, sched = models["sdxl"]
     x0, cond = _inputs("sdxl")
-    batched = invert(unet, sched, x0, T, cond, num_steps=10, renoise_iters=1)
+    batched = invert(unet, sched, x0, T, cond, num_steps=10, renoise_iters=1, convention=convention)
     for i in range(3):
         one = invert(unet, sched, x0[i : i + 1], T[i : i + 1], {k: v[i : i + 1] for k, v in cond.items()},
-                     num_steps=10, renoise_iters=1)
+                     num_steps=10, renoise_iters=1, convention=convention)
         torch.testing.assert_close(batched[i : i + 1], one, rtol=1e-5, atol=1e-5)
 
 
@@ -122,7 +126,7 @@ def test_stochastic_ddim_inversion_matches_an_independent_loop(models):
     x0, cond = _inputs("sd15", n=1)
     t = torch.tensor([430])
     g = torch.Generator().manual_seed(5)
-    ours = invert(unet, sched, x0, t, cond, num_steps=10, eta=0.1, generator=g)
+    ours = invert(unet, sched, x0, t, cond, num_steps=10, eta=0.1, generator=g, convention="exact")
 
     ddim = DDIMScheduler.from_config(sched.config)
     abar = sched.alphas_cumprod.double()
@@ -138,5 +142,5 @@ def test_stochastic_ddim_inversion_matches_an_independent_loop(models):
         z = (z + 0.1 * var**0.5 * torch.randn(z.shape, generator=g)).float()
         prev = tau
     torch.testing.assert_close(ours, z, rtol=1e-5, atol=1e-5)
-    plain = invert(unet, sched, x0, t, cond, num_steps=10)
+    plain = invert(unet, sched, x0, t, cond, num_steps=10, convention="exact")
     assert (ours - plain).abs().max() > 1e-4  # the stochastic term is there

@@ -78,6 +78,8 @@ def test_configs_load_with_launch_command(name):
     noise = resolved(cfg.method.noise, method)
     assert noise.provider == {"smpo": "renoise", "inpo": "ddim"}[method]
     assert noise.eta == (0.1 if method == "inpo" else 0.0) and noise.inversion_model == "policy"
+    assert cfg.method.noise.convention == "official"  # set in the file: diffusers 0.20 semantics (issue 16)
+    assert noise.inversion_steps == (5 if name == "sd15_smpo" or name == "toy_smpo" else 10)
     with pytest.raises(ValueError, match="inversion_model"):
         cfg.method.noise.inversion_model = "ema"
         resolved(cfg.method.noise, method)

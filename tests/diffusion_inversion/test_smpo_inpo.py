@@ -28,6 +28,8 @@ from mmalign.diffusion.soft_labels import SmpoConfig, SoftLabels, write_soft_lab
 from mmalign.objectives import preference_loss
 from mmalign.objectives.smoothed import smpo_kappa
 
+from .official_ddim020 import DDIMInverseScheduler020, batched_loop
+
 B = 3
 OFFICIAL_MIN, OFFICIAL_MAX = 0.11543526500463486, 0.28201571106910706
 
@@ -82,6 +84,21 @@ def test_soft_label_file_min_max_from_data_and_orders(tmp_path):
     torch.testing.assert_close(-F.logsigmoid(signed * h[1]), scorer_loss[1:2])
     with pytest.raises(KeyError, match="no soft label"):
         labels.rewards(["a"], ["nope"])
+
+
+def test_official_reward_range_by_name(tmp_path):
+    """method.smpo.reward_range=pickapic_v2_pickscore: SmPO train.py l.741-742's constants instead of the data's."""
+    rewards = [(0.21, 0.15), (0.12, 0.26)]
+    labels, _ = _labels(tmp_path, ["a", "b"], ["x", "y"], rewards)
+    _, kappa = order_and_kappa(labels, ["a", "b"], ["x", "y"], gamma=10, order="scorer",
+                               reward_range="pickapic_v2_pickscore")
+    expected = [_official_kappa(0.21, 0.15, OFFICIAL_MIN, OFFICIAL_MAX), _official_kappa(0.26, 0.12, OFFICIAL_MIN,
+                                                                                         OFFICIAL_MAX)]
+    np.testing.assert_allclose(kappa.numpy(), expected, rtol=1e-6, atol=1e-7)
+    _, data_kappa = order_and_kappa(labels, ["a", "b"], ["x", "y"], gamma=10, order="scorer")
+    assert labels.reward_range() == (0.12, 0.26) and (data_kappa - kappa).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="method.smpo.reward_range"):
+        labels.reward_range("laion")
 
 
 def test_swap_pairs():
@@ -145,6 +162,15 @@ def _independent_inversion(unet, abar, x0, cond, t, steps, renoise, eta):
     return z.float()
 
 
+def _inversion(convention, parts, x0, cond, t, steps, renoise, eta):
+    """exact: the independent loop above; official: diffusers 0.20 + the official loop (official_ddim020.py)."""
+    if convention == "exact":
+        return _independent_inversion(parts.unet, parts.scheduler.alphas_cumprod, x0, cond, t, steps, renoise, eta)
+    inverse = DDIMInverseScheduler020(dict(parts.scheduler.config))
+    inverse.set_timesteps(steps)
+    return batched_loop(parts.unet, inverse, x0, t, {"prompt_embeds": cond}, renoise=renoise, inversion_eta=eta)
+
+
 def _official_errors(unet, abar, x0, cond, t, x_t):
     a = abar[t].view(-1, 1, 1, 1)
     eps_hat = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
@@ -164,10 +190,12 @@ def _official_loss(parts, x0, cond, t2, x_t, beta, kappa):
     return -F.logsigmoid(-0.5 * beta * kappa * ((e_w - e_l) - (r_w - r_l))).mean(), e, e_ref
 
 
-@pytest.mark.parametrize("inversion_model", ["policy", "reference"])
-def test_inpo_loss_matches_independent_computation(tiny_dirs, inversion_model):
+@pytest.mark.parametrize("inversion_model,convention", [("policy", "official"), ("reference", "official"),
+                                                        ("policy", "exact")])
+def test_inpo_loss_matches_independent_computation(tiny_dirs, inversion_model, convention):
     beta = 2000.0
-    noise = NoiseConfig(provider="ddim", inversion_steps=10, eta=0.1, inversion_model=inversion_model)
+    noise = NoiseConfig(provider="ddim", inversion_steps=10, eta=0.1, inversion_model=inversion_model,
+                        convention=convention)
     parts, ctx, batch = _setup(tiny_dirs["sd15"], MethodConfig(name="inpo", beta=beta, noise=noise))
     torch.manual_seed(123)
     loss, metrics = inpo_step(ctx, parts.unet, batch)
@@ -179,7 +207,7 @@ def test_inpo_loss_matches_independent_computation(tiny_dirs, inversion_model):
     x0, cond = batch["latent_mean"], batch["prompt_embeds"]
     if inversion_model == "reference":
         parts.unet.disable_adapters()
-    x_t = _independent_inversion(parts.unet, parts.scheduler.alphas_cumprod, x0, cond, t2, 10, False, 0.1)
+    x_t = _inversion(convention, parts, x0, cond, t2, 10, False, 0.1)
     parts.unet.enable_adapters()
     official, e, e_ref = _official_loss(parts, x0, cond, t2, x_t, beta, 1.0)
     assert float(official) != pytest.approx(math.log(2), abs=1e-4)
@@ -193,13 +221,13 @@ def test_inpo_loss_matches_independent_computation(tiny_dirs, inversion_model):
     torch.testing.assert_close(loss.detach(), direct.mean(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("order", ["scorer", "human"])
-def test_smpo_loss_matches_independent_computation(tiny_dirs, tmp_path, order):
+@pytest.mark.parametrize("order,convention", [("scorer", "official"), ("human", "official"), ("scorer", "exact")])
+def test_smpo_loss_matches_independent_computation(tiny_dirs, tmp_path, order, convention):
     beta, gamma = 2000.0, 10.0
     rewards = [(0.21, 0.15), (0.12, 0.26), (0.30, 0.29)]  # pair 1: the scorer disagrees with the label
     _labels(tmp_path, [f"w{i}" for i in range(B)], [f"l{i}" for i in range(B)], rewards)
     smpo = SmpoConfig(gamma=gamma, order=order, labels=str(tmp_path / "labels.json"))
-    noise = NoiseConfig(provider="renoise", inversion_steps=5, renoise_iters=1)
+    noise = NoiseConfig(provider="renoise", inversion_steps=5, renoise_iters=1, convention=convention)
     parts, ctx, batch = _setup(tiny_dirs["sd15"], MethodConfig(name="smpo", beta=beta, noise=noise, smpo=smpo))
     torch.manual_seed(7)
     loss, metrics = smpo_step(ctx, parts.unet, batch)
@@ -217,7 +245,7 @@ def test_smpo_loss_matches_independent_computation(tiny_dirs, tmp_path, order):
             r_c, r_r = r_r, r_c
         kappa.append(abs(_official_kappa(r_c, r_r, lo, hi, gamma)))  # >= 0 in scorer order anyway
     kappa = torch.tensor(kappa)
-    x_t = _independent_inversion(parts.unet, parts.scheduler.alphas_cumprod, x0, cond, t2, 5, True, 0.0)
+    x_t = _inversion(convention, parts, x0, cond, t2, 5, True, 0.0)
     official, _, _ = _official_loss(parts, x0, cond, t2, x_t, beta, kappa)
     torch.testing.assert_close(loss.detach(), official, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(metrics["kappa"], kappa.mean().float(), rtol=1e-5, atol=1e-6)

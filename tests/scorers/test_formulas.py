@@ -28,7 +28,9 @@ def test_hpsv2_matches_open_clip_reference(hps_checkpoint, images):
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     path, model = hps_checkpoint
-    s = scorers.load_scorer("hpsv2", checkpoint=path, arch=TINY_OPEN_CLIP)
+    # resize_on=pil: the upstream open_clip PIL path (the HPSv2 cards default to the official tensor transform,
+    # tested against its transcription in test_hps_official_preprocess.py)
+    s = scorers.load_scorer("hpsv2", checkpoint=path, arch=TINY_OPEN_CLIP, resize_on="pil")
     preprocess = image_transform_v2(PreprocessCfg(size=(32, 32), resize_mode="longest", mean=MEAN, std=STD,
                                                   interpolation="bicubic", fill_color=0), is_train=False)
     with torch.no_grad():
@@ -40,7 +42,7 @@ def test_hpsv2_matches_open_clip_reference(hps_checkpoint, images):
     torch.testing.assert_close(s.score(images, PROMPTS), 100 * cos, atol=1e-3, rtol=0)
     assert cos.std() > 1e-3  # the images really score differently
     # hpsv2.1 is the same machinery with another checkpoint
-    s21 = scorers.load_scorer("hpsv2.1", checkpoint=path, arch=TINY_OPEN_CLIP)
+    s21 = scorers.load_scorer("hpsv2.1", checkpoint=path, arch=TINY_OPEN_CLIP, resize_on="pil")
     torch.testing.assert_close(s21.score(images, PROMPTS), 100 * cos, atol=1e-3, rtol=0)
     # probs: softmax(logit_scale.exp() * cos) over the candidates of one prompt
     cos0 = (img * txt[0]).sum(-1)
