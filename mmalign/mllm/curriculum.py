@@ -104,10 +104,13 @@ def run_stages(
     output_dir: str | Path,
     run_stage: Callable[[torch.nn.Module, Any, Path], dict[str, Any]],
     lora_for: Callable[[Any], LoraSettings],
+    *,
+    is_main_process: bool = True,
 ) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """Run ``stages`` in order; ``run_stage(peft_model, stage, folder)`` trains one stage in place.
 
-    Each stage needs a ``name`` attribute. Returns the final model (adapter merged) and per-stage summaries.
+    Each stage needs a ``name`` attribute. Returns the final model (adapter merged) and per-stage summaries. Only
+    the main process (``is_main_process``) writes a stage's adapter folder and ``DONE`` marker.
     """
     summaries = []
     for i, stage in enumerate(stages):
@@ -118,9 +121,10 @@ def run_stages(
             continue
         model = fresh_adapter(model, lora_for(stage))
         summary = run_stage(model, stage, folder)
-        model.save_pretrained(str(folder / "adapter"))
         slim = {k: v for k, v in summary.items() if k != "history"}
-        (folder / DONE_FILE).write_text(json.dumps({"stage": stage.name, **slim}, default=str))
+        if is_main_process:
+            model.save_pretrained(str(folder / "adapter"))
+            (folder / DONE_FILE).write_text(json.dumps({"stage": stage.name, **slim}, default=str))
         summaries.append({"stage": stage.name, **slim})
         model = merge_adapter(model)
     return model, summaries

@@ -24,10 +24,15 @@ def load_vlm(cfg: VLMModelConfig) -> tuple[torch.nn.Module, Any]:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
     processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
+    make_train_safe(model, processor)
+    return model, processor
+
+
+def make_train_safe(model: torch.nn.Module, processor: Any) -> None:
+    """What every loaded VLM gets: a pad token (the eos token when the tokenizer has none) and dropout off."""
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     disable_dropout(model)
-    return model, processor
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -4,7 +4,6 @@ a ConfigError naming the key, the value and the allowed range; YAML errors name 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
+from mmalign.mllm.video_config import VideoRecipeConfig
 from mmalign.mllm.vlm_config import VLMRecipeConfig
 from mmalign.train import TrainConfig, train
 
@@ -20,13 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 DIFFUSION = REPO / "recipes/configs/diffusion/toy_dpo.yaml"
 VLM = REPO / "recipes/configs/vlm/qwen2vl_dpo.yaml"
 VIDEO = REPO / "recipes/configs/video/toy_temple.yaml"
-
-
-def _video_schema() -> type:
-    spec = importlib.util.spec_from_file_location("video_recipe_for_ranges", REPO / "recipes/video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.VideoRecipeConfig
 
 
 BAD_DIFFUSION = [
@@ -71,7 +64,7 @@ BAD_VIDEO = [("method.beta", "-1"), ("method.magnitude", "0"), ("method.perturba
 @pytest.mark.parametrize(("key", "value"), BAD_VIDEO, ids=[f"{k}={v}" for k, v in BAD_VIDEO])
 def test_bad_video_value_is_a_config_error(key, value):
     with pytest.raises(ConfigError) as info:
-        load_config(_video_schema(), VIDEO, [f"{key}={value}"])
+        load_config(VideoRecipeConfig, VIDEO, [f"{key}={value}"])
     assert key.split(".")[-1] in str(info.value), str(info.value)
 
 
@@ -81,12 +74,11 @@ def test_stage_values_are_checked_with_their_index(tmp_path):
            "  - {name: a, data: a.jsonl}\n  - {name: b, data: b.jsonl, epochs: -1}\n"
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=r"'stages\.1\.epochs': -1"):
-        load_config(_video_schema(), cfg)
+        load_config(VideoRecipeConfig, cfg)
 
 
 def test_every_shipped_config_passes_the_checks():
-    video = _video_schema()
-    schemas = {"diffusion": DiffusionRecipeConfig, "vlm": VLMRecipeConfig, "video": video}
+    schemas = {"diffusion": DiffusionRecipeConfig, "vlm": VLMRecipeConfig, "video": VideoRecipeConfig}
     paths = sorted(glob.glob(str(REPO / "recipes/configs/*/*.yaml")))
     assert len(paths) > 30
     for path in paths:

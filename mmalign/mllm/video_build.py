@@ -1,0 +1,108 @@
+"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video_config.VideoRecipeConfig`: input checks,
+model + processor, the dataset and step function of a method, per-stage LoRA and train settings, the toy metric."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mmalign.config import ConfigError, require_paths
+from mmalign.mllm.curriculum import LoraSettings
+from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
+from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_records
+from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
+from mmalign.objectives.rrpo import rrpo_defaults
+from mmalign.train import TrainConfig
+
+
+def check_inputs(cfg: VideoRecipeConfig) -> None:
+    """Methods known and input files present (before any model loads); ``tiny:`` models need no folder."""
+    for m in [cfg.method.name] + [s.method for s in cfg.stages]:
+        if m not in METHODS:
+            raise ConfigError(f"method '{m}' is not one of {', '.join(METHODS)}")
+    if not cfg.model.pretrained.startswith("tiny:"):
+        require_paths(**{"model.pretrained": cfg.model.pretrained})
+    if cfg.stages:
+        require_paths(**{f"stages.{i}.data": s.data for i, s in enumerate(cfg.stages)})
+    else:
+        require_paths(**{"data.train": cfg.data.train})
+
+
+def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
+    """``(model, processor)``: ``tiny:<family>`` builds a tiny random-weight model in-process; anything else loads
+    through :func:`mmalign.mllm.vlm_model.load_vlm` (pad token, dropout off). Both get the same train-safe setup."""
+    from mmalign.mllm.vlm_model import load_vlm, make_train_safe
+
+    if cfg.pretrained.startswith("tiny:"):
+        from mmalign.mllm.tiny_video import build_tiny_video_llm
+
+        model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
+        make_train_safe(model, processor)
+        return model, processor
+    from mmalign.mllm.vlm_config import VLMModelConfig
+
+    return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                   attn_implementation=cfg.attn_implementation))
+
+
+def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any) -> VideoPreferenceDataset:
+    records = read_records(path, cfg.data.video_root)
+    return VideoPreferenceDataset(
+        records, method, cfg.video, tokenizer=processor.tokenizer, perturbations=cfg.method.perturbations,
+        magnitude=cfg.method.magnitude, frames_per_clip=cfg.method.frames_per_clip, seed=cfg.train.seed,
+        on_error=cfg.data.on_error, max_skip_fraction=cfg.data.max_skip_fraction,
+    )
+
+
+def build_step(cfg: VideoRecipeConfig, method: str, ref_model: torch.nn.Module | None) -> Callable[..., Any]:
+    """The step of ``method``; ``ref_model=None`` means the reference is the policy with its adapter off."""
+    if method == "sft":
+        return sft_step
+    if method == "rrpo":
+        defaults = rrpo_defaults(cfg.model.family)
+        beta = cfg.method.beta if cfg.method.beta is not None else defaults["beta"]
+        alpha = cfg.method.alpha if cfg.method.alpha is not None else defaults["alpha"]
+        return make_rrpo_step(beta, alpha, ref_model, cfg.method.kl_chunk_size)
+    beta = cfg.method.beta if cfg.method.beta is not None else 0.1
+    return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model)
+
+
+def lora_for(cfg: VideoRecipeConfig, stage: StageConfig | None = None) -> LoraSettings:
+    """The fresh adapter of ``stage`` (its own rank / alpha / vision setting where given, else ``model.*``)."""
+    return LoraSettings(
+        r=(stage.lora_r if stage and stage.lora_r else cfg.model.lora_r),
+        alpha=(stage.lora_alpha if stage and stage.lora_alpha else cfg.model.lora_alpha),
+        dropout=cfg.model.lora_dropout, target_modules=cfg.model.lora_target,
+        train_vision=(stage.train_vision if stage and stage.train_vision is not None else cfg.model.train_vision),
+        seed=cfg.train.seed,
+    )
+
+
+def steps_for(stage: StageConfig, n_items: int, tcfg: TrainConfig) -> int:
+    """Optimizer steps of a stage: ``max_steps`` when set, else ``ceil(items * epochs / (batch * grad_accum))``."""
+    if stage.max_steps > 0:
+        return stage.max_steps
+    return max(1, math.ceil(n_items * stage.epochs / (tcfg.batch_size * tcfg.grad_accum)))
+
+
+def stage_train_config(cfg: VideoRecipeConfig, stage: StageConfig, n_items: int) -> TrainConfig:
+    """``cfg.train`` with the stage's step count and learning rate."""
+    return dataclasses.replace(cfg.train, max_steps=steps_for(stage, n_items, cfg.train),
+                               lr=stage.lr if stage.lr is not None else cfg.train.lr)
+
+
+def toy_accuracy(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any) -> float | None:
+    """Forced-choice direction accuracy on ``eval.toy_manifest`` (None when no manifest is set)."""
+    if not cfg.eval.toy_manifest:
+        return None
+    from mmalign.mllm.toy_eval import direction_accuracy
+    from mmalign.mllm.toy_videos import load_manifest
+    from mmalign.mllm.video_io import read_video
+
+    rows = load_manifest(cfg.eval.toy_manifest, cfg.eval.split)
+    clips = [(read_video(r["video"], cfg.video).frames, r["questions"][0]["question"]) for r in rows]
+    return direction_accuracy(model, processor, clips, [r["direction"] for r in rows])
