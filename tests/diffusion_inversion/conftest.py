@@ -56,3 +56,17 @@ def run_recipe(tmp_path):
         return main(argv)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def models():
+    """Tiny SD1.x (epsilon), SD2.x (v) and SDXL pipelines' UNets, with their DDPM training schedulers."""
+    from diffusers import DDPMScheduler
+
+    from mmalign.diffusion.tiny import tiny_pipeline
+
+    out = {}
+    for kind in ("sd15", "sd2v", "sdxl"):
+        pipe = tiny_pipeline(kind)
+        out[kind] = (pipe.unet.eval(), DDPMScheduler.from_config(pipe.scheduler.config))
+    return out

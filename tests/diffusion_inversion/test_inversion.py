@@ -14,20 +14,6 @@ from mmalign.diffusion.noise_providers import inversion_noise
 T = torch.tensor([400, 150, 37])
 
 
-@pytest.fixture(scope="module")
-def models():
-    """Tiny SD1.x (epsilon), SD2.x (v) and SDXL pipelines' UNets, with their DDPM training schedulers."""
-    from diffusers import DDPMScheduler
-
-    from mmalign.diffusion.tiny import tiny_pipeline
-
-    out = {}
-    for kind in ("sd15", "sd2v", "sdxl"):
-        pipe = tiny_pipeline(kind)
-        out[kind] = (pipe.unet.eval(), DDPMScheduler.from_config(pipe.scheduler.config))
-    return out
-
-
 def _inputs(kind: str, n: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, 4, 16, 16, generator=g)

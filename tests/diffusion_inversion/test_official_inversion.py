@@ -24,19 +24,6 @@ from .official_ddim020 import (
 TS = [0, 1, 2, 37, 101, 102, 502, 801, 850, 901, 950, 999]
 
 
-@pytest.fixture(scope="module")
-def models():
-    from diffusers import DDPMScheduler
-
-    from mmalign.diffusion.tiny import tiny_pipeline
-
-    out = {}
-    for kind in ("sd15", "sd2v", "sdxl"):
-        pipe = tiny_pipeline(kind)
-        out[kind] = (pipe.unet.eval(), DDPMScheduler.from_config(pipe.scheduler.config))
-    return out
-
-
 def _inputs(kind: str, n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, 4, 16, 16, generator=g) * 0.8
