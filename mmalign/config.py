@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,11 @@ from mmalign.config_error import ConfigError
 T = TypeVar("T")
 
 __all__ = ["MISSING", "ConfigError", "load_config", "parse_overrides", "to_dict", "require_paths", "is_remote_id"]
+
+RenameFn = Callable[[str, dict], "str | None"]
+"""A schema's ``renamed_key(old_dotted_key, raw_config) -> new dotted key | None`` (old keys accepted for one
+release: :func:`load_config` rewrites them and prints a deprecation note naming the new key). ``raw_config`` is the
+YAML mapping with the overrides applied, so a rename may depend on other values (e.g. ``method.name``)."""
 
 
 def parse_overrides(args: Sequence[str]) -> list[str]:
@@ -97,12 +102,14 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
             raise ConfigError(_yaml_error(path, exc)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        data = _rename_yaml_keys(schema_cls, data, overrides, str(path))
         try:
             _check_keys(schema_cls, data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
     for item in parse_overrides(overrides):
+        item = _rename_override(schema_cls, item, merged)
         key = item.split("=", 1)[0]
         _check_key_path(schema_cls, key, merged)
         try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
@@ -121,6 +128,88 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
 
     check_values(obj)  # ranges and choices registered by the schema modules (mmalign.validate)
     return obj  # type: ignore[return-value]
+
+
+def _renamer(schema_cls: type) -> RenameFn | None:
+    return getattr(schema_cls, "renamed_key", None)
+
+
+def _deprecated(old: str, new: str, source: str) -> None:
+    import sys
+
+    print(f"DEPRECATED: {source}: config key '{old}' is now '{new}' (the old key is read for one release)",
+          file=sys.stderr)
+
+
+def _flatten(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.extend(_flatten(value, f"{dotted}.") if isinstance(value, dict) and value else [dotted])
+    return keys
+
+
+def _rename_yaml_keys(schema_cls: type, data: dict, overrides: Sequence[str], source: str) -> dict:
+    """``data`` with each deprecated key moved to its new place (a note per key); the overrides count for renames
+    that depend on another value (``method.name=kto`` on the command line)."""
+    rename = _renamer(schema_cls)
+    if rename is None:
+        return data
+    import copy
+
+    raw = copy.deepcopy(data)
+    for item in parse_overrides(overrides):
+        key, value = item.split("=", 1)
+        _put(raw, key, value, overwrite=True)
+    out = copy.deepcopy(data)
+    for old in _flatten(data):
+        new = rename(old, raw)
+        if new is None or new == old:
+            continue
+        _deprecated(old, new, source)
+        value = _pop(out, old)
+        if not _put(out, new, value, overwrite=False):
+            raise ConfigError(f"{source}: config keys '{old}' (deprecated) and '{new}' are both set; keep '{new}'")
+    return out
+
+
+def _pop(data: dict, dotted: str) -> Any:
+    """Remove ``dotted`` from nested dicts (and parents left empty); returns its value."""
+    *parents, last = dotted.split(".")
+    chain = [data]
+    for part in parents:
+        chain.append(chain[-1][part])
+    value = chain[-1].pop(last)
+    for node, part in zip(reversed(chain[:-1]), reversed(parents)):
+        if not node[part]:
+            del node[part]
+    return value
+
+
+def _put(data: dict, dotted: str, value: Any, overwrite: bool) -> bool:
+    """Set ``dotted`` in nested dicts; False when it is already set and ``overwrite`` is off."""
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    if last in node and not overwrite:
+        return False
+    node[last] = value
+    return True
+
+
+def _rename_override(schema_cls: type, item: str, merged: Any) -> str:
+    rename = _renamer(schema_cls)
+    if rename is None:
+        return item
+    key, value = item.split("=", 1)
+    new = rename(key, OmegaConf.to_container(merged))
+    if new is None or new == key:
+        return item
+    _deprecated(key, new, "command line")
+    return f"{new}={value}"
 
 
 class _UniqueKeySafeLoader(yaml.SafeLoader):

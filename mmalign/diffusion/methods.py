@@ -54,7 +54,7 @@ from mmalign.diffusion.inpo import inpo_step
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.ppd.step import ppd_step
 from mmalign.diffusion.reference import ReferenceProvider, unwrap
-from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, sample_shared_timesteps_and_noise, unet_errors
+from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, model_errors, training_timesteps_and_noise
 from mmalign.diffusion.smpo import smpo_step
 
 Metrics = dict[str, Any]
@@ -78,7 +78,7 @@ class StepContext:
     def errors(self, unet, x0, noise, t, cond) -> torch.Tensor:
         weight = TIMESTEP_WEIGHTS[self.method.timestep_weight]
         with self.autocast():
-            return unet_errors(unet, self.parts.scheduler, x0, noise, t, cond, self.parts.prediction_type, weight)
+            return model_errors(unet, self.parts, x0, noise, t, cond, weight)
 
     @torch.no_grad()
     def reference_errors(self, policy, x0, noise, t, cond) -> torch.Tensor:
@@ -86,12 +86,10 @@ class StepContext:
             return self.errors(ref, x0, noise, t, cond)
 
     def shared_noise(self, x0: torch.Tensor, groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_shared_timesteps_and_noise(groups, group_size, tuple(x0.shape[1:]), self.num_train_timesteps,
-                                                 self.device)
+        return training_timesteps_and_noise(self.parts, groups, group_size, tuple(x0.shape[1:]), self.device)
 
     def independent_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_shared_timesteps_and_noise(x0.shape[0], 1, tuple(x0.shape[1:]), self.num_train_timesteps,
-                                                 self.device)
+        return training_timesteps_and_noise(self.parts, x0.shape[0], 1, tuple(x0.shape[1:]), self.device)
 
 
 def _empty_step(policy) -> tuple[torch.Tensor, Metrics]:

@@ -91,3 +91,19 @@ def snr_inverse_weight(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.T
 
 
 TIMESTEP_WEIGHTS: dict[str, TimestepWeight | None] = {"none": None, "snr_inverse": snr_inverse_weight}
+
+
+def model_errors(model, parts, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
+                 weight: TimestepWeight | None = None) -> torch.Tensor:
+    """Per-sample errors of the denoiser ``model`` of the family of ``parts`` (a
+    :class:`mmalign.diffusion.adapter.DiffusionParts`): what every method step calls."""
+    return unet_errors(model, parts.scheduler, x0, noise, t, cond, parts.prediction_type, weight)
+
+
+def training_timesteps_and_noise(parts, groups: int, group_size: int, latent_shape: tuple[int, ...],
+                                 device: torch.device | str, generator: torch.Generator | None = None,
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training ``(t, noise)`` of the family of ``parts``, one draw per group shared by its members (layout of
+    :func:`sample_shared_timesteps_and_noise`)."""
+    return sample_shared_timesteps_and_noise(groups, group_size, latent_shape,
+                                             int(parts.scheduler.config.num_train_timesteps), device, generator)
