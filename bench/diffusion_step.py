@@ -148,7 +148,7 @@ def recipe_config(args: argparse.Namespace, arch: str, mode: str, method: str, b
     ]
     if method == "mapo":
         mapo = load_config(DiffusionRecipeConfig, CONFIGS / "sdxl_mapo.yaml").method
-        overrides += ["method.name=mapo", f"method.beta={mapo.beta}", f"method.mapo_snr={mapo.mapo_snr}"]
+        overrides += ["method.name=mapo", f"method.beta={mapo.beta}", f"method.mapo.snr={mapo.mapo.snr}"]
     overrides += list(args.overrides)
     if baseline:
         overrides.append("train.optimizer=adamw")

@@ -42,12 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.results_section import replace_section  # noqa: E402
+from mmalign.diffusion.registry import METHODS  # noqa: E402
 from mmalign.toy import paths  # noqa: E402
 from mmalign.toy.evaluate import compare, evaluate_pipeline  # noqa: E402
 
 CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 DATA_FILE = {"dcpo": "dual_captions.parquet", "rankdpo": "ranked.jsonl", "kto": "unpaired.jsonl"}
-DEFAULT_METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo")
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "ppd")  # PPD: per-user evaluation (bench/ppd_opposed_users.py)
 
 
 def main_job_budget() -> dict:

@@ -91,6 +91,7 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
     """
     schema = OmegaConf.structured(schema_cls)
     merged = schema
+    given: set[str] = set()  # the dotted keys the user set (YAML and overrides), for the schema's check_given
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -108,9 +109,12 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
+        given.update(_flatten(data))
+    context = _with_overrides(OmegaConf.to_container(merged), overrides)  # what renames may depend on
     for item in parse_overrides(overrides):
-        item = _rename_override(schema_cls, item, merged)
+        item = _rename_override(schema_cls, item, context)
         key = item.split("=", 1)[0]
+        given.add(key)
         _check_key_path(schema_cls, key, merged)
         try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
             merged.merge_with_dotlist([item])
@@ -127,6 +131,8 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
     from mmalign.validate import check_values
 
     check_values(obj)  # ranges and choices registered by the schema modules (mmalign.validate)
+    if (check_given := getattr(schema_cls, "check_given", None)) is not None:
+        check_given(obj, given)  # e.g. options of another method than method.name
     return obj  # type: ignore[return-value]
 
 
@@ -157,10 +163,7 @@ def _rename_yaml_keys(schema_cls: type, data: dict, overrides: Sequence[str], so
         return data
     import copy
 
-    raw = copy.deepcopy(data)
-    for item in parse_overrides(overrides):
-        key, value = item.split("=", 1)
-        _put(raw, key, value, overwrite=True)
+    raw = _with_overrides(data, overrides)
     out = copy.deepcopy(data)
     for old in _flatten(data):
         new = rename(old, raw)
@@ -170,6 +173,17 @@ def _rename_yaml_keys(schema_cls: type, data: dict, overrides: Sequence[str], so
         value = _pop(out, old)
         if not _put(out, new, value, overwrite=False):
             raise ConfigError(f"{source}: config keys '{old}' (deprecated) and '{new}' are both set; keep '{new}'")
+    return out
+
+
+def _with_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """A copy of ``data`` with the raw override values put in (strings; only for renames to look at)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in parse_overrides(overrides):
+        key, value = item.split("=", 1)
+        _put(out, key, value, overwrite=True)
     return out
 
 
@@ -200,12 +214,12 @@ def _put(data: dict, dotted: str, value: Any, overwrite: bool) -> bool:
     return True
 
 
-def _rename_override(schema_cls: type, item: str, merged: Any) -> str:
+def _rename_override(schema_cls: type, item: str, context: dict) -> str:
     rename = _renamer(schema_cls)
     if rename is None:
         return item
     key, value = item.split("=", 1)
-    new = rename(key, OmegaConf.to_container(merged))
+    new = rename(key, context)
     if new is None or new == key:
         return item
     _deprecated(key, new, "command line")

@@ -17,25 +17,16 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from mmalign.config import load_config, to_dict
+from mmalign.config import load_config
 from mmalign.diffusion.adapter import load_parts
-from mmalign.diffusion.build import (
-    LazyEMA,
-    check_config,
-    load_data,
-    normalize_config,
-    prepare_unet,
-    sampling_weights,
-    training_set,
-)
+from mmalign.diffusion.build import LazyEMA, check_config, load_data, normalize_config, sampling_weights
 from mmalign.diffusion.config import DiffusionRecipeConfig
-from mmalign.diffusion.export import export_trained, save_run_config
+from mmalign.diffusion.export import save_run_config
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.methods import StepContext, make_step_fn
 from mmalign.diffusion.placeholders import resolve_placeholders
-from mmalign.diffusion.ppd.setup import export_user_adapter, prepare_user_unet, user_training_set
 from mmalign.diffusion.reference import unwrap
-from mmalign.diffusion.soft_labels import prepare_soft_labels
+from mmalign.diffusion.registry import method_spec
 from mmalign.diffusion.toy_eval import check_toy_eval, run_toy_eval
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
 from mmalign.recipe_entry import run_recipe
@@ -65,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         for note in resolve_placeholders(cfg, output_dir / "tiny_inputs"):
             accelerator.print(f"NOTE: {note}")
     kind = check_config(cfg)
+    method = method_spec(cfg.method.name)  # data kind, reference, step and hooks: mmalign/diffusion/registry.py
     check_toy_eval(cfg)
     if accelerator.is_main_process:
         save_run_config(cfg, output_dir)
@@ -74,18 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. Data (validated records, lazy images) and the pipeline.
     dataset = load_data(cfg, kind)
     check_batch_fits(len(dataset), cfg.train.batch_size, accelerator.num_processes)
-    if cfg.method.name == "smpo":  # scorer soft labels: computed once per data set, stored, reused
-        prepare_soft_labels(cfg, dataset, accelerator)
+    if method.prepare:  # e.g. SmPO's scorer soft labels: computed once per data set, stored, reused
+        method.hook("prepare")(cfg, dataset, accelerator)
     parts = load_parts(cfg.model.pretrained, cfg.model.revision, cfg.model.prediction_type)
 
     # 3. Training set: cached latents/text (first pass) or pixels encoded in the step.
     # 4. UNet: LoRA or full fine-tuning, reference provider, dtypes, attention/checkpointing/compile.
-    if cfg.method.name == "ppd":  # per-user shots -> user embeddings; frozen UNet + user cross-attention
-        train_set, collate_fn, skip_counter, data_stats, _ = user_training_set(cfg, parts, accelerator)
-        unet, reference, applied = prepare_user_unet(cfg, parts, accelerator, tuple(data_stats["embedding_shape"]))
-    else:
-        train_set, collate_fn, skip_counter, data_stats = training_set(cfg, kind, dataset, parts, accelerator)
-        unet, reference, applied = prepare_unet(cfg, parts, accelerator)
+    train_set, collate_fn, skip_counter, data_stats = method.hook("training_set")(cfg, kind, dataset, parts, accelerator)
+    unet, reference, applied = method.hook("setup_model")(cfg, parts, accelerator, data_stats)
     ema = LazyEMA(unet, cfg.export.ema_decay, accelerator) if cfg.export.ema else None
 
     # 5. The step: inputs → policy/reference errors → objective.
@@ -121,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 7. Train with the shared loop.
     summary = train(
         cfg.train, output_dir=output_dir, model=unet, dataset=train_set, step_fn=step_fn, collate_fn=collate_fn,
-        accelerator=accelerator, validate_fn=validate_fn, validate_every=val.every, run_config=to_dict(cfg),
+        accelerator=accelerator, validate_fn=validate_fn, validate_every=val.every, run_config=cfg.as_dict(),
         sample_weights=sampling_weights(cfg, train_set),
     )
 
@@ -133,13 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
         extra["data"]["skips"] = skip_counter.as_dict()
     if ema is not None:
         ema.finish()
-    if accelerator.is_main_process and cfg.export.enabled and cfg.method.name == "ppd":
-        extra["export"] = str(export_or_keep_checkpoint(lambda: export_user_adapter(unwrap(unet), cfg, output_dir),
+    if accelerator.is_main_process and cfg.export.enabled:
+        export = method.hook("export")
+        extra["export"] = str(export_or_keep_checkpoint(lambda: export(unwrap(unet), cfg, parts, output_dir),
                                                         accelerator, cfg.train, output_dir, summary))
-    elif accelerator.is_main_process and cfg.export.enabled:
-        extra["export"] = str(export_or_keep_checkpoint(
-            lambda: export_trained(unwrap(unet), parts.pipeline_class, cfg.model.pretrained, output_dir,
-                                   use_lora=cfg.lora.rank > 0), accelerator, cfg.train, output_dir, summary))
 
     # 9. Toy world: the judge's score of base vs aligned on held-out captions, a table and a side-by-side grid.
     if accelerator.is_main_process and cfg.toy_eval.enabled:

@@ -15,11 +15,12 @@ from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, collate_members
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.caption_length import report_overlong
-from mmalign.diffusion.config import DATA_KIND, METHODS, REFERENCE_FREE, DiffusionRecipeConfig
+from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.flips import FLIP_MODES
 from mmalign.diffusion.kto_sampling import positive_ratio_weights, training_labels
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.registry import method_spec
 from mmalign.diffusion.soft_labels import REWARD_RANGES
 from mmalign.diffusion.speed import apply_speed_options
 
@@ -46,21 +47,15 @@ def normalize_config(cfg: DiffusionRecipeConfig) -> None:
 def check_config(cfg: DiffusionRecipeConfig) -> str:
     """Validate names and paths before anything heavy is loaded; returns the data kind."""
     normalize_config(cfg)
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"config key 'method.name': unknown method '{cfg.method.name}' ({', '.join(METHODS)})")
-    kind = cfg.data.kind or DATA_KIND[cfg.method.name]
-    if kind != DATA_KIND[cfg.method.name]:
-        raise ConfigError(f"config key 'data.kind': method '{cfg.method.name}' needs '{DATA_KIND[cfg.method.name]}' data")
+    spec = method_spec(cfg.method.name)
+    kind = cfg.data.kind or spec.data
+    if kind != spec.data:
+        raise ConfigError(f"config key 'data.kind': method '{spec.name}' needs '{spec.data}' data")
     if cfg.data.flip_mode not in FLIP_MODES:
         raise ConfigError(f"config key 'data.flip_mode': '{cfg.data.flip_mode}' ({', '.join(FLIP_MODES)})")
     if cfg.method.smpo.reward_range != "data" and cfg.method.smpo.reward_range not in REWARD_RANGES:
         raise ConfigError(f"config key 'method.smpo.reward_range': '{cfg.method.smpo.reward_range}' "
                           f"(data, {', '.join(REWARD_RANGES)})")
-    ratio = cfg.method.kto_positive_ratio
-    if ratio is not None and (cfg.method.name != "kto" or not 0.0 < ratio < 1.0):
-        raise ConfigError(f"config key 'method.kto_positive_ratio': {ratio} (kto only, in (0, 1), or null)")
-    if cfg.method.loss_type not in ("sigmoid", "hinge", "ipo"):
-        raise ConfigError(f"config key 'method.loss_type': '{cfg.method.loss_type}' (sigmoid, hinge, ipo)")
     if cfg.lora.rank < 0:
         raise ConfigError("config key 'lora.rank' must be >= 0 (0 = full fine-tuning)")
     if cfg.export.ema and cfg.lora.rank > 0:
@@ -104,10 +99,10 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
 
 def sampling_weights(cfg: DiffusionRecipeConfig, train_set) -> list[float] | None:
     """Per-example sampling weights for the loop's sampler: Diffusion-KTO's desirable ratio
-    (``method.kto_positive_ratio``, :mod:`mmalign.diffusion.kto_sampling`), else None (a permutation per epoch)."""
-    if cfg.method.kto_positive_ratio is None:
+    (``method.kto.positive_ratio``, :mod:`mmalign.diffusion.kto_sampling`), else None (a permutation per epoch)."""
+    if cfg.method.name != "kto" or cfg.method.kto.positive_ratio is None:
         return None
-    return positive_ratio_weights(training_labels(train_set), cfg.method.kto_positive_ratio)
+    return positive_ratio_weights(training_labels(train_set), cfg.method.kto.positive_ratio)
 
 
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,
@@ -122,14 +117,16 @@ def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffus
     return entries, stats, cache
 
 
-def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator) -> tuple[Any, ReferenceProvider, dict]:
+def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
+                 data_stats: dict | None = None) -> tuple[Any, ReferenceProvider, dict]:
     """LoRA or full fine-tuning, the reference provider, dtypes and speed options. Returns
-    ``(unet, reference, applied)``; the UNet is the pipeline's own (trained in place)."""
+    ``(unet, reference, applied)``; the UNet is the pipeline's own (trained in place). (``data_stats``: what
+    :func:`training_set` reported; a method's own ``setup_model`` hook may need it.)"""
     weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
     device = accelerator.device
     unet = parts.unet
     use_lora = cfg.lora.rank > 0
-    needs_reference = cfg.method.name not in REFERENCE_FREE
+    needs_reference = method_spec(cfg.method.name).reference
     if use_lora:
         unet.to(device, weight_dtype)  # frozen base in the compute dtype
         add_lora(unet, cfg.lora)

@@ -10,11 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmalign.config import MISSING
-from mmalign.diffusion.noise_providers import NoiseConfig
-from mmalign.diffusion.ppd.config import PpdConfig
-from mmalign.diffusion.soft_labels import SmpoConfig
+from mmalign.diffusion.registry import (
+    DATA_KINDS,
+    METHODS,
+    MethodConfig,
+    check_method_keys,
+    chosen_sections,
+    renamed_method_key,
+)
 from mmalign.train import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
+
+__all__ = ["METHODS", "MethodConfig", "DiffusionRecipeConfig"]
 
 
 @dataclass
@@ -48,43 +55,6 @@ class LoraConfig:
     init: str = "gaussian"
     """peft ``init_lora_weights``: gaussian (diffusers DPO scripts) | true (kaiming A, zero B)."""
     dropout: float = 0.0
-
-
-@dataclass
-class MethodConfig:
-    name: str = "dpo"
-    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo | ppd."""
-    beta: float = 5000.0
-    """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
-    KTO beta (1000)."""
-    loss_type: str = "sigmoid"
-    """dpo/dcpo: sigmoid | hinge | ipo (through mmalign.objectives.preference_loss), all with ``beta`` in the
-    official -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid -logsig(beta h),
-    hinge relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2). The diffusers script's lines use
-    logits = 2h with its own beta_dpo = beta/2: its sigmoid and hinge are the same losses, its ipo line
-    (logits - 1/(2 beta_dpo))^2 = 4 (h - 1/(2 beta)) ^ 2 (same minimiser h* = 1/(2 beta), 4x the loss); see
-    mmalign.diffusion.methods."""
-    mapo_snr: float = 0.5
-    """MaPO ``s`` in the bounded link g_s(l) = s*l / (exp(s*l) - 1)."""
-    rank_source: str = "model"
-    """RankDPO discount ranking: model (current scores) | label (preference scores)."""
-    kto_lambda_desirable: float = 1.0
-    kto_lambda_undesirable: float = 1.0
-    kto_positive_ratio: float | None = None
-    """kto: sample desirable images with this probability (official WeightedRandomSampler: argparse 0.5, example
-    0.8; see kto_sampling.py); null: every example once per epoch in a random order."""
-    timestep_weight: str = "none"
-    """Per-timestep weight omega(t) multiplying the per-sample error: none (official, 1) | snr_inverse."""
-    empty_prompt_prob: float = 0.0
-    """Probability of replacing a pair's prompt by "" (official Diffusion-DPO default 0.2)."""
-    sdxl_time_ids: str = "constant"
-    """SDXL micro-conditioning: constant [res,res,0,0,res,res] (official DPO) | original (image size + crop)."""
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    """Noise provider: forward (shared Gaussian) | ddim / renoise inversion (smpo, inpo); see noise_providers.py."""
-    smpo: SmpoConfig = field(default_factory=SmpoConfig)
-    """SmPO soft labels (scorer, gamma, winner order); see soft_labels.py and smpo.py."""
-    ppd: PpdConfig = field(default_factory=PpdConfig)
-    """PPD user embeddings and user cross-attention (shots, VLM / CLIP source, dropout); see mmalign/diffusion/ppd."""
 
 
 @dataclass
@@ -190,11 +160,23 @@ class DiffusionRecipeConfig:
     note: str = ""
     """Free text copied into summary.json (e.g. what the run is for)."""
 
+    def as_dict(self) -> dict:
+        """A plain dict of the config with only the chosen method's options section (the saved run config)."""
+        from dataclasses import asdict
 
-METHODS = ("dpo", "sft", "mapo", "dcpo", "rankdpo", "kto", "smpo", "inpo", "ppd")
-DATA_KIND = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "pairs", "rankdpo": "ranked", "kto": "unpaired",
-             "smpo": "pairs", "inpo": "pairs", "ppd": "pairs"}
-REFERENCE_FREE = ("sft", "mapo")
+        out = asdict(self)
+        out["method"] = chosen_sections(out["method"])
+        return out
+
+    @staticmethod
+    def renamed_key(key: str, raw: dict) -> str | None:
+        """Pre-registry ``method.*`` keys (``method.loss_type`` → ``method.dpo.loss_type``, ...): registry.py."""
+        return renamed_method_key(key, raw)
+
+    @staticmethod
+    def check_given(cfg: DiffusionRecipeConfig, given: set[str]) -> None:
+        """Options the chosen method does not read are a ConfigError naming the key (registry.py)."""
+        check_method_keys(cfg.method, given)
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
@@ -204,20 +186,11 @@ register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
          attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"))
 register(LoraConfig, rank=Range(0), alpha=Range(0, low_open=True), init=OneOf("gaussian", "true", "True"),
          dropout=Range(0, 1, high_open=True))
-register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), loss_type=OneOf("sigmoid", "hinge", "ipo"),
-         mapo_snr=Range(0, low_open=True), rank_source=OneOf("model", "label"), kto_lambda_desirable=Range(0),
-         kto_lambda_undesirable=Range(0), timestep_weight=OneOf("none", "snr_inverse"), empty_prompt_prob=_FRACTION,
-         sdxl_time_ids=OneOf("constant", "original"))
-register(DataConfig, kind=OneOf(*sorted(set(DATA_KIND.values()))), resolution=Range(8, multiple=8),
+register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, multiple=8),
          cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), max_skip_fraction=_FRACTION, limit=Range(1))
 register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0), seed=Range(0),
          height=Range(8, multiple=8))
 register(ExportConfig, ema_decay=_FRACTION)
 register(ToyEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
          batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))
-register(NoiseConfig, provider=OneOf("forward", "ddim", "renoise"), inversion_steps=Range(1), renoise_iters=Range(0),
-         eta=Range(0), inversion_model=OneOf("policy", "reference"))
-register(SmpoConfig, gamma=Range(0, low_open=True), order=OneOf("scorer", "human"), batch_size=Range(1))
-register(PpdConfig, embedding=OneOf("vlm", "clip", "clip_margin"), vlm_dtype=_DTYPES, max_new_tokens=Range(1),
-         shots=Range(1), num_tokens=Range(1), init=OneOf("zero", "text"), user_dropout=_FRACTION, seed=Range(0))
 register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir))

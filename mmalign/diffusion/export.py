@@ -27,11 +27,9 @@ RUN_CONFIG = "mmalign_config.yaml"
 
 
 def save_run_config(cfg: DiffusionRecipeConfig, output_dir: str | os.PathLike) -> Path:
-    from mmalign.config import to_dict
-
     path = Path(output_dir) / RUN_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
     return path
 
 
@@ -44,6 +42,11 @@ def export_trained(unet, pipeline_class: type, source: str, out_dir: str | os.Pa
     pipe.register_modules(unet=unet.to("cpu", unet_dtype))
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
     return Path(out_dir)
+
+
+def export_model(unet, cfg: DiffusionRecipeConfig, parts, out_dir: str | os.PathLike) -> Path:
+    """The registry's default ``export`` hook: :func:`export_trained` of the (unwrapped) trained UNet."""
+    return export_trained(unet, parts.pipeline_class, cfg.model.pretrained, out_dir, use_lora=cfg.lora.rank > 0)
 
 
 def _find_run(checkpoint: Path) -> tuple[Path, Path | None]:

@@ -1,6 +1,6 @@
 """Where every DDIM-inversion step of a sample starts, where it ends and at which timestep it asks the model.
 
-Two conventions (config key ``method.noise.convention``; spec ``diffusion_objectives.md`` §3, §4):
+Two conventions (config key ``method.<smpo|inpo>.noise.convention``; spec ``diffusion_objectives.md`` §3, §4):
 
 **official** (default; the SmPO / InPO configs set it): the semantics of the code the SmPO and InPO authors ran.
 Both repositories pin ``diffusers==0.20.0`` (``JaydenLyh/SmPO`` @ 8922d54 and ``JaydenLyh/InPO`` @ a9cfc4d,
@@ -103,7 +103,7 @@ def official_timesteps(num_steps: int, config: Any) -> tuple[list[int], int]:
     cfg = {k: config.get(k, v) for k, v in OFFICIAL_DEFAULTS.items()}
     total = int(config.get("num_train_timesteps", 1000))
     if not 2 <= num_steps <= total:
-        raise ValueError(f"config key 'method.noise.inversion_steps': the official convention needs 2..{total} "
+        raise ValueError(f"config key 'method.<smpo|inpo>.noise.inversion_steps': the official convention needs 2..{total} "
                          f"steps (diffusers 0.20 set_timesteps fails for {num_steps})")
     if cfg["timestep_spacing"] == "leading":
         ratio: float = total // num_steps
@@ -157,4 +157,4 @@ def inversion_plan(t: torch.Tensor, num_steps: int, scheduler: Any, convention: 
         return _official_plan(t.cpu(), num_steps, scheduler)
     if convention == "exact":
         return _exact_plan(t.cpu(), num_steps, scheduler)
-    raise ValueError(f"config key 'method.noise.convention': '{convention}' ({', '.join(CONVENTIONS)})")
+    raise ValueError(f"config key 'method.<smpo|inpo>.noise.convention': '{convention}' ({', '.join(CONVENTIONS)})")

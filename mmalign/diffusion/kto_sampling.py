@@ -1,4 +1,4 @@
-"""Diffusion-KTO's class-ratio sampler (``method.kto_positive_ratio``).
+"""Diffusion-KTO's class-ratio sampler (``method.kto.positive_ratio``).
 
 Official (``jacklishufan/diffusion-kto`` @ 226bbd0, ``train_kto_sd_v1.5.py``): with a ``gt_label*`` policy the
 loader samples with ``torch.utils.data.WeightedRandomSampler(weights, len(weights))`` (l.1186-1190, with
@@ -21,7 +21,7 @@ def positive_ratio_weights(labels: Sequence[bool], positive_ratio: float) -> lis
     """Per-example sampling weights: class ``c`` gets ``N / count[c]`` times ``positive_ratio`` (desirable) or
     ``1 - positive_ratio`` (undesirable), as the official ``make_weights_for_balanced_classes``."""
     if not 0.0 < positive_ratio < 1.0:
-        raise ValueError(f"config key 'method.kto_positive_ratio' must be in (0, 1), got {positive_ratio}")
+        raise ValueError(f"config key 'method.kto.positive_ratio' must be in (0, 1), got {positive_ratio}")
     n = float(len(labels))
     count = [sum(1 for v in labels if not v), sum(1 for v in labels if v)]
     per_class = [n / (float(count[c]) + 1e-9) for c in (0, 1)]
@@ -37,5 +37,5 @@ def training_labels(train_set: Any) -> list[bool]:
         return [bool(e["label"]) for e in train_set.entries]
     records = getattr(getattr(train_set, "dataset", None), "records", None)
     if records is None:
-        raise ValueError("method.kto_positive_ratio: the training set exposes no labels")
+        raise ValueError("method.kto.positive_ratio: the training set exposes no labels")
     return [bool(r.label) for r in records]

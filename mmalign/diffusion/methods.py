@@ -1,4 +1,7 @@
-"""Step functions of the diffusion preference methods: per-sample errors → :mod:`mmalign.objectives` → loss.
+"""What every diffusion method step shares: :class:`StepContext`, :func:`dpo_terms` and the step dispatch.
+
+The steps themselves are one module each (:mod:`mmalign.diffusion.steps`, PPD's in :mod:`mmalign.diffusion.ppd`),
+named by the method registry (:mod:`mmalign.diffusion.registry`).
 
 Every step: build ``x0``/conditioning (:mod:`mmalign.diffusion.inputs`), sample ``t`` and noise, compute policy
 errors with gradient and reference errors without, and hand *scores* to the modality-free objective. The score of
@@ -17,8 +20,8 @@ rankdpo    k ranked images per prompt, shared t and noise per prompt; ``rankdpo_
 kto        unpaired images, independent t and noise; ``kto_loss`` with z0 = clamp(mean(rho), 0) over the batch
            (§8.1; jacklishufan/diffusion-kto ``train_kto_sd_v1.5.py``). ``method.beta`` is Diffusion-KTO's
            ``beta_dpo`` on ``g = e_ref - e``; with scores ``-e/2`` that is ``beta = 2 * beta_dpo`` for the core.
-smpo       pairs, shared t, ReNoise-inversion noise, beta * kappa per pair (§3; ``mmalign.diffusion.smpo``)
-inpo       pairs, shared t, DDIM-inversion noise (§4; ``mmalign.diffusion.inpo``)
+smpo       pairs, shared t, ReNoise-inversion noise, beta * kappa per pair (§3; ``steps/smpo.py``)
+inpo       pairs, shared t, DDIM-inversion noise (§4; ``steps/inpo.py``)
 ppd        pairs of many users, shared t and noise, user-conditioned policy vs the base UNet without the user branch
            (§5; ``mmalign.diffusion.ppd.step``)
 =========  =================================================================================================
@@ -49,20 +52,18 @@ import torch
 
 from mmalign import objectives
 from mmalign.diffusion.adapter import DiffusionParts
-from mmalign.diffusion.config import MethodConfig
-from mmalign.diffusion.inpo import inpo_step
 from mmalign.diffusion.inputs import InputBuilder
-from mmalign.diffusion.ppd.step import ppd_step
 from mmalign.diffusion.reference import ReferenceProvider, unwrap
+from mmalign.diffusion.registry import MethodConfig, method_spec
 from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, model_errors, training_timesteps_and_noise
-from mmalign.diffusion.smpo import smpo_step
 
 Metrics = dict[str, Any]
 
 
 @dataclass
 class StepContext:
-    """What every method step needs besides the policy and the batch."""
+    """What every method step needs besides the policy and the batch; ``options`` is the method's own section
+    (``method.<name>``)."""
 
     parts: DiffusionParts
     inputs: InputBuilder
@@ -70,6 +71,10 @@ class StepContext:
     method: MethodConfig
     device: torch.device
     autocast: Callable[[], Any] = nullcontext
+
+    @property
+    def options(self) -> Any:
+        return getattr(self.method, self.method.name, None)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -92,121 +97,48 @@ class StepContext:
         return training_timesteps_and_noise(self.parts, x0.shape[0], 1, tuple(x0.shape[1:]), self.device)
 
 
+def dpo_terms(e: torch.Tensor, e_ref: torch.Tensor, beta: float, loss_type: str = "sigmoid",
+              beta_scale: torch.Tensor | None = None, **loss_options: Any) -> tuple[torch.Tensor, Metrics]:
+    """Diffusion-DPO on ``[w; l]`` stacked per-sample errors ``e`` (policy) and ``e_ref`` (reference): the
+    per-pair losses ``preference_loss(loss_type)`` on scores ``-e/2`` with ``beta`` (times ``beta_scale`` per pair:
+    SmPO's kappa) and the logged metrics — the objective's ``rewards/*``, ``implicit_acc`` (official: the fraction
+    with ``-(beta/2)((e_w - e_ref_w) - (e_l - e_ref_l)) > 0``), ``model_mse``, ``ref_mse``, ``e_w`` ... ``e_ref_l``.
+    ``loss_options``: e.g. ``label_smoothing`` of cdpo / robust."""
+    e_w, e_l = e.chunk(2)
+    r_w, r_l = e_ref.chunk(2)
+    losses, metrics = objectives.preference_loss(
+        loss_type, chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w, ref_rejected=-0.5 * r_l,
+        beta=beta if beta_scale is None else beta * beta_scale, **loss_options,
+    )
+    inside = (-0.5 * beta * ((e_w - e_l) - (r_w - r_l))).detach()
+    metrics.update(error_metrics(e, e_ref), implicit_acc=(inside > 0).float().mean())
+    return losses, metrics
+
+
+def error_metrics(e: torch.Tensor, e_ref: torch.Tensor | None, group_size: int = 2) -> Metrics:
+    """``model_mse``, ``e_w``, ``e_l`` (first / last member) and, with a reference, ``ref_mse``, ``e_ref_w``,
+    ``e_ref_l``."""
+    e = e.detach()
+    out: Metrics = {"model_mse": e.mean(), "e_w": e.chunk(group_size)[0].mean(), "e_l": e.chunk(group_size)[-1].mean()}
+    if e_ref is not None:
+        e_ref = e_ref.detach()
+        out.update({"ref_mse": e_ref.mean(), "e_ref_w": e_ref.chunk(group_size)[0].mean(),
+                    "e_ref_l": e_ref.chunk(group_size)[-1].mean()})
+    return out
+
+
 def _empty_step(policy) -> tuple[torch.Tensor, Metrics]:
     """A batch whose items were all unreadable: a zero loss that still touches the graph (DDP-safe)."""
     params = [p for p in policy.parameters() if p.requires_grad]
     return sum(p.sum() * 0.0 for p in params[:1]), {}
 
 
-def _error_metrics(e: torch.Tensor, e_ref: torch.Tensor | None, group_size: int = 2) -> Metrics:
-    out: Metrics = {"model_mse": e.detach().mean()}
-    e_w, e_l = e.detach().chunk(group_size)[0], e.detach().chunk(group_size)[-1]
-    out.update({"e_w": e_w.mean(), "e_l": e_l.mean()})
-    if e_ref is not None:
-        r_w, r_l = e_ref.chunk(group_size)[0], e_ref.chunk(group_size)[-1]
-        out.update({"ref_mse": e_ref.mean(), "e_ref_w": r_w.mean(), "e_ref_l": r_l.mean()})
-    return out
-
-
-def dpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-    """Diffusion-DPO (and DCPO: the batch already carries per-side captions)."""
-    x0, cond = ctx.inputs(batch, ctx.device)
-    t, noise = ctx.shared_noise(x0, batch["groups"], 2)
-    e = ctx.errors(policy, x0, noise, t, cond)
-    e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
-    e_w, e_l = e.chunk(2)
-    r_w, r_l = e_ref.chunk(2)
-    losses, metrics = objectives.preference_loss(
-        ctx.method.loss_type, chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w,
-        ref_rejected=-0.5 * r_l, beta=ctx.method.beta,
-    )
-    inside = (-0.5 * ctx.method.beta * ((e_w - e_l) - (r_w - r_l))).detach()
-    metrics.update(_error_metrics(e, e_ref), implicit_acc=(inside > 0).float().mean())
-    return losses.mean(), metrics
-
-
-def sft_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-    """Diffusion-SFT baseline: plain denoising loss on the preferred image only."""
-    x0, cond = ctx.inputs(batch, ctx.device)
-    groups = batch["groups"]
-    x0_w, cond_w = x0[:groups], {k: v[:groups] for k, v in cond.items()}
-    t, noise = ctx.independent_noise(x0_w)
-    e_w = ctx.errors(policy, x0_w, noise, t, cond_w)
-    return e_w.mean(), {"model_mse": e_w.detach().mean()}
-
-
-def mapo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-    """MaPO: reference-free, ``mean(e_w) - beta * mean(logsig(T * (g(e_w) - g(e_l))))``."""
-    x0, cond = ctx.inputs(batch, ctx.device)
-    t, noise = ctx.shared_noise(x0, batch["groups"], 2)
-    e = ctx.errors(policy, x0, noise, t, cond)
-    e_w, e_l = e.chunk(2)
-    losses, metrics = objectives.mapo_loss(
-        e_w, e_l, beta=ctx.method.beta, snr_value=ctx.method.mapo_snr, num_train_timesteps=ctx.num_train_timesteps
-    )
-    metrics.update(_error_metrics(e, None))
-    return losses.mean(), metrics
-
-
-def rankdpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-    """RankDPO: k images per prompt (member-major layout), one t and one noise shared by the list."""
-    x0, cond = ctx.inputs(batch, ctx.device)
-    groups, k = batch["groups"], batch["group_size"]
-    t, noise = ctx.shared_noise(x0, groups, k)
-    e = ctx.errors(policy, x0, noise, t, cond)
-    e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
-    scores, ref_scores = (-0.5 * e).view(k, groups).T, (-0.5 * e_ref).view(k, groups).T
-    losses, metrics = objectives.rankdpo_loss(
-        scores, ref_scores, batch["scores"].float(), beta=ctx.method.beta, rank_source=ctx.method.rank_source
-    )
-    metrics.update({"model_mse": e.detach().mean(), "ref_mse": e_ref.mean()})
-    return losses.mean(), metrics
-
-
-def kto_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-    """Diffusion-KTO on unpaired images with per-image t and noise; z0 from the matched samples of the batch."""
-    x0, cond = ctx.inputs(batch, ctx.device)
-    t, noise = ctx.independent_noise(x0)
-    e = ctx.errors(policy, x0, noise, t, cond)
-    e_ref = ctx.reference_errors(policy, x0, noise, t, cond)
-    score, ref_score = -0.5 * e, -0.5 * e_ref
-    losses, metrics = objectives.kto_loss(
-        score, ref_score, batch["label"].bool(), beta=2.0 * ctx.method.beta, z0=_global_kto_z0(score, ref_score),
-        lambda_d=ctx.method.kto_lambda_desirable, lambda_u=ctx.method.kto_lambda_undesirable,
-    )
-    # keep only keys present in every batch: the shared loop reduces one metrics vector across ranks
-    metrics = {k: v for k, v in metrics.items() if k not in KTO_CONDITIONAL_METRICS}
-    metrics.update({"model_mse": e.detach().mean(), "ref_mse": e_ref.mean()})
-    return losses.mean(), metrics
-
-
-KTO_CONDITIONAL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
-"""kto_loss metrics that exist only when a batch has both labels (the *_sum and count/* ones always exist)."""
-
-
-def _global_kto_z0(score: torch.Tensor, ref_score: torch.Tensor) -> torch.Tensor:
-    """Diffusion-KTO reference point over the *global* batch: ``clamp(mean over all ranks of rho, min=0)``, detached
-    (official: mean of the gathered batch). Single process: :func:`mmalign.objectives.kto_z0`."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return objectives.kto_z0(score.detach(), ref_score.detach())
-    rho = (score - ref_score).detach().float()
-    total = torch.stack([rho.sum(), torch.tensor(float(rho.numel()), device=rho.device)])
-    dist.all_reduce(total)
-    return (total[0] / total[1]).clamp(min=0.0)
-
-
-STEPS = {"dpo": dpo_step, "dcpo": dpo_step, "sft": sft_step, "mapo": mapo_step, "rankdpo": rankdpo_step,
-         "kto": kto_step, "smpo": smpo_step, "inpo": inpo_step, "ppd": ppd_step}
-
-
-def make_step_fn(ctx: StepContext, skip_counter: Any | None = None) -> Callable[[Any, dict[str, Any]], tuple[torch.Tensor, Metrics]]:
-    """The ``step_fn(model, batch)`` for :func:`mmalign.train.train`; ``skip_counter`` (a
-    :class:`mmalign.data.SkipCounter`) counts the readers' skipped items carried in ``batch["skipped"]``."""
-    if ctx.method.name not in STEPS:
-        raise ValueError(f"method.name: unknown method '{ctx.method.name}' ({', '.join(STEPS)})")
-    method = STEPS[ctx.method.name]
+def make_step_fn(ctx: StepContext, skip_counter: Any | None = None
+                 ) -> Callable[[Any, dict[str, Any]], tuple[torch.Tensor, Metrics]]:
+    """The ``step_fn(model, batch)`` for :func:`mmalign.train.train`: the registered step of ``ctx.method.name``;
+    ``skip_counter`` (a :class:`mmalign.data.SkipCounter`) counts the readers' skipped items carried in
+    ``batch["skipped"]``."""
+    method = method_spec(ctx.method.name).hook("step")
 
     def step_fn(policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
         if skip_counter is not None and "skipped" in batch:

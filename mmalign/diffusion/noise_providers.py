@@ -22,57 +22,30 @@ with ``inversion_model: reference``, with the reference model. The grid and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mmalign.diffusion.inversion import implied_noise, invert
 from mmalign.diffusion.inversion_plan import CONVENTIONS
+from mmalign.diffusion.noise_config import NoiseConfig
 from mmalign.diffusion.reference import unwrap
 
 PROVIDERS = ("forward", "ddim", "renoise")
-METHOD_DEFAULTS = {"smpo": {"provider": "renoise", "eta": 0.0}, "inpo": {"provider": "ddim", "eta": 0.1}}
 
 
-@dataclass
-class NoiseConfig:
-    provider: str | None = None
-    """forward | ddim | renoise (null: the method's own — smpo: renoise, inpo: ddim, others: forward)."""
-    convention: str = "official"
-    """official | exact: the inversion grid and the timestep the model is queried at (inversion_plan.py).
-    official = diffusers 0.20 DDIMInverseScheduler as the SmPO/InPO code ran it: rolled "leading" grid of K
-    points, model queried at the level of its input latent (the clean latent at -T/K + steps_offset), every grid
-    step below t, so the latent ends at the next grid level >= t; exact = a grid from the clean latent ending
-    exactly at t, model queried at each step's target level."""
-    inversion_steps: int = 10
-    """K: grid points over the full range [0, T) (official: 10 for SDXL and InPO, 5 for SmPO SD1.5; the official
-    convention needs K >= 2). exact: a sample at t gets max(1, ceil(K t / T)) steps ending exactly at t."""
-    renoise_iters: int = 1
-    """ReNoise re-predictions per inversion step (official SmPO: 1, i.e. the average of 2 predictions)."""
-    eta: float | None = None
-    """Stochastic term of DDIM inversion, eta * sqrt(Var_DDIM) * N(0, I) per step (null: inpo 0.1, else 0)."""
-    inversion_model: str = "policy"
-    """policy (current weights, official) | reference (the reference model)."""
-
-
-def resolved(cfg: NoiseConfig, method: str) -> NoiseConfig:
-    """``cfg`` with the method defaults filled in, validated (raises ``ValueError`` naming the key)."""
-    defaults = METHOD_DEFAULTS.get(method, {"provider": "forward", "eta": 0.0})
-    out = NoiseConfig(
-        provider=cfg.provider or defaults["provider"], inversion_steps=cfg.inversion_steps,
-        renoise_iters=cfg.renoise_iters, eta=defaults["eta"] if cfg.eta is None else cfg.eta,
-        inversion_model=cfg.inversion_model, convention=cfg.convention,
-    )
-    if out.provider not in PROVIDERS:
-        raise ValueError(f"config key 'method.noise.provider': '{out.provider}' ({', '.join(PROVIDERS)})")
-    if out.inversion_model not in ("policy", "reference"):
-        raise ValueError(f"config key 'method.noise.inversion_model': '{out.inversion_model}' (policy, reference)")
-    if out.convention not in CONVENTIONS:
-        raise ValueError(f"config key 'method.noise.convention': '{out.convention}' ({', '.join(CONVENTIONS)})")
-    if out.inversion_steps < 1 or out.renoise_iters < 0 or out.eta < 0:
-        raise ValueError("config keys 'method.noise.*': inversion_steps >= 1, renoise_iters >= 0, eta >= 0")
-    return out
+def checked(cfg: NoiseConfig, method: str) -> NoiseConfig:
+    """``cfg`` validated (raises ``ValueError`` naming the key ``method.<method>.noise.*``)."""
+    key = f"method.{method}.noise"
+    if cfg.provider not in PROVIDERS:
+        raise ValueError(f"config key '{key}.provider': '{cfg.provider}' ({', '.join(PROVIDERS)})")
+    if cfg.inversion_model not in ("policy", "reference"):
+        raise ValueError(f"config key '{key}.inversion_model': '{cfg.inversion_model}' (policy, reference)")
+    if cfg.convention not in CONVENTIONS:
+        raise ValueError(f"config key '{key}.convention': '{cfg.convention}' ({', '.join(CONVENTIONS)})")
+    if cfg.inversion_steps < 1 or cfg.renoise_iters < 0 or cfg.eta < 0:
+        raise ValueError(f"config keys '{key}.*': inversion_steps >= 1, renoise_iters >= 0, eta >= 0")
+    return cfg
 
 
 def forward_noise(x0: torch.Tensor, groups: int, group_size: int,
@@ -105,7 +78,7 @@ class NoiseProvider:
     """
 
     def __init__(self, cfg: NoiseConfig, method: str) -> None:
-        self.cfg = resolved(cfg, method)
+        self.cfg = checked(cfg, method)
 
     def __call__(self, ctx: Any, policy: Any, x0: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
                  groups: int, group_size: int) -> torch.Tensor:
@@ -113,7 +86,7 @@ class NoiseProvider:
         if cfg.provider == "forward":
             return forward_noise(x0, groups, group_size)
         if ctx.parts.prediction_type == "flow":
-            raise ValueError("method.noise: DDIM/ReNoise inversion needs an epsilon or v_prediction model")
+            raise ValueError("method.*.noise: DDIM/ReNoise inversion needs an epsilon or v_prediction model")
         renoise = cfg.renoise_iters if cfg.provider == "renoise" else 0
         kwargs = dict(num_steps=cfg.inversion_steps, renoise_iters=renoise, eta=cfg.eta,
                       prediction_type=ctx.parts.prediction_type, convention=cfg.convention)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from mmalign.diffusion.smpo_config import SmpoConfig
 
 FORMAT = "mmalign.smpo_soft_labels/1"
 TINY = "tiny:"
@@ -38,31 +40,6 @@ REWARD_RANGES: dict[str, tuple[float, float]] = {
 }
 """Named official ``(min, max)`` reward ranges. ``pickapic_v2_pickscore``: PickScore's raw cosine on Pick-a-Pic v2
 (SmPO ``train.py`` l.741-742 ``max_val`` / ``min_val``)."""
-
-
-@dataclass
-class SmpoConfig:
-    scorer: str = "pickscore"
-    """Scorer card for the soft labels (scorers.load_scorer name or card YAML path; tiny:<card> = tiny random
-    weights for smoke tests). Official: PickScore raw cosine."""
-    scorer_checkpoint: str | None = None
-    """Scorer checkpoint (local path or hub id; null: the card's default)."""
-    scorer_options: dict[str, Any] = field(default_factory=dict)
-    """Card overrides passed to scorers.load_scorer (e.g. arch, backbone_checkpoint)."""
-    gamma: float = 10.0
-    """kappa = gamma * (2p - 1) (paper and code: 10)."""
-    order: str = "scorer"
-    """scorer: the higher-scored image is the winner (official 'data cleaning'); human: the data's winner stays the
-    winner and the scorer only weights the pair, kappa = gamma |2p - 1| (a signed kappa would re-order every pair
-    the scorer disagrees with: the same loss as 'scorer'; see mmalign.objectives.smoothed)."""
-    labels: str | None = None
-    """Soft-label file (JSON). null: <data cache root>/smpo_labels/<scorer>-<data+scorer fingerprint>.json,
-    computed on first use. An existing file given here is used as is."""
-    reward_range: str = "data"
-    """Min/max of the reward normalisation: data (over the data set's scored images, stored with the labels) or a
-    named official range: pickapic_v2_pickscore = 0.11543526500463486 .. 0.28201571106910706 (SmPO train.py)."""
-    batch_size: int = 32
-    """Images per scorer forward while labelling."""
 
 
 def _safe(name: str) -> str:

@@ -30,7 +30,7 @@ BAD_DIFFUSION = [
     ("train.seed", "-3"), ("train.max_nonfinite_steps", "0"), ("data.resolution", "0"), ("data.resolution", "100"),
     ("data.max_skip_fraction", "1.5"), ("data.limit", "0"), ("data.latent_sample", "mode"),
     ("method.beta", "-5000"), ("method.beta", "0"), ("method.empty_prompt_prob", "1.2"),
-    ("method.timestep_weight", "snr"), ("method.noise.inversion_steps", "0"), ("method.smpo.order", "random"),
+    ("method.timestep_weight", "snr"), ("method.inpo.noise.inversion_steps", "0"), ("method.smpo.order", "random"),
     ("method.ppd.user_dropout", "2"), ("lora.rank", "-1"), ("lora.dropout", "1"), ("model.attention", "flash"),
     ("validation.num_inference_steps", "0"), ("export.ema_decay", "1.5"), ("toy_eval.batch_size", "0"),
 ]

@@ -52,18 +52,17 @@ def test_weights_and_sampler_draw_desirable_images_at_the_ratio():
     assert list(sampler) == list(sampler)  # resumable: a function of (seed, epoch)
     unweighted = EpochSampler(len(labels), seed=0)
     assert sorted(unweighted) == list(range(100))  # the default stays a permutation
-    with pytest.raises(ValueError, match="kto_positive_ratio"):
+    with pytest.raises(ValueError, match="method.kto.positive_ratio"):
         positive_ratio_weights([True, False], 1.0)
 
 
 def test_config_key_is_kto_only():
     from mmalign.config import load_config
-    from mmalign.diffusion.build import check_config
     from mmalign.diffusion.config import DiffusionRecipeConfig
 
     cfg = load_config(DiffusionRecipeConfig, str(CONFIGS / "sd15_kto.yaml"), [])
-    assert cfg.method.kto_positive_ratio == 0.8
-    cfg = load_config(DiffusionRecipeConfig, str(CONFIGS / "toy_dpo.yaml"),
-                      ["method.kto_positive_ratio=0.8"])
-    with pytest.raises(ConfigError, match="kto_positive_ratio"):
-        check_config(cfg)
+    assert cfg.method.kto.positive_ratio == 0.8
+    with pytest.raises(ConfigError, match="'method.kto.positive_ratio' is an option of method 'kto'"):
+        load_config(DiffusionRecipeConfig, str(CONFIGS / "toy_dpo.yaml"), ["method.kto.positive_ratio=0.8"])
+    with pytest.raises(ConfigError, match="'method.kto.positive_ratio'.*< 1"):
+        load_config(DiffusionRecipeConfig, str(CONFIGS / "sd15_kto.yaml"), ["method.kto.positive_ratio=1.0"])

@@ -16,9 +16,13 @@ from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.config import LoraConfig, MethodConfig
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
-from mmalign.diffusion.methods import StepContext, dpo_step, kto_step, mapo_step
+from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.reference import ReferenceProvider
+from mmalign.diffusion.registry import DpoOptions, KtoOptions, MapoOptions
 from mmalign.diffusion.scores import per_sample_error, sample_shared_timesteps_and_noise
+from mmalign.diffusion.steps.dpo import dpo_step
+from mmalign.diffusion.steps.kto import kto_step
+from mmalign.diffusion.steps.mapo import mapo_step
 
 B = 2
 
@@ -54,7 +58,7 @@ def _official_errors(unet, scheduler, x0, cond, t, noise, prediction_type):
                                             ("sd2v", "ipo")])
 def test_dpo_loss_matches_official_formula(tiny_model_dirs, kind, loss_type):
     beta = 100.0 if loss_type == "hinge" else 5000.0  # keep the hinge inside its linear part
-    parts, ctx, batch = _setup(tiny_model_dirs[kind], MethodConfig(name="dpo", beta=beta, loss_type=loss_type))
+    parts, ctx, batch = _setup(tiny_model_dirs[kind], MethodConfig(name="dpo", beta=beta, dpo=DpoOptions(loss_type=loss_type)))
     assert parts.prediction_type == {"sd15": "epsilon", "sd2v": "v_prediction"}[kind]
     torch.manual_seed(123)
     loss, metrics = dpo_step(ctx, parts.unet, batch)
@@ -97,7 +101,7 @@ def test_dpo_at_init_is_log2_and_gradient_flows(tiny_model_dirs):
 
 
 def test_mapo_step_matches_official_expression(tiny_model_dirs):
-    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="mapo", beta=0.1, mapo_snr=0.5))
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="mapo", beta=0.1, mapo=MapoOptions(snr=0.5)))
     torch.manual_seed(5)
     loss, metrics = mapo_step(ctx, parts.unet, batch)
     torch.manual_seed(5)
@@ -116,7 +120,7 @@ def test_mapo_step_matches_official_expression(tiny_model_dirs):
 
 def test_kto_step_matches_diffusion_kto(tiny_model_dirs):
     """Diffusion-KTO: g = e_ref - e, z0 = clamp(mean g, 0), loss = 1 - sigmoid(y * beta * (g - z0))."""
-    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="kto", beta=1000.0))
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="kto", beta=1000.0, kto=KtoOptions()))
     batch = {**batch, "groups": 2 * B, "group_size": 1, "label": torch.tensor([True, False, True, False])}
     torch.manual_seed(9)
     loss, _ = kto_step(ctx, parts.unet, batch)

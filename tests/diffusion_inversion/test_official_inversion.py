@@ -11,7 +11,7 @@ import torch
 
 from mmalign.diffusion.inversion import invert
 from mmalign.diffusion.inversion_plan import inversion_plan, official_timesteps
-from mmalign.diffusion.noise_providers import NoiseConfig, inversion_noise, resolved
+from mmalign.diffusion.noise_providers import NoiseConfig, checked, inversion_noise
 
 from .official_ddim020 import (
     DDIMInverseScheduler020,
@@ -127,9 +127,9 @@ def test_batched_official_loop_with_eta_and_clip_sample(models):
 
 
 def test_convention_is_a_validated_config_key():
-    assert resolved(NoiseConfig(), "inpo").convention == "official"
-    with pytest.raises(ValueError, match="method.noise.convention"):
-        resolved(NoiseConfig(convention="diffusers022"), "inpo")
+    assert checked(NoiseConfig(), "inpo").convention == "official"
+    with pytest.raises(ValueError, match="method.inpo.noise.convention"):
+        checked(NoiseConfig(convention="diffusers022"), "inpo")
 
 
 def test_official_implied_noise_of_the_toy_base_is_not_the_image():

@@ -30,14 +30,14 @@ def _check(summary: dict, out: Path, method: str) -> None:
 
 
 def test_toy_inpo_sd15(run_recipe, tiny_dirs, pairs_path, tmp_path):
-    summary = run_recipe("toy_inpo.yaml", tiny_dirs["sd15"], pairs_path, "method.noise.inversion_steps=4")
+    summary = run_recipe("toy_inpo.yaml", tiny_dirs["sd15"], pairs_path, "method.inpo.noise.inversion_steps=4")
     _check(summary, tmp_path / "out", "inpo")
     final = summary["final"]
     assert final["implied_noise_std"] > 0 and "implicit_acc" in final
 
 
 def test_toy_smpo_sd15_labels_once(run_recipe, tiny_dirs, pairs_path, tmp_path):
-    overrides = ("method.noise.inversion_steps=4", "method.smpo.scorer=tiny:pickscore")
+    overrides = ("method.smpo.noise.inversion_steps=4", "method.smpo.scorer=tiny:pickscore")
     summary = run_recipe("toy_smpo.yaml", tiny_dirs["sd15"], pairs_path, *overrides)
     _check(summary, tmp_path / "out", "smpo")
     files = list((tmp_path / "cache" / "smpo_labels").glob("*.json"))
@@ -55,7 +55,7 @@ def test_toy_smpo_sd15_labels_once(run_recipe, tiny_dirs, pairs_path, tmp_path):
 def test_sdxl_smpo_config_with_tiny_overrides(run_recipe, tiny_dirs, pairs_path, tmp_path):
     """The SDXL config (full fine-tuning, Adafactor, renoise) on the tiny SDXL pipeline, human label order."""
     summary = run_recipe(
-        "sdxl_smpo.yaml", tiny_dirs["sdxl"], pairs_path, "method.noise.inversion_steps=3", "lora.rank=0",
+        "sdxl_smpo.yaml", tiny_dirs["sdxl"], pairs_path, "method.smpo.noise.inversion_steps=3", "lora.rank=0",
         "method.smpo.scorer=tiny:clipscore", "method.smpo.order=human", "train.optimizer=adafactor",
     )
     assert summary["family"] == "sdxl" and summary["setup"]["mode"] == "full"
@@ -68,18 +68,18 @@ def test_sdxl_smpo_config_with_tiny_overrides(run_recipe, tiny_dirs, pairs_path,
 def test_configs_load_with_launch_command(name):
     from mmalign.config import load_config
     from mmalign.diffusion.config import DiffusionRecipeConfig
-    from mmalign.diffusion.noise_providers import resolved
+    from mmalign.diffusion.noise_providers import checked
 
     path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / f"{name}.yaml"
     assert path.read_text().startswith(f"# accelerate launch recipes/diffusion.py --config {path.relative_to(path.parents[3])}")
     cfg = load_config(DiffusionRecipeConfig, str(path), [])
     method = name.split("_")[1]
     assert cfg.method.name == method
-    noise = resolved(cfg.method.noise, method)
+    noise = checked(getattr(cfg.method, method).noise, method)
     assert noise.provider == {"smpo": "renoise", "inpo": "ddim"}[method]
     assert noise.eta == (0.1 if method == "inpo" else 0.0) and noise.inversion_model == "policy"
-    assert cfg.method.noise.convention == "official"  # set in the file: diffusers 0.20 semantics (issue 16)
+    assert noise.convention == "official"  # set in the file: diffusers 0.20 semantics (issue 16)
     assert noise.inversion_steps == (5 if name == "sd15_smpo" or name == "toy_smpo" else 10)
     with pytest.raises(ValueError, match="inversion_model"):
-        cfg.method.noise.inversion_model = "ema"
-        resolved(cfg.method.noise, method)
+        noise.inversion_model = "ema"
+        checked(noise, method)

@@ -17,14 +17,15 @@ import torch.nn.functional as F
 
 from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.config import LoraConfig, MethodConfig
-from mmalign.diffusion.inpo import inpo_step
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.noise_providers import NoiseConfig
 from mmalign.diffusion.reference import ReferenceProvider
-from mmalign.diffusion.smpo import order_and_kappa, smpo_step, swap_pairs
+from mmalign.diffusion.registry import InpoOptions
 from mmalign.diffusion.soft_labels import SmpoConfig, SoftLabels, write_soft_labels
+from mmalign.diffusion.steps.inpo import inpo_step
+from mmalign.diffusion.steps.smpo import order_and_kappa, smpo_step, swap_pairs
 from mmalign.objectives import preference_loss
 from mmalign.objectives.smoothed import smpo_kappa
 
@@ -196,7 +197,7 @@ def test_inpo_loss_matches_independent_computation(tiny_dirs, inversion_model, c
     beta = 2000.0
     noise = NoiseConfig(provider="ddim", inversion_steps=10, eta=0.1, inversion_model=inversion_model,
                         convention=convention)
-    parts, ctx, batch = _setup(tiny_dirs["sd15"], MethodConfig(name="inpo", beta=beta, noise=noise))
+    parts, ctx, batch = _setup(tiny_dirs["sd15"], MethodConfig(name="inpo", beta=beta, inpo=InpoOptions(noise=noise)))
     torch.manual_seed(123)
     loss, metrics = inpo_step(ctx, parts.unet, batch)
 
@@ -226,9 +227,9 @@ def test_smpo_loss_matches_independent_computation(tiny_dirs, tmp_path, order, c
     beta, gamma = 2000.0, 10.0
     rewards = [(0.21, 0.15), (0.12, 0.26), (0.30, 0.29)]  # pair 1: the scorer disagrees with the label
     _labels(tmp_path, [f"w{i}" for i in range(B)], [f"l{i}" for i in range(B)], rewards)
-    smpo = SmpoConfig(gamma=gamma, order=order, labels=str(tmp_path / "labels.json"))
     noise = NoiseConfig(provider="renoise", inversion_steps=5, renoise_iters=1, convention=convention)
-    parts, ctx, batch = _setup(tiny_dirs["sd15"], MethodConfig(name="smpo", beta=beta, noise=noise, smpo=smpo))
+    smpo = SmpoConfig(gamma=gamma, order=order, labels=str(tmp_path / "labels.json"), noise=noise)
+    parts, ctx, batch = _setup(tiny_dirs["sd15"], MethodConfig(name="smpo", beta=beta, smpo=smpo))
     torch.manual_seed(7)
     loss, metrics = smpo_step(ctx, parts.unet, batch)
 
@@ -282,8 +283,9 @@ def test_a_small_gradient_step_lowers_the_loss(tiny_dirs, tmp_path, method):
     """Gradients flow to the LoRA weights with the right sign: one small SGD step on the step's own loss lowers it
     (same t, same inversion draws; the inversion is redone with the updated policy, as in training)."""
     _labels(tmp_path, [f"w{i}" for i in range(B)], [f"l{i}" for i in range(B)], [(0.3, 0.1), (0.1, 0.3), (0.25, 0.2)])
-    cfg = MethodConfig(name=method, beta=2000.0, noise=NoiseConfig(inversion_steps=4),
-                       smpo=SmpoConfig(labels=str(tmp_path / "labels.json")))
+    cfg = MethodConfig(name=method, beta=2000.0)
+    cfg.smpo.labels = str(tmp_path / "labels.json")
+    getattr(cfg, method).noise.inversion_steps = 4
     parts, ctx, batch = _setup(tiny_dirs["sd15"], cfg)
     step = {"inpo": inpo_step, "smpo": smpo_step}[method]
     params = [p for p in parts.unet.parameters() if p.requires_grad]

@@ -99,9 +99,9 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
     pretrained = cfg["model"]["pretrained"]
     if pretrained.startswith("assets/"):  # the toy world: its own shipped model and data, fewer of them
         limit = ["data.limit=12" if method == "ppd" else "data.limit=4"]  # PPD: one user, 4 shots + 8 pairs
+        users = ["method.ppd.cache_dir=" + str(tmp / "users")] if method == "ppd" else []
         return out + [*limit, "toy_eval.max_captions=2", "toy_eval.seeds=[0]", "toy_eval.batch_size=2",
-                      "toy_eval.num_inference_steps=2",
-                      "method.ppd.cache_dir=" + str(tmp / "users")]
+                      "toy_eval.num_inference_steps=2", *users]
     assert pretrained in TINY_DIFFUSION, f"add a tiny stand-in for {pretrained!r} to TINY_DIFFUSION"
     out += [f"model.pretrained={models[TINY_DIFFUSION[pretrained]]}",
             f"data.path={data['diffusion:' + DIFFUSION_DATA[method]]}", "data.resolution=32"]

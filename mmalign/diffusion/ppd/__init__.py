@@ -10,21 +10,24 @@
 * :mod:`.export` — ``user_adapter.safetensors`` + ``user_adapter_config.json``, reload.
 """
 
-from mmalign.diffusion.ppd.attention import (
-    UserAttnProcessor,
-    add_user_branch,
-    set_user_scale,
-    user_processors,
-)
-from mmalign.diffusion.ppd.config import PpdConfig
-from mmalign.diffusion.ppd.embeddings import Shot, UserEmbeddingCache, clip_user_embedding, vlm_user_embedding
-from mmalign.diffusion.ppd.export import load_user_adapter, save_user_adapter
-from mmalign.diffusion.ppd.inference import generate, interpolate_users
-from mmalign.diffusion.ppd.model import UserConditionedUNet
-from mmalign.diffusion.ppd.step import ppd_loss, ppd_step
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "PpdConfig", "Shot", "UserAttnProcessor", "UserConditionedUNet", "UserEmbeddingCache", "add_user_branch",
-    "clip_user_embedding", "generate", "interpolate_users", "load_user_adapter", "ppd_loss", "ppd_step",
-    "save_user_adapter", "set_user_scale", "user_processors", "vlm_user_embedding",
-]
+_EXPORTS = {
+    "attention": ("UserAttnProcessor", "add_user_branch", "set_user_scale", "user_processors"),
+    "config": ("PpdConfig",),
+    "embeddings": ("Shot", "UserEmbeddingCache", "clip_user_embedding", "vlm_user_embedding"),
+    "export": ("load_user_adapter", "save_user_adapter"),
+    "inference": ("generate", "interpolate_users"),
+    "model": ("UserConditionedUNet",),
+    "step": ("ppd_loss", "ppd_step"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported on first use (``ppd.config`` stays light for the config schema)."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -96,3 +96,19 @@ def export_user_adapter(model: UserConditionedUNet, cfg, output_dir: str | Path)
     if users.exists():
         shutil.copyfile(users, out / USER_EMBEDDINGS_NAME)
     return out
+
+
+def ppd_training_set(cfg, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple[Any, Any, Any, dict]:
+    """The registry's ``training_set`` hook: PPD reads its own per-user pairs (``dataset`` is not used)."""
+    train_set, collate_fn, counter, stats, _ = user_training_set(cfg, parts, accelerator)
+    return train_set, collate_fn, counter, stats
+
+
+def ppd_setup_model(cfg, parts: DiffusionParts, accelerator, data_stats: dict):
+    """The registry's ``setup_model`` hook: the user-conditioned UNet for the embeddings' shape."""
+    return prepare_user_unet(cfg, parts, accelerator, tuple(data_stats["embedding_shape"]))
+
+
+def ppd_export(model: UserConditionedUNet, cfg, parts: DiffusionParts, output_dir: str | Path) -> Path:
+    """The registry's ``export`` hook: :func:`export_user_adapter`."""
+    return export_user_adapter(model, cfg, output_dir)

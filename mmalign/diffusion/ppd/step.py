@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mmalign import objectives
+from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.scores import noisy_input_and_target, per_sample_error
 
@@ -58,15 +58,7 @@ def ppd_loss(model, scheduler, prediction_type: str, x0: torch.Tensor, cond: dic
         e = user_errors(model, scheduler, x0, noise, t, cond, prediction_type, users)
     with torch.no_grad(), autocast():
         e_ref = user_errors(unwrap(model), scheduler, x0, noise, t, cond, prediction_type, None)
-    e_w, e_l = e.chunk(2)
-    r_w, r_l = e_ref.chunk(2)
-    losses, metrics = objectives.preference_loss(
-        "sigmoid", chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w, ref_rejected=-0.5 * r_l,
-        beta=beta,
-    )
-    inside = (-0.5 * beta * ((e_w - e_l) - (r_w - r_l))).detach()
-    metrics.update(implicit_acc=(inside > 0).float().mean(), model_mse=e.detach().mean(), ref_mse=e_ref.mean(),
-                   e_w=e_w.detach().mean(), e_l=e_l.detach().mean(), e_ref_w=r_w.mean(), e_ref_l=r_l.mean())
+    losses, metrics = dpo_terms(e, e_ref, beta)
     return losses.mean(), metrics
 
 

@@ -10,7 +10,7 @@ InPO (Lu et al., CVPR 2025, arXiv 2503.18454; official ``JaydenLyh/InPO`` ``trai
 
 i.e. :func:`mmalign.objectives.preference_loss` ``("sigmoid")`` on scores ``-e/2`` — exactly the Diffusion-DPO step
 with the forward noise replaced by the ``ddim`` noise provider (:mod:`mmalign.diffusion.noise_providers`).
-The inversion follows ``method.noise.convention`` (default ``official``: diffusers 0.20's ``DDIMInverseScheduler``
+The inversion follows ``method.<smpo|inpo>.noise.convention`` (default ``official``: diffusers 0.20's ``DDIMInverseScheduler``
 grid and query level, as the official code ran; ``exact``: a grid ending exactly at ``t``;
 :mod:`mmalign.diffusion.inversion_plan`). Difference from the official code: any per-device batch size works, each
 pair with its own ``t`` (official: 1).
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mmalign import objectives
+from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.noise_providers import NoiseProvider
 
 
@@ -39,26 +39,11 @@ def inverted_pair_errors(ctx: Any, policy: Any, x0: torch.Tensor, cond: dict[str
     return e, e_ref, noise
 
 
-def pair_metrics(e: torch.Tensor, e_ref: torch.Tensor, inside: torch.Tensor, noise: torch.Tensor) -> dict[str, Any]:
-    e, e_ref = e.detach(), e_ref.detach()
-    e_w, e_l = e.chunk(2)
-    r_w, r_l = e_ref.chunk(2)
-    return {"implicit_acc": (inside > 0).float().mean(), "model_mse": e.mean(), "ref_mse": e_ref.mean(),
-            "e_w": e_w.mean(), "e_l": e_l.mean(), "e_ref_w": r_w.mean(), "e_ref_l": r_l.mean(),
-            "implied_noise_std": noise.detach().float().std()}
-
-
 def inpo_step(ctx: Any, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     """InPO: DPO with DDIM-inversion noise (``ctx`` is a :class:`mmalign.diffusion.methods.StepContext`)."""
     x0, cond = ctx.inputs(batch, ctx.device)
-    provider = NoiseProvider(ctx.method.noise, "inpo")
+    provider = NoiseProvider(ctx.options.noise, "inpo")
     e, e_ref, noise = inverted_pair_errors(ctx, policy, x0, cond, batch["groups"], provider)
-    e_w, e_l = e.chunk(2)
-    r_w, r_l = e_ref.chunk(2)
-    losses, metrics = objectives.preference_loss(
-        "sigmoid", chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w, ref_rejected=-0.5 * r_l,
-        beta=ctx.method.beta,
-    )
-    inside = (-0.5 * ctx.method.beta * ((e_w - e_l) - (r_w - r_l))).detach()
-    metrics.update(pair_metrics(e, e_ref, inside, noise))
+    losses, metrics = dpo_terms(e, e_ref, ctx.method.beta)
+    metrics["implied_noise_std"] = noise.detach().float().std()
     return losses.mean(), metrics

@@ -7,7 +7,7 @@ SmPO (Lu et al., ICML 2025, arXiv 2506.02698; official ``JaydenLyh/SmPO`` ``trai
     kappa    = gamma (2p - 1),  p = sigmoid(r'_w - r'_l),  r' min-max normalised over the data set
                (mmalign.objectives.smoothed.smpo_kappa); order human: gamma |2p - 1|, since the signed kappa on
                a pair the scorer disagrees with is exactly the scorer-ordered loss (the option would do nothing)
-    x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad; method.noise.convention, default official =
+    x_t^*    = ReNoise-invert(x0^*, t) with the current policy (no grad; method.<smpo|inpo>.noise.convention, default official =
                diffusers 0.20's DDIMInverseScheduler as the official code ran it); eps^* the implied noise at t
     L        = -logsig(-(beta/2) kappa ((e_theta^w - e_theta^l) - (e_ref^w - e_ref^l)))
              = preference_loss("sigmoid", ..., beta = beta * kappa)   (per-pair beta)
@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from mmalign import objectives
-from mmalign.diffusion.inpo import inverted_pair_errors, pair_metrics
+from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.noise_providers import NoiseProvider
 from mmalign.diffusion.soft_labels import SoftLabels
+from mmalign.diffusion.steps.inpo import inverted_pair_errors
 from mmalign.objectives.smoothed import smpo_kappa
 
 ORDERS = ("scorer", "human")
@@ -78,16 +78,9 @@ def smpo_step(ctx: Any, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tenso
     x0, cond = ctx.inputs(batch, ctx.device)
     x0 = swap_pairs(x0, swap)
     cond = {k: swap_pairs(v, swap) for k, v in cond.items()}
-    provider = NoiseProvider(ctx.method.noise, "smpo")
+    provider = NoiseProvider(cfg.noise, "smpo")
     e, e_ref, noise = inverted_pair_errors(ctx, policy, x0, cond, groups, provider)
-    e_w, e_l = e.chunk(2)
-    r_w, r_l = e_ref.chunk(2)
-    kappa = kappa.to(e.device)
-    losses, metrics = objectives.preference_loss(
-        "sigmoid", chosen=-0.5 * e_w, rejected=-0.5 * e_l, ref_chosen=-0.5 * r_w, ref_rejected=-0.5 * r_l,
-        beta=ctx.method.beta * kappa,
-    )
-    inside = (-0.5 * ctx.method.beta * ((e_w - e_l) - (r_w - r_l))).detach()
-    metrics.update(pair_metrics(e, e_ref, inside, noise), kappa=kappa.mean(),
+    losses, metrics = dpo_terms(e, e_ref, ctx.method.beta, beta_scale=kappa.to(e.device))
+    metrics.update(implied_noise_std=noise.detach().float().std(), kappa=kappa.mean(),
                    smpo_swapped=swap.float().mean())
     return losses.mean(), metrics

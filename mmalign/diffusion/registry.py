@@ -1,0 +1,260 @@
+"""The diffusion methods: one entry each, the single source of method names, data kinds and options.
+
+An entry says what the recipe needs to know about a method and nothing else:
+
+* ``data`` — the preference-data kind it reads (pairs | ranked | unpaired);
+* ``reference`` — whether its loss needs a reference model (LoRA: adapters off; full fine-tuning: a frozen copy);
+* ``options`` — its own options dataclass, read from ``method.<name>.*`` of the recipe YAML (every other method's
+  section is an error there, :func:`check_method_keys`);
+* ``uses`` — which of the shared ``method.*`` keys it reads (``beta``, ``timestep_weight``, ...);
+* ``step`` — ``"module:function"`` of its training step ``step(ctx, policy, batch) -> (loss, metrics)``, imported
+  on first use so that this module (and the config schema) import no torch;
+* hooks, also ``"module:function"``: ``prepare(cfg, dataset, accelerator)`` before the model is set up (SmPO's
+  soft labels), ``training_set`` / ``setup_model`` / ``export`` where a method builds its own (PPD's users);
+  null = the shared builders of :mod:`mmalign.diffusion.build` and :mod:`mmalign.diffusion.export`.
+
+Adding a method (docs/adding-a-method.md): an entry (+ options dataclass) here, a step module, a YAML under
+``recipes/configs/diffusion/``, a test. The recipe, the config schema, the CLI and the validation read this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmalign.config_error import ConfigError
+from mmalign.diffusion.noise_config import NoiseConfig
+from mmalign.diffusion.ppd.config import PpdConfig
+from mmalign.diffusion.smpo_config import SmpoConfig
+from mmalign.validate import OneOf, Range, register
+
+SHARED_KEYS = ("beta", "timestep_weight", "empty_prompt_prob", "sdxl_time_ids")
+"""The ``method.*`` keys every method may read; an entry's ``uses`` names the ones it does."""
+
+
+@dataclass
+class DpoOptions:
+    """Diffusion-DPO and DCPO (``method.dpo.*`` / ``method.dcpo.*``)."""
+
+    loss_type: str = "sigmoid"
+    """sigmoid | hinge | ipo (through mmalign.objectives.preference_loss), all with ``method.beta`` in the official
+    -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid -logsig(beta h), hinge
+    relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2; see mmalign.diffusion.methods for the
+    diffusers script's spelling of the same losses)."""
+
+
+@dataclass
+class MapoOptions:
+    """MaPO (``method.mapo.*``)."""
+
+    snr: float = 0.5
+    """``s`` in the bounded link g_s(l) = s*l / (exp(s*l) - 1) (official ``--mapo_snr``... ``snr_value`` 0.5)."""
+
+
+@dataclass
+class RankDpoOptions:
+    """RankDPO (``method.rankdpo.*``)."""
+
+    rank_source: str = "model"
+    """Discount ranking: model (current scores) | label (preference scores)."""
+
+
+@dataclass
+class KtoOptions:
+    """Diffusion-KTO (``method.kto.*``)."""
+
+    lambda_desirable: float = 1.0
+    lambda_undesirable: float = 1.0
+    positive_ratio: float | None = None
+    """Sample desirable images with this probability (official WeightedRandomSampler: argparse 0.5, example 0.8;
+    see kto_sampling.py); null: every example once per epoch in a random order."""
+
+
+@dataclass
+class InpoOptions:
+    """InPO (``method.inpo.*``): Diffusion-DPO with DDIM-inversion noise."""
+
+    noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(provider="ddim", eta=0.1))
+    """Noise provider (official InPO: DDIM inversion, ``inversion_eta`` 0.1); see noise_providers.py."""
+
+
+@dataclass
+class MethodConfig:
+    """``method:`` of the diffusion recipe: the method, the shared keys, and one section per method's options
+    (only ``method.<name>`` of the chosen method may be set: :func:`check_method_keys`)."""
+
+    name: str = "dpo"
+    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo | ppd (the registry below)."""
+    beta: float = 5000.0
+    """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
+    KTO beta (1000)."""
+    timestep_weight: str = "none"
+    """Per-timestep weight omega(t) multiplying the per-sample error: none (official, 1) | snr_inverse."""
+    empty_prompt_prob: float = 0.0
+    """Probability of replacing a pair's prompt by "" (official Diffusion-DPO default 0.2)."""
+    sdxl_time_ids: str = "constant"
+    """SDXL micro-conditioning: constant [res,res,0,0,res,res] (official DPO) | original (image size + crop)."""
+    dpo: DpoOptions = field(default_factory=DpoOptions)
+    dcpo: DpoOptions = field(default_factory=DpoOptions)
+    mapo: MapoOptions = field(default_factory=MapoOptions)
+    rankdpo: RankDpoOptions = field(default_factory=RankDpoOptions)
+    kto: KtoOptions = field(default_factory=KtoOptions)
+    smpo: SmpoConfig = field(default_factory=SmpoConfig)
+    """SmPO soft labels (scorer, gamma, winner order) and inversion noise; see soft_labels.py and steps/smpo.py."""
+    inpo: InpoOptions = field(default_factory=InpoOptions)
+    ppd: PpdConfig = field(default_factory=PpdConfig)
+    """PPD user embeddings and user cross-attention (shots, VLM / CLIP source, dropout); see mmalign/diffusion/ppd."""
+
+
+@dataclass
+class MethodSpec:
+    """One diffusion method (see the module docstring)."""
+
+    name: str
+    data: str
+    reference: bool
+    step: str
+    options: type | None = None
+    uses: tuple[str, ...] = SHARED_KEYS
+    prepare: str | None = None
+    training_set: str | None = None
+    setup_model: str | None = None
+    export: str | None = None
+    summary: str = ""
+
+    def hook(self, name: str) -> Callable[..., Any]:
+        """The callable of hook ``name`` (``step``, ``prepare``, ``training_set``, ``setup_model``, ``export``),
+        or the shared default."""
+        target = getattr(self, name) or DEFAULT_HOOKS[name]
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+DEFAULT_HOOKS = {
+    "training_set": "mmalign.diffusion.build:training_set",
+    "setup_model": "mmalign.diffusion.build:prepare_unet",
+    "export": "mmalign.diffusion.export:export_model",
+}
+
+_STEPS = "mmalign.diffusion.steps"
+_PPD = "mmalign.diffusion.ppd.setup"
+REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
+    MethodSpec("dpo", "pairs", True, f"{_STEPS}.dpo:dpo_step", DpoOptions,
+               summary="Diffusion-DPO: pairs, shared t and noise (Wallace et al. 2024)"),
+    MethodSpec("sft", "pairs", False, f"{_STEPS}.sft:sft_step", uses=SHARED_KEYS[1:],
+               summary="Diffusion-SFT: the denoising loss on winners only"),
+    MethodSpec("mapo", "pairs", False, f"{_STEPS}.mapo:mapo_step", MapoOptions,
+               summary="MaPO: reference-free margin-aware preference optimisation (Hong et al. 2024)"),
+    MethodSpec("dcpo", "pairs", True, f"{_STEPS}.dpo:dpo_step", DpoOptions,
+               summary="DCPO: Diffusion-DPO with per-side captions (DCPO-T2I)"),
+    MethodSpec("rankdpo", "ranked", True, f"{_STEPS}.rankdpo:rankdpo_step", RankDpoOptions,
+               summary="RankDPO: k ranked images per prompt, DCG-weighted pairwise DPO (Karthik et al. 2025)"),
+    MethodSpec("kto", "unpaired", True, f"{_STEPS}.kto:kto_step", KtoOptions,
+               summary="Diffusion-KTO: unpaired desirable / undesirable images (Li et al. 2024)"),
+    MethodSpec("smpo", "pairs", True, f"{_STEPS}.smpo:smpo_step", SmpoConfig,
+               prepare="mmalign.diffusion.soft_labels:prepare_soft_labels",
+               summary="SmPO: scorer-smoothed DPO with ReNoise-inversion noise (Lu et al. 2025)"),
+    MethodSpec("inpo", "pairs", True, f"{_STEPS}.inpo:inpo_step", InpoOptions,
+               summary="InPO: Diffusion-DPO with DDIM-inversion noise (Lu et al. 2025)"),
+    MethodSpec("ppd", "pairs", True, "mmalign.diffusion.ppd.step:ppd_step", PpdConfig,
+               uses=("beta", "empty_prompt_prob", "sdxl_time_ids"), training_set=f"{_PPD}:ppd_training_set",
+               setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export",
+               summary="PPD: personalised DPO with user-conditioned cross-attention (Dang et al. 2025)"),
+)}
+
+METHODS = tuple(REGISTRY)
+DATA_KINDS = ("pairs", "ranked", "unpaired")
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The entry of ``name``; a ConfigError naming ``method.name`` and the registered methods otherwise."""
+    if name not in REGISTRY:
+        raise ConfigError(f"config key 'method.name': unknown method '{name}' ({', '.join(METHODS)})")
+    return REGISTRY[name]
+
+
+def option_sections() -> dict[str, type]:
+    """``{section: options dataclass}`` — the ``method.<name>`` sections of :class:`MethodConfig`."""
+    return {m.name: m.options for m in REGISTRY.values() if m.options is not None}
+
+
+def check_method_keys(method: MethodConfig, given: set[str]) -> None:
+    """Options the user set (dotted keys of the YAML and the overrides) that ``method.name`` does not read are a
+    ConfigError naming the key and the methods that read it: another method's section ``method.<other>.*``, and a
+    shared key the method ignores unless it is left at its default (so one base YAML can serve several methods)."""
+    spec = method_spec(method.name)
+    sections = option_sections()
+    defaults = MethodConfig()
+    for key in sorted(given):
+        parts = key.split(".")
+        if parts[0] != "method" or len(parts) < 2:
+            continue
+        option = parts[1]
+        if option in sections and option != spec.name:
+            raise ConfigError(f"config key '{key}' is an option of method '{option}', but method.name is "
+                              f"'{spec.name}' (its options: {_section_hint(spec.name)})")
+        if option in SHARED_KEYS and option not in spec.uses and getattr(method, option) != getattr(defaults, option):
+            users = ", ".join(m.name for m in REGISTRY.values() if option in m.uses)
+            raise ConfigError(f"config key '{key}' does not apply to method '{spec.name}' (read by: {users})")
+
+
+def chosen_sections(method: dict) -> dict:
+    """A ``method`` mapping (of :class:`MethodConfig`) without the sections of the methods not chosen: what a saved
+    run config holds, so that it loads again under :func:`check_method_keys`."""
+    sections = option_sections()
+    return {k: v for k, v in method.items() if k not in sections or k == method.get("name")}
+
+
+def _section_hint(name: str) -> str:
+    options = REGISTRY[name].options
+    if options is None:
+        return "none"
+    from dataclasses import fields
+
+    return ", ".join(f"method.{name}.{f.name}" for f in fields(options))
+
+
+LEGACY_KEYS = {
+    "method.loss_type": "loss_type", "method.mapo_snr": "snr", "method.rank_source": "rank_source",
+    "method.kto_lambda_desirable": "lambda_desirable", "method.kto_lambda_undesirable": "lambda_undesirable",
+    "method.kto_positive_ratio": "positive_ratio",
+}
+"""Flat ``method.*`` keys of the one-block schema (before the registry) and their option name in the method's own
+section; ``method.noise.*`` moved to ``method.smpo.noise.*`` / ``method.inpo.noise.*``."""
+
+
+def renamed_method_key(key: str, raw: dict) -> str | None:
+    """The new key of a pre-registry ``method.*`` key (``method.loss_type`` → ``method.dpo.loss_type`` when
+    method.name is dpo); a ConfigError when the method has no such option; None for any other key."""
+    if key not in LEGACY_KEYS and not key.startswith("method.noise."):
+        return None
+    name = str((raw.get("method") or {}).get("name", "dpo"))
+    if name not in REGISTRY:
+        return None  # the unknown method is reported by the name check
+    option = "noise" if key.startswith("method.noise.") else LEGACY_KEYS[key]
+    options = REGISTRY[name].options
+    from dataclasses import fields
+
+    if options is None or option not in {f.name for f in fields(options)}:
+        readers = [m.name for m in REGISTRY.values() if m.options and option in {f.name for f in fields(m.options)}]
+        raise ConfigError(f"config key '{key}' does not apply to method '{name}' (it is an option of "
+                          f"{', '.join(readers)}: method.{readers[0]}.{option})")
+    return f"method.{name}.{option}{key.removeprefix('method.noise') if option == 'noise' else ''}"
+
+
+_FRACTION = Range(0, 1)
+_DTYPES = OneOf("float32", "float16", "bfloat16")
+register(DpoOptions, loss_type=OneOf("sigmoid", "hinge", "ipo"))
+register(MapoOptions, snr=Range(0, low_open=True))
+register(RankDpoOptions, rank_source=OneOf("model", "label"))
+register(KtoOptions, lambda_desirable=Range(0), lambda_undesirable=Range(0),
+         positive_ratio=Range(0, 1, low_open=True, high_open=True))
+register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), timestep_weight=OneOf("none", "snr_inverse"),
+         empty_prompt_prob=_FRACTION, sdxl_time_ids=OneOf("constant", "original"))
+register(NoiseConfig, provider=OneOf("forward", "ddim", "renoise"), inversion_steps=Range(1), renoise_iters=Range(0),
+         eta=Range(0), inversion_model=OneOf("policy", "reference"))
+register(SmpoConfig, gamma=Range(0, low_open=True), order=OneOf("scorer", "human"), batch_size=Range(1))
+register(PpdConfig, embedding=OneOf("vlm", "clip", "clip_margin"), vlm_dtype=_DTYPES, max_new_tokens=Range(1),
+         shots=Range(1), num_tokens=Range(1), init=OneOf("zero", "text"), user_dropout=_FRACTION, seed=Range(0))
