@@ -13,7 +13,7 @@ from mmalign.config import MISSING
 from mmalign.diffusion.noise_providers import NoiseConfig
 from mmalign.diffusion.ppd.config import PpdConfig
 from mmalign.diffusion.soft_labels import SmpoConfig
-from mmalign.train import TrainConfig
+from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 
