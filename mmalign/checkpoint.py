@@ -6,17 +6,20 @@ POSIX filesystems). Older checkpoints beyond ``keep`` are deleted after the new 
 
 Contents (written by :meth:`accelerate.Accelerator.save_state` plus our hooks):
 ``trainable.safetensors`` (only parameters with ``requires_grad``: LoRA checkpoints stay small),
-optimizer / scheduler / RNG states, and ``trainer_state.json`` (step, epoch, counters).
+optimizer / scheduler / RNG states, and ``trainer_state.json``: the loop's counters, :class:`LoopState` (the one
+schema of that file, written by :func:`save_loop_state` and read back by :func:`load_loop_state`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -92,6 +95,64 @@ def write_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
     with open(Path(folder) / STATE_FILE, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+@dataclass
+class LoopState:
+    """The training loop's counters: what ``trainer_state.json`` holds and what a resume restores.
+
+    The data position is ``micro_batches``: the epoch and the offset into it follow from it and the loader length
+    (:meth:`position`), as the data order is a function of ``(seed, epoch)``. ``micro_per_epoch`` / ``world_size``
+    record the data layout the counters were taken under (``None`` in checkpoints written before they were stored).
+    """
+
+    step: int = 0
+    """Optimizer steps done (including skipped non-finite ones)."""
+    micro_batches: int = 0
+    """Micro-batches consumed since the start of training (over all epochs)."""
+    nonfinite_run: int = 0
+    """Consecutive optimizer steps skipped for a NaN/inf loss or gradient, up to this step."""
+    skipped_steps: int = 0
+    """All optimizer steps skipped for a NaN/inf loss or gradient."""
+    loss_scale_skips: int = 0
+    """fp16 steps whose update the GradScaler skipped (a loss-scale overflow)."""
+    micro_per_epoch: int | None = None
+    """Micro-batches per epoch (per process) when the counters were taken."""
+    world_size: int | None = None
+    """Number of processes when the counters were taken."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("step", "micro_batches")
+
+    def position(self) -> tuple[int, int]:
+        """``(epoch, micro-batches already consumed in it)``."""
+        if not self.micro_per_epoch:
+            raise ValueError("LoopState.position needs micro_per_epoch")
+        return divmod(self.micro_batches, self.micro_per_epoch)
+
+    def layout_changes(self, now: LoopState) -> dict[str, tuple[int, int]]:
+        """``{field: (saved, now)}`` for the layout fields that differ (unknown saved values never differ)."""
+        return {k: (getattr(self, k), getattr(now, k)) for k in ("micro_per_epoch", "world_size")
+                if getattr(self, k) is not None and getattr(self, k) != getattr(now, k)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "trainer state") -> LoopState:
+        """Counters from ``data``; keys it lacks (older checkpoints) take their defaults, unknown keys are ignored."""
+        missing = [k for k in cls.REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"{source}: not a trainer state (no {', '.join(missing)})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def save_loop_state(folder: str | os.PathLike, state: LoopState) -> None:
+    write_state(folder, state.to_dict())
+
+
+def load_loop_state(folder: str | os.PathLike) -> LoopState:
+    return LoopState.from_dict(read_state(folder), source=str(Path(folder) / STATE_FILE))
 
 
 def temp_path(output_dir: str | os.PathLike, step: int) -> Path:

@@ -9,10 +9,14 @@ output folder) exit with 2. An interrupted run (Ctrl-C / SIGTERM, :class:`~mmali
 has already said where its checkpoint is and exits with 130. Faults whose message already says what happened and
 what is left (a full disk, a failed export that kept a checkpoint, too many bad samples, a run of NaN losses) are
 one line too, with exit code 1. Everything else is a bug and keeps its traceback.
+
+:func:`run_recipe_file` runs a recipe file's ``main`` inside the current process instead (tests, notebooks), with
+accelerate's process-wide state reset around it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -54,3 +58,29 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
         return FAULT_EXIT
     finish_distributed()
     return 0
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons (``AcceleratorState``, ``GradientState``, ``PartialState``).
+
+    An ``Accelerator`` asking for other settings than the first one in the process (another mixed precision)
+    raises otherwise, and a later run would inherit the gradient-accumulation state of an earlier one."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def run_recipe_file(recipe: str | os.PathLike, argv: list[str]) -> Any:
+    """``main(argv)`` of a recipe file (``recipes/diffusion.py``, ...) in this process; return what it returns
+    (the summary). Accelerate's process-wide state is reset before and after, so runs with different settings
+    follow each other; exceptions propagate (no exit codes: that is :func:`run_recipe`)."""
+    import runpy
+
+    main = runpy.run_path(str(recipe))["main"]
+    reset_accelerate_state()
+    try:
+        return main(argv)
+    finally:
+        reset_accelerate_state()

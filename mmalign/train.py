@@ -12,7 +12,7 @@ resumed from step k reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +20,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,85 +35,15 @@ from mmalign import disk_errors
 from mmalign.config import ConfigError
 from mmalign.interrupt import StopRequest, TrainingInterrupted
 from mmalign.run_lock import lock_run_folder
-from mmalign.validate import OneOf, Range, check_values, register
+from mmalign.train_config import LR_SCHEDULERS, OPTIMIZER_EXTRAS, OPTIMIZERS, TrainConfig
+from mmalign.validate import check_values
+
+__all__ = [  # TrainConfig and its choices live in the light mmalign.train_config (imported by config schemas)
+    "LR_SCHEDULERS", "OPTIMIZERS", "OPTIMIZER_EXTRAS", "EpochSampler", "NonFiniteLossError", "StepFn", "TrainConfig",
+    "build_optimizer", "finish_distributed", "make_accelerator", "save_final_checkpoint", "train", "write_summary",
+]
 
 StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
-
-
-OPTIMIZER_EXTRAS: dict[str, tuple[str, str] | None] = {
-    "adamw": None, "adamw_fused": None, "adamw_8bit": ("bitsandbytes", "bnb"), "adafactor": None}
-"""Optimizer name → (module, mmalign extra) it needs, or None."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings (the ``train:`` block of every recipe config)."""
-
-    max_steps: int = 100
-    """Optimizer steps to run (each is ``grad_accum`` micro-batches)."""
-    batch_size: int = 1
-    """Per-device micro-batch size (pairs for pairwise methods)."""
-    grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step."""
-    lr: float = 1e-5
-    """Peak learning rate."""
-    lr_scheduler: str = "constant_with_warmup"
-    """constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial | inverse_sqrt."""
-    warmup_steps: int = 0
-    optimizer: str = "adamw"
-    """adamw | adamw_fused (CUDA) | adamw_8bit (bitsandbytes) | adafactor."""
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm (<= 0 disables)."""
-    mixed_precision: str = "no"
-    """no | fp16 | bf16 (accelerate autocast)."""
-    autocast: bool = True
-    """Run forwards under accelerate's autocast when mixed precision is on. A speed-up only: every path casts its
-    inputs explicitly, so false (as DeepSpeed runs fp16/bf16, and as fp16 on CPU runs) gives the same program."""
-    seed: int = 0
-    num_workers: int = 0
-    """DataLoader worker processes."""
-    log_every: int = 1
-    """Console/TensorBoard logging interval in optimizer steps."""
-    checkpoint_every: int = 0
-    """Write a checkpoint every N optimizer steps (0: only at the end if ``checkpoint_at_end``)."""
-    checkpoint_at_end: bool = False
-    keep_checkpoints: int = 2
-    """Keep the newest K checkpoints (0 keeps all)."""
-    resume: str | None = None
-    """``latest`` (newest complete checkpoint in output_dir, if any) or a checkpoint folder."""
-    resume_require_rng_state: bool = True
-    """Refuse to resume from a checkpoint whose RNG state file is missing or unreadable (false: resume anyway; the
-    run's randomness then differs from an uninterrupted run's)."""
-    max_nonfinite_steps: int = 5
-    """Skip optimizer steps whose loss or gradient norm is NaN/inf; stop after this many in a row."""
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        # YAML 1.1 / OmegaConf read a bare `no` as the boolean False, which a str field stores as "False".
-        if str(self.mixed_precision).lower() in ("false", "none", "0"):
-            self.mixed_precision = "no"
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        extra = OPTIMIZER_EXTRAS.get(self.optimizer)  # an unknown name: the range check names the choices
-        if extra and importlib.util.find_spec(extra[0]) is None:  # before any model loads, not at the first step
-            raise ValueError(f"train.optimizer={self.optimizer} needs the optional extra: pip install 'mmalign[{extra[1]}]'")
-
-
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
-                 "inverse_sqrt")
-"""transformers schedules that need no options beyond warmup and total steps."""
-OPTIMIZERS = tuple(OPTIMIZER_EXTRAS)
-register(
-    TrainConfig, max_steps=Range(1), batch_size=Range(1), grad_accum=Range(1), lr=Range(0, low_open=True),
-    lr_scheduler=OneOf(*LR_SCHEDULERS), warmup_steps=Range(0), optimizer=OneOf(*OPTIMIZERS), weight_decay=Range(0),
-    adam_beta1=Range(0, 1, high_open=True), adam_beta2=Range(0, 1, high_open=True), adam_eps=Range(0, low_open=True),
-    mixed_precision=OneOf("no", "fp16", "bf16"), seed=Range(0, 2**32 - 1), num_workers=Range(0), log_every=Range(1),
-    checkpoint_every=Range(0), keep_checkpoints=Range(0), max_nonfinite_steps=Range(1),
-)
 
 
 class EpochSampler(Sampler[int]):
@@ -262,8 +192,100 @@ def train(
     example): sample with replacement in proportion to them instead of a permutation (see :class:`EpochSampler`).
     """
     check_values(cfg, "train.")  # ConfigError naming the key (load_config already checked recipe configs)
-    output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(cfg, output_dir)
+    run = _prepare(cfg, accelerator, Path(output_dir), model, dataset, collate_fn, sample_weights)
+    _resume(run)
+    if accelerator.is_main_process and accelerator.log_with:
+        accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
+    meter, validation = _Meter(cfg.max_steps, run.state.step, cfg.progress_bar and accelerator.is_local_main_process), {}
+    run.model.train()
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 (mmalign.interrupt)
+        for batch in _micro_batches(run):
+            with accelerator.accumulate(run.model):
+                _micro_step(run, meter, step_fn, batch)
+                if not accelerator.sync_gradients:
+                    continue
+                ok, grad_norm, stopping = _optimizer_step(run, meter.loss, stop.requested)
+            step = _end_step(run, meter, ok, grad_norm)
+            if run.checkpoint_due():
+                run.save()
+            if stopping:
+                _stop_after_signal(run, meter, stop.signal_name or "a signal")
+            if validate_fn is not None and validate_every and step % validate_every == 0 and step < cfg.max_steps:
+                validation = _run_validation(accelerator, run.model, validate_fn, step)
+            if step >= cfg.max_steps:
+                break
+    meter.progress.close()
+    if cfg.checkpoint_at_end and not run.checkpoint_due():
+        run.save()
+    if validate_fn is not None:
+        validation = _run_validation(accelerator, run.model, validate_fn, run.state.step)
+    return _finish(run, meter, validation)
+
+
+@dataclass
+class _Run:
+    """The prepared pieces of one :func:`train` call, shared by the loop's helpers; ``state`` is what a
+    checkpoint saves and a resume restores."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    output_dir: Path
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    sampler: EpochSampler
+    loader_rng: torch.Generator
+    state: ckpt.LoopState
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every`` writes a checkpoint at the current step."""
+        return bool(self.cfg.checkpoint_every) and self.state.step % self.cfg.checkpoint_every == 0
+
+    def save(self) -> None:
+        _write_checkpoint(self.accelerator, self.output_dir, self.state.step, self.cfg.keep_checkpoints, self.state)
+
+
+@dataclass
+class _Meter:
+    """The metrics of the optimizer step being accumulated (device tensors: no host sync per micro-batch; read at
+    log steps, :func:`_host_floats`), the logged history, throughput and the progress bar."""
+
+    total_steps: int
+    initial_step: int
+    show_progress: bool
+    loss: Any = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    count: int = 0
+    samples_seen: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    t_start: float = field(default_factory=time.perf_counter)
+    progress: Any = None
+
+    def __post_init__(self) -> None:
+        self.progress = tqdm(total=self.total_steps, initial=self.initial_step, desc="train",
+                             disable=not self.show_progress)
+
+    def add(self, loss: torch.Tensor, metrics: dict[str, Any], samples: int) -> None:
+        self.loss = self.loss + loss
+        for k, v in metrics.items():
+            self.metrics[k] = self.metrics.get(k, 0.0) + _detached(v)
+        self.count += 1
+        self.samples_seen += samples
+
+    def pop_record(self, grad_norm: Any, lr: float) -> dict[str, Any]:
+        """The step's mean loss and metrics (tensors until a log step); start the next step's accumulation."""
+        record = {"loss": self.loss / self.count, "grad_norm": _detached(grad_norm), "lr": lr}
+        record.update({k: v / self.count for k, v in self.metrics.items()})
+        self.loss, self.metrics, self.count = 0.0, {}, 0
+        return record
+
+
+def _prepare(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, model: torch.nn.Module, dataset: Dataset,
+             collate_fn: Callable[[list[Any]], Any] | None, sample_weights: Sequence[float] | None) -> _Run:
+    """Seed, lock the run folder, build the optimizer, LR schedule and data order, and hand them to accelerate."""
     _check_world_size(accelerator)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
@@ -287,156 +309,142 @@ def train(
         num_workers=cfg.num_workers, drop_last=True, pin_memory=accelerator.device.type == "cuda",
         # Its own generator: iterating a DataLoader draws the workers' base seed from this generator, which
         # would otherwise be the global torch RNG, shifting the noise a step draws after a mid-epoch resume.
-        # Reseeded every epoch below, so worker seeds are a function of (seed, epoch) as the data order is.
+        # Reseeded every epoch (_micro_batches), so worker seeds are a function of (seed, epoch) as the data order is.
         generator=loader_rng,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     accelerator.register_save_state_pre_hook(lambda models, weights, folder: _save_hook(unwrapped, weights, folder))
     accelerator.register_load_state_pre_hook(lambda models, folder: _load_hook(unwrapped, models, folder))
-
-    micro_per_epoch = len(loader)
-    if micro_per_epoch == 0:
+    if len(loader) == 0:
         raise ValueError(
             f"dataset has {len(dataset)} examples, fewer than one global batch "
             f"({cfg.batch_size} x {accelerator.num_processes} processes)"
         )
-    step, micro_done, nonfinite_run, skipped_steps, loss_scale_skips = 0, 0, 0, 0, 0
-    resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
-    if resume_from is not None:
-        rng_problem = ckpt.rng_state_problem(resume_from, accelerator.process_index)
-        if rng_problem and cfg.resume_require_rng_state:
-            raise ConfigError(
-                f"train.resume: checkpoint {resume_from} cannot restore the random state: {rng_problem}; set "
-                "train.resume_require_rng_state=false to resume anyway (randomness then differs from an "
-                "uninterrupted run)"
+    state = ckpt.LoopState(micro_per_epoch=len(loader), world_size=accelerator.num_processes)
+    return _Run(cfg, accelerator, output_dir, model, params, optimizer, scheduler, loader, sampler, loader_rng, state)
+
+
+def _resume(run: _Run) -> None:
+    """``train.resume``: load the model / optimizer / scheduler / RNG states and the loop counters of a checkpoint."""
+    cfg, accelerator = run.cfg, run.accelerator
+    resume_from = ckpt.resolve_resume(cfg.resume, run.output_dir)
+    if resume_from is None:
+        return
+    rng_problem = ckpt.rng_state_problem(resume_from, accelerator.process_index)
+    if rng_problem and cfg.resume_require_rng_state:
+        raise ConfigError(
+            f"train.resume: checkpoint {resume_from} cannot restore the random state: {rng_problem}; set "
+            "train.resume_require_rng_state=false to resume anyway (randomness then differs from an "
+            "uninterrupted run)"
+        )
+    if rng_problem:
+        accelerator.print(f"warning: resuming without the saved random state: {rng_problem}")
+    accelerator.load_state(str(resume_from))
+    saved = ckpt.load_loop_state(resume_from)
+    changed = saved.layout_changes(run.state)
+    run.state = dataclasses.replace(saved, micro_per_epoch=run.state.micro_per_epoch, world_size=run.state.world_size)
+    accelerator.print(f"resumed from {resume_from} at step {run.state.step}")
+    if changed:
+        accelerator.print(f"warning: resuming with a different data layout {changed} (saved, now): the data "
+                          "order after resume differs from the interrupted run's")
+
+
+def _micro_batches(run: _Run) -> Iterator[Any]:
+    """The micro-batches still to train on, epoch after epoch from the saved position, each counted in the state."""
+    while run.state.step < run.cfg.max_steps:
+        epoch, offset = run.state.position()
+        epoch_loader = run.accelerator.skip_first_batches(run.loader, offset) if offset else run.loader
+        epoch_loader.set_epoch(epoch)  # accelerate's own epoch counter (and datasets with set_epoch)
+        run.sampler.set_epoch(epoch)  # directly: accelerate does not forward it through SkipBatchSampler(BatchSamplerShard)
+        run.loader_rng.manual_seed(run.cfg.seed * 100_003 + epoch)
+        for batch in epoch_loader:
+            run.state.micro_batches += 1
+            yield batch
+
+
+def _micro_step(run: _Run, meter: _Meter, step_fn: StepFn, batch: Any) -> None:
+    """Forward and backward of one micro-batch; a non-finite loss backpropagates zeros and is accumulated as NaN."""
+    loss, metrics = step_fn(run.model, batch)
+    finite = torch.isfinite(loss.detach())
+    run.accelerator.backward(torch.where(finite, loss, torch.zeros_like(loss)))
+    recorded = torch.where(finite, _detached(loss), torch.full_like(_detached(loss), math.nan))
+    meter.add(recorded, metrics, run.cfg.batch_size * run.accelerator.num_processes)
+
+
+def _optimizer_step(run: _Run, loss_sum: Any, stop_requested: bool) -> tuple[bool, Any, bool]:
+    """Clip, decide for all ranks, then step (or skip a non-finite step); return (stepped, grad norm, stop now)."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    if cfg.max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)  # unscales fp16 grads
+    else:
+        if accelerator.scaler is not None:
+            accelerator.unscale_gradients()
+        grad_norm = _grad_norm(run.params)
+    loss_ok, grad_ok, stopping = _finite_flags(accelerator, loss_sum, grad_norm, stop_requested)
+    # fp16: with a GradScaler, a non-finite gradient of a finite loss is a loss-scale overflow.
+    # optimizer.step() lets the scaler skip the update and lower its scale; skipping the call
+    # here would freeze the scale and turn every later step into an overflow.
+    ok = loss_ok and (grad_ok or accelerator.scaler is not None)
+    if ok:
+        run.optimizer.step()
+        state.nonfinite_run = 0
+        state.loss_scale_skips += int(not grad_ok)
+    else:
+        state.nonfinite_run += 1
+        state.skipped_steps += 1
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return ok, grad_norm, stopping
+
+
+def _end_step(run: _Run, meter: _Meter, ok: bool, grad_norm: Any) -> int:
+    """Count the optimizer step, stop a run of non-finite steps, log at log steps; return the step number."""
+    cfg, state = run.cfg, run.state
+    state.step += 1
+    meter.progress.update(1)
+    record = meter.pop_record(grad_norm, run.scheduler.get_last_lr()[0])
+    if not ok:
+        run.accelerator.print(f"step {state.step}: non-finite loss/grad, optimizer step skipped "
+                              f"({state.nonfinite_run} in a row)")
+        if state.nonfinite_run >= cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{state.nonfinite_run} consecutive non-finite steps (train.max_nonfinite_steps="
+                f"{cfg.max_nonfinite_steps}); last finite checkpoint: {ckpt.latest_checkpoint(run.output_dir)}"
             )
-        if rng_problem:
-            accelerator.print(f"warning: resuming without the saved random state: {rng_problem}")
-        accelerator.load_state(str(resume_from))
-        state = ckpt.read_state(resume_from)
-        step, micro_done = state["step"], state["micro_batches"]
-        nonfinite_run, skipped_steps = state.get("nonfinite_run", 0), state.get("skipped_steps", 0)
-        loss_scale_skips = state.get("loss_scale_skips", 0)
-        accelerator.print(f"resumed from {resume_from} at step {step}")
-        layout = {"micro_per_epoch": micro_per_epoch, "world_size": accelerator.num_processes}
-        changed = {k: (state[k], v) for k, v in layout.items() if k in state and state[k] != v}
-        if changed:
-            accelerator.print(f"warning: resuming with a different data layout {changed} (saved, now): the data "
-                              "order after resume differs from the interrupted run's")
+    if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+        _log_step(run, meter, record)
+    return state.step
 
-    if accelerator.is_main_process and accelerator.log_with:
-        accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
 
-    progress = tqdm(
-        total=cfg.max_steps, initial=step, desc="train",
-        disable=not (cfg.progress_bar and accelerator.is_local_main_process),
-    )
-    history: list[dict[str, float]] = []
-    validation: dict[str, Any] = {}
-    t_start, samples_seen = time.perf_counter(), 0
-    acc_loss, acc_metrics, acc_count = 0.0, {}, 0
-    model.train()
+def _log_step(run: _Run, meter: _Meter, record: dict[str, Any]) -> None:
+    """Reduce the step's metrics over processes, add throughput and memory, log them and keep them in the history."""
+    accelerator = run.accelerator
+    record = _reduce(accelerator, _host_floats(record, accelerator.device))
+    record["samples_per_s"] = meter.samples_seen / max(time.perf_counter() - meter.t_start, 1e-9)
+    record["peak_mem_gib"] = _peak_memory_gib(accelerator.device)
+    meter.history.append({"step": run.state.step, **record})
+    accelerator.log(record, step=run.state.step)
+    meter.progress.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr") if k in record})
 
-    def trainer_state(at_step: int) -> dict[str, int]:
-        return {"step": at_step, "micro_batches": micro_done, "nonfinite_run": nonfinite_run,
-                "skipped_steps": skipped_steps, "loss_scale_skips": loss_scale_skips,
-                "micro_per_epoch": micro_per_epoch, "world_size": accelerator.num_processes}
 
-    def save(at_step: int) -> None:
-        _write_checkpoint(accelerator, output_dir, at_step, cfg.keep_checkpoints, trainer_state(at_step))
-
-    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 (mmalign.interrupt)
-        while step < cfg.max_steps:
-            epoch, offset = divmod(micro_done, micro_per_epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
-            epoch_loader.set_epoch(epoch)  # accelerate's own epoch counter (and datasets with set_epoch)
-            sampler.set_epoch(epoch)  # directly: accelerate does not forward it through SkipBatchSampler(BatchSamplerShard)
-            loader_rng.manual_seed(cfg.seed * 100_003 + epoch)
-            for batch in epoch_loader:
-                micro_done += 1
-                with accelerator.accumulate(model):
-                    loss, metrics = step_fn(model, batch)
-                    finite = torch.isfinite(loss.detach())
-                    accelerator.backward(torch.where(finite, loss, torch.zeros_like(loss)))
-                    # Accumulated on the device: no host sync per micro-batch (read at log steps, _host_floats).
-                    acc_loss = acc_loss + torch.where(finite, _detached(loss), torch.full_like(_detached(loss), math.nan))
-                    for k, v in metrics.items():
-                        acc_metrics[k] = acc_metrics.get(k, 0.0) + _detached(v)
-                    acc_count += 1
-                    samples_seen += cfg.batch_size * accelerator.num_processes
-                    if not accelerator.sync_gradients:
-                        continue
-                    if cfg.max_grad_norm > 0:
-                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)  # unscales fp16 grads
-                    else:
-                        if accelerator.scaler is not None:
-                            accelerator.unscale_gradients()
-                        grad_norm = _grad_norm(params)
-                    loss_ok, grad_ok, stopping = _finite_flags(accelerator, acc_loss, grad_norm, stop.requested)
-                    # fp16: with a GradScaler, a non-finite gradient of a finite loss is a loss-scale overflow.
-                    # optimizer.step() lets the scaler skip the update and lower its scale; skipping the call
-                    # here would freeze the scale and turn every later step into an overflow.
-                    ok = loss_ok and (grad_ok or accelerator.scaler is not None)
-                    if ok:
-                        optimizer.step()
-                        nonfinite_run = 0
-                        loss_scale_skips += int(not grad_ok)
-                    else:
-                        nonfinite_run += 1
-                        skipped_steps += 1
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step += 1
-                progress.update(1)
-                record = {"loss": acc_loss / acc_count, "grad_norm": _detached(grad_norm),
-                          "lr": scheduler.get_last_lr()[0]}
-                record.update({k: v / acc_count for k, v in acc_metrics.items()})  # tensors until a log step
-                acc_loss, acc_metrics, acc_count = 0.0, {}, 0
-                if not ok:
-                    accelerator.print(f"step {step}: non-finite loss/grad, optimizer step skipped ({nonfinite_run} in a row)")
-                    if nonfinite_run >= cfg.max_nonfinite_steps:
-                        raise NonFiniteLossError(
-                            f"{nonfinite_run} consecutive non-finite steps (train.max_nonfinite_steps="
-                            f"{cfg.max_nonfinite_steps}); last finite checkpoint: {ckpt.latest_checkpoint(output_dir)}"
-                        )
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    record = _reduce(accelerator, _host_floats(record, accelerator.device))
-                    elapsed = time.perf_counter() - t_start
-                    record["samples_per_s"] = samples_seen / max(elapsed, 1e-9)
-                    record["peak_mem_gib"] = _peak_memory_gib(accelerator.device)
-                    history.append({"step": step, **record})
-                    accelerator.log(record, step=step)
-                    progress.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr") if k in record})
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save(step)
-                if stopping:
-                    progress.close()
-                    _stop_after_signal(accelerator, output_dir, step, cfg, save, stop.signal_name or "a signal")
-                if validate_fn is not None and validate_every and step % validate_every == 0 and step < cfg.max_steps:
-                    validation = _run_validation(accelerator, model, validate_fn, step)
-                if step >= cfg.max_steps:
-                    break
-    progress.close()
-    if cfg.checkpoint_at_end and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-        save(step)
-    if validate_fn is not None:
-        validation = _run_validation(accelerator, model, validate_fn, step)
+def _finish(run: _Run, meter: _Meter, validation: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary.json`` and close the trackers; return the summary."""
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    elapsed = time.perf_counter() - t_start
     summary = {
-        "steps": step,
-        "skipped_steps": skipped_steps,
-        "loss_scale_skips": loss_scale_skips,
+        "steps": run.state.step,
+        "skipped_steps": run.state.skipped_steps,
+        "loss_scale_skips": run.state.loss_scale_skips,
         "world_size": accelerator.num_processes,
-        "train_seconds": elapsed,
-        "final": history[-1] if history else {},
-        "history": history,
+        "train_seconds": time.perf_counter() - meter.t_start,
+        "final": meter.history[-1] if meter.history else {},
+        "history": meter.history,
         "validation": validation,
-        "trainer_state": trainer_state(step),  # what save_final_checkpoint writes when an export fails
+        "trainer_state": run.state.to_dict(),  # what save_final_checkpoint writes when an export fails
     }
     if accelerator.is_main_process:
-        write_summary(output_dir, summary)
+        write_summary(run.output_dir, summary)
     # Close the trackers only: Accelerator.end_training() would also destroy the process group, which broke
     # a second train() in the same processes (curriculum stages) under torchrun / accelerate launch. A recipe
     # calls accelerator.end_training() itself once, at the very end.
@@ -452,7 +460,8 @@ def save_final_checkpoint(accelerator: Accelerator, cfg: TrainConfig, output_dir
     output_dir = Path(output_dir)
     final = ckpt.final_path(output_dir, summary["steps"])
     if not (final / ckpt.STATE_FILE).is_file():
-        _write_checkpoint(accelerator, output_dir, summary["steps"], cfg.keep_checkpoints, summary["trainer_state"])
+        state = ckpt.LoopState.from_dict(summary["trainer_state"], source="summary trainer_state")
+        _write_checkpoint(accelerator, output_dir, summary["steps"], cfg.keep_checkpoints, state)
     return final
 
 
@@ -479,16 +488,17 @@ def _finite_flags(accelerator: Accelerator, loss_sum: Any, grad_norm: Any, stop:
     return ok[0] == accelerator.num_processes, ok[1] == accelerator.num_processes, ok[2] > 0
 
 
-def _stop_after_signal(accelerator: Accelerator, output_dir: Path, step: int, cfg: TrainConfig,
-                       save: Callable[[int], None], signal_name: str) -> None:
-    """Write a checkpoint at ``step`` (unless one was just written), say where and how to resume, exit 130."""
-    if not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-        save(step)
+def _stop_after_signal(run: _Run, meter: _Meter, signal_name: str) -> None:
+    """Write a checkpoint at the current step (unless one was just written), say where and how to resume, exit 130."""
+    meter.progress.close()
+    if not run.checkpoint_due():
+        run.save()
+    step, output_dir = run.state.step, run.output_dir
     where = ckpt.final_path(output_dir, step)
-    message = (f"training stopped by {signal_name} after step {step}/{cfg.max_steps}; checkpoint: {where}\n"
+    message = (f"training stopped by {signal_name} after step {step}/{run.cfg.max_steps}; checkpoint: {where}\n"
                f"resume: run the same command with train.resume=latest (output_dir {output_dir})")
-    accelerator.print(message)
-    for tracker in accelerator.trackers:
+    run.accelerator.print(message)
+    for tracker in run.accelerator.trackers:
         tracker.finish()
     raise TrainingInterrupted(message, where)
 
@@ -564,7 +574,8 @@ def _load_hook(model: torch.nn.Module, models: list, folder: str) -> None:
     ckpt.load_trainable(model, folder)
 
 
-def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, state: dict) -> None:
+def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int,
+                      state: ckpt.LoopState) -> None:
     tmp = ckpt.temp_path(output_dir, step)
 
     def survivor() -> str:
@@ -577,7 +588,7 @@ def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, kee
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            ckpt.write_state(tmp, state)
+            ckpt.save_loop_state(tmp, state)
             ckpt.commit(output_dir, step, keep)
         accelerator.wait_for_everyone()
 

@@ -18,7 +18,7 @@ from mmalign.diffusion.registry import (
     chosen_sections,
     renamed_method_key,
 )
-from mmalign.train import TrainConfig
+from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 __all__ = ["METHODS", "MethodConfig", "DiffusionRecipeConfig"]

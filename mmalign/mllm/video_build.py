@@ -16,7 +16,7 @@ from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfi
 from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_records
 from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
-from mmalign.train import TrainConfig
+from mmalign.train_config import TrainConfig
 
 
 def check_inputs(cfg: VideoRecipeConfig) -> None:

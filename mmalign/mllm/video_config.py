@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmalign.choices import PREFERENCE_KINDS
+from mmalign.choices import VIDEO_METHODS as METHODS
 from mmalign.config import MISSING
 from mmalign.mllm.temporal import KINDS
-from mmalign.mllm.video_data import METHODS
 from mmalign.mllm.video_io import VideoSampling
-from mmalign.objectives import PREFERENCE_KINDS
-from mmalign.train import TrainConfig
+from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
 

@@ -53,9 +53,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-REFERENCE_KINDS = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "bco_pair")
-REFERENCE_FREE_KINDS = ("simpo", "orpo")
-PREFERENCE_KINDS = REFERENCE_KINDS + REFERENCE_FREE_KINDS
+from mmalign.choices import PREFERENCE_KINDS, REFERENCE_FREE_KINDS, REFERENCE_KINDS
 
 Metrics = dict[str, torch.Tensor]
 

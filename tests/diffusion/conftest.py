@@ -59,24 +59,12 @@ SMALL_RUN = [
 def run_recipe(tmp_path):
     """``run_recipe(config_name, model_dir, data_path, *overrides) -> summary`` through the real recipe file
     (``recipes/diffusion.py`` executed with runpy, tiny models, 2 steps unless overridden)."""
-    import runpy
-
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    def reset_accelerate() -> None:  # each run may use another mixed precision; accelerate keeps process state
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+    from mmalign.recipe_entry import run_recipe_file
 
     def run(config: str, model_dir: str, data_path: str, *overrides: str, out: str = "out") -> dict:
-        main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
         argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / config), *SMALL_RUN,
                 f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={tmp_path / out}",
                 f"data.cache_dir={tmp_path / 'cache'}", *overrides]
-        reset_accelerate()
-        try:
-            return main(argv)
-        finally:
-            reset_accelerate()
+        return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
 
     return run

@@ -46,14 +46,13 @@ def pairs_path(tmp_path_factory):
 @pytest.fixture
 def run_recipe(tmp_path):
     """``run_recipe(config_name, model_dir, data_path, *overrides) -> summary`` through ``recipes/diffusion.py``."""
-    import runpy
+    from mmalign.recipe_entry import run_recipe_file
 
     def run(config: str, model_dir: str, data_path: str, *overrides: str, out: str = "out") -> dict:
-        main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
         argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / config), *SMALL_RUN,
                 f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={tmp_path / out}",
                 f"data.cache_dir={tmp_path / 'cache'}", *overrides]
-        return main(argv)
+        return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)  # resets accelerate's state around the run
 
     return run
 

@@ -18,21 +18,9 @@ SMALL_RUN = [
 
 
 def _run(argv):
-    import runpy
+    from mmalign.recipe_entry import run_recipe_file
 
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    def reset():
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
-
-    main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
-    reset()
-    try:
-        return main(argv)
-    finally:
-        reset()
+    return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
 
 
 @pytest.mark.slow

@@ -135,13 +135,8 @@ def data(tmp_path_factory) -> LazyDirs:
 @pytest.fixture
 def fresh_accelerate():
     """Each run may use another mixed precision; accelerate keeps process-wide state, so reset it around a run."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from mmalign.recipe_entry import reset_accelerate_state
 
-    def reset() -> None:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
-
-    reset()
+    reset_accelerate_state()
     yield
-    reset()
+    reset_accelerate_state()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import pytest
+
+from mmalign.recipe_entry import run_recipe_file
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a small yellow triangle in the center"]
@@ -21,15 +22,6 @@ SMALL_RUN = [
     "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa", "data.resolution=32",
     "data.limit=6", "validation.prompts=[]",
 ]
-
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +48,7 @@ def run_recipe(tmp_path_factory, tiny_inputs):
         argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / "toy_dpo.yaml"), *SMALL_RUN, *EVAL,
                 f"toy_eval.captions={captions}", f"model.pretrained={model_dir}", f"data.path={data_path}",
                 f"output_dir={out}", f"data.cache_dir={root / 'cache'}", *overrides]
-        main = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))["main"]
-        _reset_accelerate()
-        try:
-            result = main(argv)
-        finally:
-            _reset_accelerate()
+        result = run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
         return result, out, json.loads((out / "summary.json").read_text())
 
     return run

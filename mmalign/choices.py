@@ -1,0 +1,16 @@
+"""The choice vocabularies config schemas check values against, in a module that imports nothing heavy.
+
+The modules that implement the choices (torch code) import them from here, so a schema such as
+:mod:`mmalign.mllm.video_config` validates ``method.loss_type`` without importing torch.
+"""
+
+from __future__ import annotations
+
+REFERENCE_KINDS = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "bco_pair")
+"""Pairwise preference losses on policy-minus-reference log-ratios (:mod:`mmalign.objectives.pairwise`)."""
+REFERENCE_FREE_KINDS = ("simpo", "orpo")
+"""Pairwise preference losses on the policy's log-probs alone."""
+PREFERENCE_KINDS = REFERENCE_KINDS + REFERENCE_FREE_KINDS
+
+VIDEO_METHODS = ("sft", "dpo", "vdpo", "rrpo")
+"""``method.name`` of ``recipes/video.py`` (``mmalign.mllm.video_data.METHODS``, which a test keeps equal)."""
