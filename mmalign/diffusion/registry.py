@@ -28,7 +28,7 @@ from mmalign.config_error import ConfigError
 from mmalign.diffusion.noise_config import NoiseConfig
 from mmalign.diffusion.ppd.config import PpdConfig
 from mmalign.diffusion.smpo_config import SmpoConfig
-from mmalign.validate import OneOf, Range, register
+from mmalign.validate import OneOf, Range, register, register_check
 
 SHARED_KEYS = ("beta", "timestep_weight", "empty_prompt_prob", "sdxl_time_ids")
 """The ``method.*`` keys every method may read; an entry's ``uses`` names the ones it does."""
@@ -39,10 +39,15 @@ class DpoOptions:
     """Diffusion-DPO and DCPO (``method.dpo.*`` / ``method.dcpo.*``)."""
 
     loss_type: str = "sigmoid"
-    """sigmoid | hinge | ipo (through mmalign.objectives.preference_loss), all with ``method.beta`` in the official
-    -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid -logsig(beta h), hinge
-    relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2; see mmalign.diffusion.methods for the
-    diffusers script's spelling of the same losses)."""
+    """sigmoid | hinge | ipo | cdpo | robust (through mmalign.objectives.preference_loss), all with ``method.beta``
+    in the official -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid
+    -logsig(beta h), hinge relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2; see
+    mmalign.diffusion.methods for the diffusers script's spelling of the same losses); with eps = label_smoothing
+    cdpo -(1-eps) logsig(beta h) - eps logsig(-beta h) (conservative DPO, Mitchell 2023) and robust
+    [-(1-eps) logsig(beta h) + eps logsig(-beta h)] / (1 - 2 eps) (Chowdhury et al. 2024), TRL's two
+    label-noise losses on the Diffusion-DPO scores (no official diffusion code uses them)."""
+    label_smoothing: float = 0.0
+    """eps: the assumed rate of flipped preference labels, for cdpo and robust only (in [0, 0.5))."""
 
 
 @dataclass
@@ -246,7 +251,10 @@ def renamed_method_key(key: str, raw: dict) -> str | None:
 
 _FRACTION = Range(0, 1)
 _DTYPES = OneOf("float32", "float16", "bfloat16")
-register(DpoOptions, loss_type=OneOf("sigmoid", "hinge", "ipo"))
+register(DpoOptions, loss_type=OneOf("sigmoid", "hinge", "ipo", "cdpo", "robust"),
+         label_smoothing=Range(0, 0.5, high_open=True))
+register_check(DpoOptions, lambda o: None if o.label_smoothing == 0 or o.loss_type in ("cdpo", "robust") else
+               f"label_smoothing ({o.label_smoothing}) is read by loss_type cdpo and robust only, not {o.loss_type}")
 register(MapoOptions, snr=Range(0, low_open=True))
 register(RankDpoOptions, rank_source=OneOf("model", "label"))
 register(KtoOptions, lambda_desirable=Range(0), lambda_undesirable=Range(0),
