@@ -8,7 +8,7 @@ No torch import: schemas load before any model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmalign.validate import OneOf, Range, register
@@ -54,19 +54,19 @@ class LoraConfig:
         return value
 
 
-def diffusion_lora() -> LoraConfig:
+def diffusion_lora(**overrides: Any) -> LoraConfig:
     """The diffusion recipe's defaults: rank 8, alpha = rank, gaussian init, the UNet attention projections."""
-    return LoraConfig(rank=8, alpha=None, target_modules=list(UNET_ATTENTION), init="gaussian")
+    return replace(LoraConfig(rank=8, alpha=None, target_modules=list(UNET_ATTENTION), init="gaussian"), **overrides)
 
 
-def vlm_lora() -> LoraConfig:
+def vlm_lora(**overrides: Any) -> LoraConfig:
     """The VLM recipe's defaults (TRL's examples): rank 16, alpha 32, every linear layer of the language model."""
-    return LoraConfig(rank=16, alpha=32.0)
+    return replace(LoraConfig(rank=16, alpha=32.0), **overrides)
 
 
-def video_lora() -> LoraConfig:
+def video_lora(**overrides: Any) -> LoraConfig:
     """The video recipe's defaults (TEMPLE): rank 32, alpha 64, every linear layer of the language model."""
-    return LoraConfig(rank=32, alpha=64.0)
+    return replace(LoraConfig(rank=32, alpha=64.0), **overrides)
 
 
 def migrate_lora_block(raw: dict) -> list[tuple[str, str]]:

@@ -34,17 +34,10 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
 
 
 def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)``: ``tiny:<family>`` builds a tiny random-weight model in-process; anything else loads
-    through :func:`mmalign.mllm.vlm_model.load_vlm` (pad token, dropout off). Both get the same train-safe setup."""
-    from mmalign.mllm.vlm_model import load_vlm, make_train_safe
-
-    if cfg.pretrained.startswith("tiny:"):
-        from mmalign.mllm.tiny_video import build_tiny_video_llm
-
-        model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
-        make_train_safe(model, processor)
-        return model, processor
+    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (``tiny:<family>``
+    builds a tiny random-weight model in-process; pad token and dropout off either way)."""
     from mmalign.mllm.vlm_config import VLMModelConfig
+    from mmalign.mllm.vlm_model import load_vlm
 
     return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                    attn_implementation=cfg.attn_implementation))

@@ -12,21 +12,38 @@ from mmalign.mllm.vlm_config import VLMModelConfig
 from mmalign.mllm.vlm_forward import base_model, vision_modules
 from mmalign.reference import frozen_copy
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES: dict[str, Any] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                           "auto": "auto"}
 
 
-def load_vlm(cfg: VLMModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` from a hub id or local folder (``AutoModelForImageTextToText`` / ``AutoProcessor``)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+def load_vlm(cfg: VLMModelConfig, *, device: torch.device | str | None = None,
+             train_safe: bool = True) -> tuple[torch.nn.Module, Any]:
+    """The one VLM / video LLM loader: ``(model, processor)`` from a hub id or local folder
+    (``AutoModelForImageTextToText`` / ``AutoProcessor``), or ``tiny:<family>`` (a tiny random-weight model built
+    in-process, :func:`mmalign.mllm.tiny_video.build_tiny_video_llm`). ``train_safe``: a pad token and dropout off
+    (:func:`make_train_safe`, for training); otherwise the model is put in ``eval()`` (inference: PPD user
+    embeddings, TEMPLE pair generation). ``device``: where the model goes (None: where it was loaded)."""
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
-    kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
-    processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
-    make_train_safe(model, processor)
+    if cfg.pretrained.startswith("tiny:"):
+        from mmalign.mllm.tiny_video import build_tiny_video_llm
+
+        model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
+        processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    if device is not None:
+        model.to(device)
+    if train_safe:
+        make_train_safe(model, processor)
+    else:
+        model.eval()
     return model, processor
 
 
