@@ -38,6 +38,10 @@ RenameFn = Callable[[str, dict], "str | None"]
 """A schema's ``renamed_key(old_dotted_key, raw_config) -> new dotted key | None`` (old keys accepted for one
 release: :func:`load_config` rewrites them and prints a deprecation note naming the new key). ``raw_config`` is the
 YAML mapping with the overrides applied, so a rename may depend on other values (e.g. ``method.name``)."""
+MigrateFn = Callable[[dict], "list[tuple[str, str]]"]
+"""A schema's ``migrate(raw) -> [(old, new), ...]``: old *values* rewritten in place (``lora.enabled: false`` →
+``lora.rank: 0``), run after the renames on the YAML mapping and on each command-line override; every pair is printed
+as a deprecation note."""
 
 
 def parse_overrides(args: Sequence[str]) -> list[str]:
@@ -104,6 +108,7 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         data = _rename_yaml_keys(schema_cls, data, overrides, str(path))
+        _migrate(schema_cls, data, str(path))
         try:
             _check_keys(schema_cls, data)
         except ConfigError as exc:
@@ -111,15 +116,15 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
         given.update(_flatten(data))
     context = _with_overrides(OmegaConf.to_container(merged), overrides)  # what renames may depend on
-    for item in parse_overrides(overrides):
-        item = _rename_override(schema_cls, item, context)
-        key = item.split("=", 1)[0]
-        given.add(key)
-        _check_key_path(schema_cls, key, merged)
-        try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
-            merged.merge_with_dotlist([item])
-        except OmegaConfBaseException as exc:
-            raise ConfigError(_describe(exc, "command line")) from None
+    for raw_item in parse_overrides(overrides):
+        for item in _migrate_override(schema_cls, _rename_override(schema_cls, raw_item, context)):
+            key = item.split("=", 1)[0]
+            given.add(key)
+            _check_key_path(schema_cls, key, merged)
+            try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
+                merged.merge_with_dotlist([item])
+            except OmegaConfBaseException as exc:
+                raise ConfigError(_describe(exc, "command line")) from None
     try:
         obj = OmegaConf.to_object(merged)
     except MissingMandatoryValue as exc:
@@ -138,6 +143,45 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
 
 def _renamer(schema_cls: type) -> RenameFn | None:
     return getattr(schema_cls, "renamed_key", None)
+
+
+def _migrate(schema_cls: type, data: dict, source: str) -> bool:
+    """Apply the schema's ``migrate`` hook to ``data`` in place (a note per old value); True when it changed."""
+    migrate: MigrateFn | None = getattr(schema_cls, "migrate", None)
+    if migrate is None:
+        return False
+    notes = migrate(data)
+    for old, new in notes:
+        _deprecated(old, new, source)
+    return bool(notes)
+
+
+def _migrate_override(schema_cls: type, item: str) -> list[str]:
+    """One override as the overrides it stands for after ``migrate`` (none, when the old value is now implied)."""
+    key, value = item.split("=", 1)
+    data: dict = {}
+    try:
+        parsed = yaml.safe_load(value) if value else value
+    except yaml.YAMLError:
+        parsed = value
+    _put(data, key, parsed, overwrite=True)
+    if not _migrate(schema_cls, data, "command line"):
+        return [item]
+    return [f"{k}={_override_value(_get(data, k))}" for k in _flatten(data)]
+
+
+def _get(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return "null" if value is None else str(value)
 
 
 def _deprecated(old: str, new: str, source: str) -> None:

@@ -20,7 +20,8 @@ import torch
 from accelerate import PartialState
 
 from mmalign.config import load_config, to_dict
-from mmalign.mllm.curriculum import fresh_adapter, merge_adapter, run_stages
+from mmalign.mllm.curriculum import fresh_adapter, run_stages
+from mmalign.mllm.export import merge_adapter
 from mmalign.mllm.video_batch import VideoRowCollator
 from mmalign.mllm.video_build import (
     build_dataset,
@@ -55,26 +56,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def run_stage(stage_model: torch.nn.Module, stage: StageConfig, folder: Path) -> dict[str, Any]:
         dataset = build_dataset(cfg, stage.method, stage.data, processor)
         step = build_step(cfg, stage.method, None)  # reference = adapter off = previous stage
-        return train(stage_train_config(cfg, stage, len(dataset)), output_dir=folder, model=stage_model,
-                     dataset=dataset, step_fn=step, collate_fn=collate, run_config=to_dict(cfg))
+        result = train(stage_train_config(cfg, stage, len(dataset)), output_dir=folder, model=stage_model,
+                       dataset=dataset, step_fn=step, collate_fn=collate, run_config=to_dict(cfg))
+        return {**result, "data": {"rows": len(dataset), "skips": dataset.skips.as_dict()}}
 
     if cfg.stages:  # curriculum: a fresh LoRA per stage on the merged previous one
         model, stage_summaries = run_stages(model, cfg.stages, output_dir, run_stage, partial(lora_for, cfg),
                                             is_main_process=is_main)
         summary: dict[str, Any] = {"stages": stage_summaries}
     else:  # one run: LoRA (reference = adapter off) or full fine-tuning (reference = frozen copy)
-        dataset = build_dataset(cfg, cfg.method.name, cfg.data.train, processor)
-        if cfg.model.lora:
+        dataset = build_dataset(cfg, cfg.method.name, cfg.data.path, processor)
+        if cfg.lora.enabled:
             model = fresh_adapter(model, lora_for(cfg))
         accelerator = make_accelerator(cfg.train, output_dir)
         ref_model = None
-        if not cfg.model.lora and cfg.method.name != "sft":  # a frozen copy on the policy's device
+        if not cfg.lora.enabled and cfg.method.name != "sft":  # a frozen copy on the policy's device
             ref_model = frozen_copy(model, accelerator.device)
         summary = train(cfg.train, output_dir=output_dir, model=model, dataset=dataset,
                         step_fn=build_step(cfg, cfg.method.name, ref_model), collate_fn=collate,
                         accelerator=accelerator, run_config=to_dict(cfg))
-        summary["data_dropped"] = len(dataset.report.dropped)
-        if cfg.model.lora:  # export: the adapter folder, then the merged model for the toy metric
+        summary["data"] = {"rows": len(dataset), "skips": dataset.skips.as_dict()}
+        if cfg.lora.enabled:  # export: the adapter folder, then the merged model for the toy metric
             if is_main:
                 model.save_pretrained(str(output_dir / "adapter"))
             model = merge_adapter(model)

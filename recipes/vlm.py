@@ -15,7 +15,7 @@ import os
 from mmalign.config import load_config, require_paths, to_dict
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.vlm_rows import VLMPreferenceDataset
-from mmalign.mllm.export import merge_adapter, save_trained
+from mmalign.mllm.export import merge_adapter_folder, save_trained
 from mmalign.mllm.vlm_batch import VisionPreferenceCollator
 from mmalign.mllm.vlm_config import VLMRecipeConfig
 from mmalign.mllm.vlm_model import load_vlm, prepare_policy
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
         processor, max_length=cfg.data.max_length, on_overlong=cfg.data.on_overlong, extra=extra,
         crop_scale=(method.crop_scale_min, method.crop_scale_max), seed=cfg.train.seed,
     )
-    skips = SkipCounter(len(dataset), cfg.data.max_bad_fraction)
+    # one skip report: rows dropped at load (on_bad_row=skip) and images unreadable while training (counted)
+    skips = SkipCounter(len(dataset), cfg.data.max_bad_fraction, what="rows")
+    skips.note_dropped(dataset.skipped)
 
     accelerator = make_accelerator(cfg.train, cfg.output_dir)
     if ref_model is not None:
@@ -78,10 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator, cfg.train, cfg.output_dir, summary)
         exported = {"adapter_dir": str(out)}
         if cfg.export.merge and cfg.lora.enabled:
-            exported["merged_dir"] = str(merge_adapter(out, f"{cfg.output_dir}/merged", base=cfg.model.pretrained))
+            exported["merged_dir"] = str(merge_adapter_folder(out, f"{cfg.output_dir}/merged", base=cfg.model.pretrained))
         summary["export"] = exported
-        summary["data"] = {"rows": len(dataset), "skipped_at_load": len(dataset.skipped),
-                           "skipped_rows": dataset.skipped[:20], **skips.as_dict()}
+        summary["data"] = {"rows": len(dataset), "skips": skips.as_dict()}
         write_summary(cfg.output_dir, {"export": exported, "data": summary["data"]})
     return summary
 

@@ -116,11 +116,9 @@ def _closing(out: str, n_videos: int, skipped, report) -> str:
 
 
 def _load(model: str, trust_remote_code: bool):
-    if model.startswith("tiny:"):
-        from mmalign.mllm.tiny_video import build_tiny_video_llm
+    """The one loader (:func:`mmalign.mllm.vlm_model.load_vlm`) in inference mode, the checkpoint's own dtype."""
+    from mmalign.mllm.vlm_config import VLMModelConfig
+    from mmalign.mllm.vlm_model import load_vlm
 
-        return build_tiny_video_llm(model.split(":", 1)[1])
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    return (AutoModelForImageTextToText.from_pretrained(model, trust_remote_code=trust_remote_code).eval(),
-            AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code))
+    return load_vlm(VLMModelConfig(pretrained=model, dtype="auto", trust_remote_code=trust_remote_code,
+                                   attn_implementation=None), train_safe=False)

@@ -10,7 +10,11 @@ to one :class:`SkipCounter`::
     def step_fn(model, batch):
         counter.update(batch)          # raises TooManyBadSamplesError past the limit
         ...
-    summary["data"] = counter.as_dict()
+    summary["data"]["skips"] = counter.as_dict()
+
+It is the one bad-row counter of every family (diffusion cache pass and pixel steps, VLM rows and images, video
+rows): ``data.on_bad_row`` (skip | error) and ``data.max_bad_fraction`` mean the same everywhere, and every run's
+``summary.json`` holds its report under ``data.skips``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mmalign.choices import ON_BAD_ROW
 from mmalign.data.errors import BadSample, TooManyBadSamplesError
+
+__all__ = ["ON_BAD_ROW", "SkipCounter", "collate_skipping"]
 
 
 def collate_skipping(items: list[Any], collate_fn: Callable[[list[dict]], Any] | None = None) -> dict[str, Any]:
@@ -51,17 +58,24 @@ def collate_skipping(items: list[Any], collate_fn: Callable[[list[dict]], Any] |
 
 
 class SkipCounter:
-    """Counts distinct bad items seen in training; raises once they exceed ``max_bad_fraction * total``.
+    """Counts distinct bad items; raises once they exceed ``max_bad_fraction * total`` (or at the first one with
+    ``on_bad_row="error"``).
 
     ``total`` is the dataset size (divide by the number of processes when each rank counts its shard).
-    Counting *distinct* ids makes the limit independent of the number of epochs.
+    Counting *distinct* ids makes the limit independent of the number of epochs. Bad items arrive as
+    :class:`BadSample` (:meth:`update`, :meth:`add`) or as an id and a reason (:meth:`skip`: a video that does not
+    decode); :meth:`note_dropped` records rows dropped when the data was read, reported but not counted.
     """
 
-    def __init__(self, total: int, max_bad_fraction: float = 0.01) -> None:
-        self.total, self.max_bad_fraction = total, max_bad_fraction
+    def __init__(self, total: int, max_bad_fraction: float = 0.01, on_bad_row: str = "skip",
+                 what: str = "items") -> None:
+        if on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"data.on_bad_row must be one of {', '.join(ON_BAD_ROW)}, got {on_bad_row!r}")
+        self.total, self.max_bad_fraction, self.on_bad_row, self.what = total, max_bad_fraction, on_bad_row, what
         self.bad_ids: set[str] = set()
         self.skip_events = 0
-        self.last: BadSample | None = None
+        self.last: str | None = None
+        self.dropped: list[str] = []
 
     def update(self, batch: dict[str, Any] | list[BadSample]) -> None:
         skipped = batch.get("skipped", []) if isinstance(batch, dict) else batch
@@ -69,21 +83,34 @@ class SkipCounter:
             self.add(bad)
 
     def add(self, bad: BadSample) -> None:
+        self.skip(bad.id, bad.describe())
+
+    def skip(self, item_id: str, description: str) -> None:
+        """Count the bad item ``item_id`` (``description`` names file, row, field and reason)."""
         self.skip_events += 1
-        self.bad_ids.add(bad.id)
-        self.last = bad
+        self.bad_ids.add(item_id)
+        self.last = description
+        if self.on_bad_row == "error":
+            raise TooManyBadSamplesError(f"bad row (data.on_bad_row=error): {description}")
         if len(self.bad_ids) > self.max_bad_fraction * self.total:
             raise TooManyBadSamplesError(
-                f"{len(self.bad_ids)} of {self.total} items have unusable images (more than "
-                f"max_bad_fraction={self.max_bad_fraction:.2%}); last: {bad.describe()}"
+                f"{len(self.bad_ids)} of {self.total} {self.what} are unusable (more than "
+                f"data.max_bad_fraction={self.max_bad_fraction:.2%}); last: {description}"
             )
 
+    def note_dropped(self, rows: list[str]) -> None:
+        """Rows dropped when the data was read (reported in :meth:`as_dict`, not counted against the limit)."""
+        self.dropped.extend(rows)
+
     def as_dict(self) -> dict[str, Any]:
-        """Counts for the run summary."""
+        """The skip report of the run summary (``summary.json["data"]["skips"]``)."""
         return {
             "bad_samples": len(self.bad_ids),
             "skip_events": self.skip_events,
             "bad_fraction": len(self.bad_ids) / max(self.total, 1),
             "max_bad_fraction": self.max_bad_fraction,
-            "last_bad": self.last.describe() if self.last else None,
+            "on_bad_row": self.on_bad_row,
+            "last_bad": self.last,
+            "dropped_at_load": len(self.dropped),
+            "dropped_rows": self.dropped[:20],
         }

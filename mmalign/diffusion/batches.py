@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from mmalign.data.errors import BadSample, TooManyBadSamplesError
+from mmalign.data.errors import BadSample
+from mmalign.data.skipping import SkipCounter
 from mmalign.diffusion.adapter import DiffusionParts, encode_pixels, encode_text, preprocess_image
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.flips import draw_flips, flipped_key
@@ -60,13 +61,6 @@ def item_members(item: dict[str, Any], kind: str) -> tuple[list[tuple[Any, str, 
     return members, extras
 
 
-def _check_skips(skipped: int, seen: int, max_fraction: float, last: str) -> None:
-    if seen and skipped / seen > max_fraction:
-        raise TooManyBadSamplesError(
-            f"{skipped} of {seen} samples could not be read (> data.max_skip_fraction={max_fraction}); last: {last}"
-        )
-
-
 def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache,
                  flips: bool = False) -> dict[str, Any] | BadSample | None:
     """The entry of an item whose images and prompts are all cached, read without decoding any image (content keys
@@ -94,24 +88,34 @@ def _light_entry(dataset: Any, index: int, kind: str, cache: LatentTextCache,
 @torch.no_grad()
 def build_cache(
     dataset: Dataset, kind: str, parts: DiffusionParts, cache: LatentTextCache, resolution: int,
-    device: torch.device | str, batch_size: int = 8, max_skip_fraction: float = 0.05, num_workers: int = 0,
-    progress: bool = True, flips: bool = False,
+    device: torch.device | str, batch_size: int = 8, max_bad_fraction: float = 0.05, num_workers: int = 0,
+    progress: bool = True, flips: bool = False, counter: SkipCounter | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """First pass: encode what the cache lacks; return the light entries of the usable items and the stats.
 
     Items already fully cached are recognised from their content keys without decoding their images; the rest are
     decoded (DataLoader workers), encoded in batches and written. ``flips``: also encode every image flipped
-    (stored under :func:`mmalign.diffusion.flips.flipped_key`) for ``data.random_flip``.
+    (stored under :func:`mmalign.diffusion.flips.flipped_key`) for ``data.random_flip``. Unreadable items are counted
+    by ``counter`` (default: a :class:`~mmalign.data.skipping.SkipCounter` over the dataset with
+    ``max_bad_fraction``), which stops the pass past its limit; ``stats["skips"]`` is its report.
     """
+    counter = counter if counter is not None else SkipCounter(len(dataset), max_bad_fraction)
     entries: dict[int, dict[str, Any]] = {}
     bad: list[Any] = []
+
+    def skip(item: Any) -> None:
+        bad.append(item)
+        if isinstance(item, BadSample):
+            counter.add(item)
+        else:
+            counter.skip(f"item {len(bad)}", "unreadable item")
     to_decode: list[int] = []
     for index in tqdm(range(len(dataset)), desc="check cache", disable=not progress):
         light = _light_entry(dataset, index, kind, cache, flips)
         if light is None:
             to_decode.append(index)
         elif _is_bad(light):
-            bad.append(light)
+            skip(light)
         else:
             entries[index] = light
     loader = DataLoader(Subset(dataset, to_decode), batch_size=batch_size, collate_fn=list, num_workers=num_workers)
@@ -119,7 +123,7 @@ def build_cache(
         images, keys, prompts = [], [], []
         for index, item in zip(to_decode[n * batch_size : (n + 1) * batch_size], chunk):
             if _is_bad(item):
-                bad.append(item)
+                skip(item)
                 continue
             members, extras = item_members(item, kind)
             entries[index] = {"image_keys": [m[1] for m in members], "prompts": [m[2] for m in members], **extras}
@@ -132,14 +136,12 @@ def build_cache(
                 if not cache.has_prompt(prompt) and prompt not in prompts:
                     prompts.append(prompt)
         _encode_into_cache(parts, cache, images, keys, prompts, resolution, device, batch_size)
-    last_bad = (bad[-1].describe() if hasattr(bad[-1], "describe") else "unreadable item") if bad else ""
-    _check_skips(len(bad), len(dataset), max_skip_fraction, last_bad)
     ordered = [entries[i] for i in sorted(entries)]
     n_members = sum(len(e["image_keys"]) for e in ordered)
     cache.stats["images_reused"] = n_members - cache.stats["images_encoded"]
     cache.stats["prompts_reused"] = len({p for e in ordered for p in e["prompts"]}) - cache.stats["prompts_encoded"]
     stats = {"items": len(ordered), "skipped": len(bad), "seen": len(dataset), "decoded": len(to_decode),
-             **cache.stats}
+             **cache.stats, "skips": counter.as_dict()}
     return ordered, stats
 
 

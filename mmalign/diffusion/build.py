@@ -69,20 +69,32 @@ def load_data(cfg: DiffusionRecipeConfig, kind: str):
     from mmalign.data import load_preference_data
 
     return load_preference_data(
-        cfg.data.path, kind=kind, max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
+        cfg.data.path, kind=kind, max_bad_fraction=_fraction(cfg), max_items=cfg.data.limit,
         bad_image="drop" if cfg.data.cache else "replace", allow_outside_paths=cfg.data.allow_outside_paths,
     )
+
+
+def skip_counter(cfg: DiffusionRecipeConfig, total: int):
+    """The run's :class:`mmalign.data.SkipCounter`: ``data.on_bad_row`` and ``data.max_bad_fraction``."""
+    from mmalign.data import SkipCounter
+
+    return SkipCounter(total, cfg.data.max_bad_fraction, cfg.data.on_bad_row, what="samples")
+
+
+def _fraction(cfg: DiffusionRecipeConfig) -> float:
+    """The readers' load-time limit: 0 with ``on_bad_row=error`` (the first dropped row stops the run)."""
+    return cfg.data.max_bad_fraction if cfg.data.on_bad_row == "skip" else 0.0
 
 
 def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple:
     """``(train_dataset, collate_fn, skip_counter, stats)``: the cached set (built/reused in a first pass on the
     main process) or the pixel set encoded in the step."""
-    from mmalign.data import SkipCounter, collate_skipping
+    from mmalign.data import collate_skipping
 
     device = accelerator.device
     captions = report_overlong(dataset, parts.tokenizers[0], accelerator.print)  # truncated captions: counted
     if not cfg.data.cache:
-        counter = SkipCounter(len(dataset), cfg.data.max_skip_fraction)
+        counter = skip_counter(cfg, len(dataset))
         return (PixelDataset(dataset, kind, cfg.data.resolution, cfg.data.random_flip, flip_mode=cfg.data.flip_mode),
                 functools.partial(collate_skipping, collate_fn=collate_members), counter, {"cache": False, **captions})
     entries, stats = None, {}
@@ -112,7 +124,7 @@ def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffus
         module.to(device)
     cache = LatentTextCache.for_model(parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.cache_dtype)
     entries, stats = build_cache(dataset, kind, parts, cache, cfg.data.resolution, device,
-                                 max_skip_fraction=cfg.data.max_skip_fraction, progress=progress,
+                                 counter=skip_counter(cfg, len(dataset)), progress=progress,
                                  num_workers=cfg.train.num_workers, flips=cfg.data.random_flip)
     return entries, stats, cache
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmalign.choices import ON_BAD_ROW
 from mmalign.config import MISSING
 from mmalign.diffusion.registry import (
     DATA_KINDS,
@@ -18,6 +19,7 @@ from mmalign.diffusion.registry import (
     chosen_sections,
     renamed_method_key,
 )
+from mmalign.lora_config import LoraConfig, diffusion_lora
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
@@ -45,19 +47,6 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
-    rank: int = 8
-    """LoRA rank; 0 means full fine-tuning of the UNet (frozen reference copy)."""
-    alpha: float | None = None
-    """LoRA alpha (null: equal to rank, as in the diffusers DPO scripts)."""
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    """UNet sub-modules that get adapters."""
-    init: str = "gaussian"
-    """peft ``init_lora_weights``: gaussian (diffusers DPO scripts) | true (kaiming A, zero B)."""
-    dropout: float = 0.0
-
-
-@dataclass
 class DataConfig:
     path: str = MISSING
     """Preference data: folder, file or hub id (read by mmalign.data.load_preference_data)."""
@@ -79,8 +68,11 @@ class DataConfig:
     """dtype of cached tensors: float32 | float16 | bfloat16."""
     latent_sample: str = "sample"
     """sample (posterior sample each step, as the official code) | mean (posterior mean)."""
-    max_skip_fraction: float = 0.05
-    """Stop when more than this fraction of samples is corrupt (they are skipped and counted)."""
+    on_bad_row: str = "skip"
+    """skip (a sample whose image cannot be read is skipped and counted) | error (the first one stops the run, naming
+    file, row and field). Rows with missing fields are always errors."""
+    max_bad_fraction: float = 0.05
+    """Stop when more than this fraction of samples is skipped (the same key in every family)."""
     limit: int | None = None
     """Use only the first N examples."""
     allow_outside_paths: bool = False
@@ -149,7 +141,8 @@ class DiffusionRecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig = field(default_factory=diffusion_lora)
+    """The shared LoRA block (:mod:`mmalign.lora_config`): rank 0 = full fine-tuning of the UNet."""
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -170,8 +163,9 @@ class DiffusionRecipeConfig:
 
     @staticmethod
     def renamed_key(key: str, raw: dict) -> str | None:
-        """Pre-registry ``method.*`` keys (``method.loss_type`` → ``method.dpo.loss_type``, ...): registry.py."""
-        return renamed_method_key(key, raw)
+        """Keys renamed in the one-core release (read for one release): the pre-registry ``method.*`` keys
+        (``method.loss_type`` → ``method.dpo.loss_type``, ...: registry.py) and ``data.max_skip_fraction``."""
+        return renamed_method_key(key, raw) or {"data.max_skip_fraction": "data.max_bad_fraction"}.get(key)
 
     @staticmethod
     def check_given(cfg: DiffusionRecipeConfig, given: set[str]) -> None:
@@ -184,10 +178,9 @@ _FRACTION = Range(0, 1)
 _DTYPES = OneOf("float32", "float16", "bfloat16")
 register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
          attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"))
-register(LoraConfig, rank=Range(0), alpha=Range(0, low_open=True), init=OneOf("gaussian", "true", "True"),
-         dropout=Range(0, 1, high_open=True))
 register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, multiple=8),
-         cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), max_skip_fraction=_FRACTION, limit=Range(1))
+         cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=_FRACTION,
+         limit=Range(1))
 register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0), seed=Range(0),
          height=Range(8, multiple=8))
 register(ExportConfig, ema_decay=_FRACTION)

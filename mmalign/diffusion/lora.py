@@ -16,24 +16,22 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.config import LoraConfig as LoraSettings
+from mmalign.lora_config import LoraConfig
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-def peft_lora_config(settings: LoraSettings):
-    from peft import LoraConfig
+def peft_lora_config(settings: LoraConfig):
+    """peft ``LoraConfig`` of the shared ``lora:`` block; targets are suffixes peft matches in the UNet."""
+    from peft import LoraConfig as PeftLoraConfig
 
-    init: Any = {"gaussian": "gaussian", "true": True}.get(str(settings.init).lower())
-    if init is None:
-        raise ValueError(f"lora.init must be gaussian or true, got '{settings.init}'")
-    return LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha if settings.alpha is not None else settings.rank,
-        init_lora_weights=init, target_modules=list(settings.target_modules), lora_dropout=settings.dropout,
+    return PeftLoraConfig(
+        r=settings.rank, lora_alpha=settings.scale_alpha, init_lora_weights=settings.peft_init(),
+        target_modules=list(settings.target_modules), lora_dropout=settings.dropout,
     )
 
 
-def add_lora(unet, settings: LoraSettings) -> None:
+def add_lora(unet, settings: LoraConfig) -> None:
     """Freeze the UNet and add a trainable LoRA adapter named ``default``."""
     unet.requires_grad_(False)
     unet.add_adapter(peft_lora_config(settings))

@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmalign.lora_config import LoraConfig
+from mmalign.mllm.export import merge_adapter
+
 DONE_FILE = "DONE"
 
 
 @dataclass
-class LoraSettings:
-    """The fresh adapter each stage starts."""
+class StageAdapter:
+    """The fresh adapter each stage starts: the ``lora:`` block (:class:`mmalign.lora_config.LoraConfig`) plus
+    where it goes and how it is seeded."""
 
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    lora: LoraConfig = field(default_factory=LoraConfig)
     train_vision: bool = False
     """Also adapt the vision tower (TEMPLE's SFT stage unfreezes it); otherwise only the language model."""
     seed: int | None = None
@@ -40,46 +41,15 @@ class LoraSettings:
     after ``from_pretrained`` differs between processes (observed with transformers 5.23)."""
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
-    """Fold a peft adapter into the base weights and return the plain model (no-op for a plain model)."""
-    return model.merge_and_unload() if _is_peft(model) else model
-
-
-_VISION_PATTERNS = ("visual", "vision_tower", "vision_model", "multi_modal_projector")
-
-
-def _target_modules(model: torch.nn.Module, lora: LoraSettings) -> Any:
-    if lora.target_modules != "all-linear" or lora.train_vision:
-        return lora.target_modules
-    # all linear layers of the language model; the vision tower and projector stay frozen
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not any(p in name for p in _VISION_PATTERNS):
-            if not name.endswith("lm_head"):
-                names.add(name)
-    return sorted(names)
-
-
-def fresh_adapter(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
-    """Merge any existing adapter, freeze the base, attach a new zero-initialised LoRA (peft ``LoraConfig``)."""
-    from peft import LoraConfig, get_peft_model
+def fresh_adapter(model: torch.nn.Module, adapter: StageAdapter) -> torch.nn.Module:
+    """Merge any existing adapter, freeze the base, attach a new zero-initialised LoRA (the one selector and peft
+    config of :func:`mmalign.mllm.vlm_model.add_lora`)."""
+    from mmalign.mllm.vlm_model import add_lora
 
     base = merge_adapter(model)
     for p in base.parameters():
         p.requires_grad_(False)
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=_target_modules(base, lora))
-    if lora.seed is None:
-        return get_peft_model(base, cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(lora.seed)
-        return get_peft_model(base, cfg)
+    return add_lora(base, adapter.lora, include_vision=adapter.train_vision, seed=adapter.seed)
 
 
 def stage_dir(output_dir: str | Path, index: int, name: str) -> Path:
@@ -103,7 +73,7 @@ def run_stages(
     stages: Sequence[Any],
     output_dir: str | Path,
     run_stage: Callable[[torch.nn.Module, Any, Path], dict[str, Any]],
-    lora_for: Callable[[Any], LoraSettings],
+    lora_for: Callable[[Any], StageAdapter],
     *,
     is_main_process: bool = True,
 ) -> tuple[torch.nn.Module, list[dict[str, Any]]]:

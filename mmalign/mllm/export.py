@@ -4,8 +4,9 @@
   (``base_model_name_or_path`` points at the base); the processor is saved next to it, so the folder loads with
   ``PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), folder)``.
 * Full fine-tuning: the model's own ``save_pretrained`` (safetensors) + processor.
-* :func:`merge_adapter`: base + adapter → ``merge_and_unload()`` → a plain transformers folder (the
-  ``mmalign export --merge`` operation for VLM adapters).
+* :func:`merge_adapter`: a peft model → ``merge_and_unload()`` → the plain model (no-op for a plain model; the
+  curriculum's per-stage merge); :func:`merge_adapter_folder`: base + adapter folder → a plain transformers folder
+  (the ``mmalign export --merge`` operation for VLM adapters).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import torch
 
+from mmalign.unwrap import unwrap
+
 
 def is_peft_adapter_dir(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds a peft adapter (``adapter_config.json``)."""
@@ -27,7 +30,7 @@ def save_trained(model: torch.nn.Module, processor: Any, folder: str | os.PathLi
     """Write the peft adapter (or the full model) and the processor to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     model.save_pretrained(folder, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(folder)
@@ -52,14 +55,22 @@ def load_trained(folder: str | os.PathLike, *, base: str | None = None, dtype: t
     return PeftModel.from_pretrained(model, folder)
 
 
-def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, *, base: str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Path:
+def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold a peft adapter into the base weights and return the plain model (no-op for a plain model)."""
+    from peft import PeftModel
+
+    model = unwrap(model)
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def merge_adapter_folder(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, *, base: str | None = None,
+                         dtype: torch.dtype = torch.float32) -> Path:
     """Merge a VLM LoRA adapter into its base and write a complete transformers folder (+ processor)."""
     from transformers import AutoProcessor
 
     if not is_peft_adapter_dir(adapter_dir):
         raise ValueError(f"{adapter_dir}: not a peft adapter folder (no adapter_config.json)")
-    merged = load_trained(adapter_dir, base=base, dtype=dtype).merge_and_unload()
+    merged = merge_adapter(load_trained(adapter_dir, base=base, dtype=dtype))
     output_dir = Path(output_dir)
     merged.save_pretrained(output_dir, safe_serialization=True)
     try:
@@ -89,6 +100,6 @@ def export_vlm(path: str | os.PathLike, out: str | os.PathLike, *, merge: bool, 
     if source is None:
         raise ValueError(f"{path}: neither a peft adapter folder nor a VLM run folder with adapter/")
     if merge:
-        return merge_adapter(source, out, base=base)
+        return merge_adapter_folder(source, out, base=base)
     shutil.copytree(source, out, dirs_exist_ok=True)
     return Path(out)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from mmalign.mllm.toy_videos import DIRECTIONS
-from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, forward_logits, score_logits
+from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, score_logits
+from mmalign.mllm.vlm_forward import forward_logits
 
 
 @torch.no_grad()

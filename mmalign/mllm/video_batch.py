@@ -160,15 +160,6 @@ def collate_encoded(encoded: Sequence[dict], pad_token_id: int) -> dict[str, tor
     return batch
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The keys of ``batch`` the model's forward takes (drops masks used only for scoring)."""
-    return {k: v for k, v in batch.items() if k not in ("completion_mask", "phrase_ids", "group_size")}
-
-
-def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**model_inputs(batch), use_cache=False).logits
-
-
 def score_logits(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token completion log-probs ``[N, T-1]`` (zero off the completion) and the scored mask."""
     return token_logps(logits, batch["input_ids"], batch["completion_mask"])

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from mmalign.config import ConfigError, require_paths
-from mmalign.mllm.curriculum import LoraSettings
+from mmalign.data.skipping import SkipCounter
+from mmalign.mllm.curriculum import StageAdapter
 from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
 from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_records
 from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
@@ -29,21 +30,14 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
     if cfg.stages:
         require_paths(**{f"stages.{i}.data": s.data for i, s in enumerate(cfg.stages)})
     else:
-        require_paths(**{"data.train": cfg.data.train})
+        require_paths(**{"data.path": cfg.data.path})
 
 
 def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)``: ``tiny:<family>`` builds a tiny random-weight model in-process; anything else loads
-    through :func:`mmalign.mllm.vlm_model.load_vlm` (pad token, dropout off). Both get the same train-safe setup."""
-    from mmalign.mllm.vlm_model import load_vlm, make_train_safe
-
-    if cfg.pretrained.startswith("tiny:"):
-        from mmalign.mllm.tiny_video import build_tiny_video_llm
-
-        model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
-        make_train_safe(model, processor)
-        return model, processor
+    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (``tiny:<family>``
+    builds a tiny random-weight model in-process; pad token and dropout off either way)."""
     from mmalign.mllm.vlm_config import VLMModelConfig
+    from mmalign.mllm.vlm_model import load_vlm
 
     return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                    attn_implementation=cfg.attn_implementation))
@@ -54,7 +48,7 @@ def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any
     return VideoPreferenceDataset(
         records, method, cfg.video, tokenizer=processor.tokenizer, perturbations=cfg.method.perturbations,
         magnitude=cfg.method.magnitude, frames_per_clip=cfg.method.frames_per_clip, seed=cfg.train.seed,
-        on_error=cfg.data.on_error, max_skip_fraction=cfg.data.max_skip_fraction,
+        skips=SkipCounter(len(records), cfg.data.max_bad_fraction, cfg.data.on_bad_row, what="rows"),
     )
 
 
@@ -71,15 +65,17 @@ def build_step(cfg: VideoRecipeConfig, method: str, ref_model: torch.nn.Module |
     return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model)
 
 
-def lora_for(cfg: VideoRecipeConfig, stage: StageConfig | None = None) -> LoraSettings:
-    """The fresh adapter of ``stage`` (its own rank / alpha / vision setting where given, else ``model.*``)."""
-    return LoraSettings(
-        r=(stage.lora_r if stage and stage.lora_r else cfg.model.lora_r),
-        alpha=(stage.lora_alpha if stage and stage.lora_alpha else cfg.model.lora_alpha),
-        dropout=cfg.model.lora_dropout, target_modules=cfg.model.lora_target,
-        train_vision=(stage.train_vision if stage and stage.train_vision is not None else cfg.model.train_vision),
-        seed=cfg.train.seed,
+def lora_for(cfg: VideoRecipeConfig, stage: StageConfig | None = None) -> StageAdapter:
+    """The fresh adapter of ``stage``: the ``lora:`` block with the stage's own rank / alpha / vision setting where
+    given."""
+    lora = dataclasses.replace(
+        cfg.lora, rank=(stage.lora_rank if stage and stage.lora_rank else cfg.lora.rank),
+        alpha=(stage.lora_alpha if stage and stage.lora_alpha else cfg.lora.alpha),
     )
+    if lora.rank < 1:
+        raise ConfigError("curriculum stages train LoRA adapters: set lora.rank (or the stage's lora_rank) > 0")
+    train_vision = stage.train_vision if stage and stage.train_vision is not None else cfg.model.train_vision
+    return StageAdapter(lora, train_vision=train_vision, seed=cfg.train.seed)
 
 
 def steps_for(stage: StageConfig, n_items: int, tcfg: TrainConfig) -> int:

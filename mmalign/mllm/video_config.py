@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmalign.choices import PREFERENCE_KINDS
+from mmalign.choices import ON_BAD_ROW, PREFERENCE_KINDS
 from mmalign.choices import VIDEO_METHODS as METHODS
 from mmalign.config import MISSING
+from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
 from mmalign.mllm.temporal import KINDS
 from mmalign.mllm.video_io import VideoSampling
 from mmalign.train_config import TrainConfig
@@ -28,16 +29,6 @@ class ModelConfig:
     """``sdpa`` / ``flash_attention_2`` / ``eager``; None keeps the transformers default."""
     trust_remote_code: bool = False
     """Only for checkpoints that need custom code (off by default)."""
-    lora: bool = True
-    """Train a LoRA adapter (reference = adapter disabled); False = full fine-tune with a frozen copy as reference."""
-    lora_r: int = 32
-    """LoRA rank (TEMPLE: 32; RRPO: 128)."""
-    lora_alpha: int = 64
-    """LoRA alpha (TEMPLE DPO: 64; RRPO: 256)."""
-    lora_dropout: float = 0.0
-    """LoRA dropout."""
-    lora_target: str = "all-linear"
-    """peft target modules; ``all-linear`` = every linear layer of the language model."""
     train_vision: bool = False
     """Adapt / train the vision tower too (frozen by default)."""
 
@@ -66,15 +57,16 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""
+    path: str = ""
     """jsonl file of rows (formats in ``mmalign.mllm.video_data``); stages name their own files."""
     video_root: str | None = None
     """Folder relative video paths are resolved against (default: the jsonl file's folder)."""
     max_length: int = 4096
     """Max tokens per sequence; only completions are truncated, never visual tokens."""
-    on_error: str = "raise"
-    """raise | skip: what an unreadable video does."""
-    max_skip_fraction: float = 0.1
+    on_bad_row: str = "error"
+    """error | skip (the same key in every family): a row whose video cannot be decoded stops the run, or is
+    dropped and reported in summary.json["data"]["skips"]."""
+    max_bad_fraction: float = 0.1
     """Stop when more than this fraction of rows is skipped."""
 
 
@@ -92,10 +84,10 @@ class StageConfig:
     """Optimizer steps (0: derived from ``epochs``)."""
     lr: float | None = None
     """Stage learning rate (None: ``train.lr``)."""
-    lora_r: int | None = None
-    """Stage LoRA rank (None: ``model.lora_r``)."""
-    lora_alpha: int | None = None
-    """Stage LoRA alpha (None: ``model.lora_alpha``)."""
+    lora_rank: int | None = None
+    """Stage LoRA rank (None: ``lora.rank``)."""
+    lora_alpha: float | None = None
+    """Stage LoRA alpha (None: ``lora.alpha``)."""
     train_vision: bool | None = None
     """Stage vision-tower training (TEMPLE SFT: true; None: ``model.train_vision``)."""
 
@@ -113,22 +105,64 @@ class VideoRecipeConfig:
     output_dir: str = MISSING
     """Run folder: checkpoints, stage folders, adapter, summary.json."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=video_lora)
+    """The shared LoRA block (:mod:`mmalign.lora_config`); ``rank: 0`` = full fine-tuning (frozen reference copy).
+    Curriculum stages always train LoRA adapters."""
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     video: VideoSampling = field(default_factory=VideoSampling)
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
-    """Curriculum stages, run in order (empty: one run of ``method`` on ``data.train``)."""
+    """Curriculum stages, run in order (empty: one run of ``method`` on ``data.path``)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @staticmethod
+    def renamed_key(old: str, raw: dict) -> str | None:
+        """Keys renamed in the one-core release (read for one release)."""
+        parts = old.split(".")
+        if len(parts) == 3 and parts[0] == "stages" and parts[2] == "lora_r":
+            return f"stages.{parts[1]}.lora_rank"
+        return _RENAMED.get(old)
+
+    @staticmethod
+    def migrate(raw: dict) -> list[tuple[str, str]]:
+        """Old values: ``model.lora: false`` → ``lora.rank: 0``; ``data.on_error: raise|skip`` →
+        ``data.on_bad_row: error|skip``; ``stages[i].lora_r`` → ``lora_rank``; the ``lora:`` block's old forms."""
+        return [*_migrate_video(raw), *migrate_lora_block(raw)]
+
+
+_RENAMED = {"model.lora_r": "lora.rank", "model.lora_alpha": "lora.alpha", "model.lora_dropout": "lora.dropout",
+            "model.lora_target": "lora.target_modules", "data.train": "data.path",
+            "data.max_skip_fraction": "data.max_bad_fraction"}
+
+
+def _migrate_video(raw: dict) -> list[tuple[str, str]]:
+    notes: list[tuple[str, str]] = []
+    model, data = raw.get("model"), raw.get("data")
+    if isinstance(model, dict) and "lora" in model:
+        if is_false(model.pop("lora")):
+            raw.setdefault("lora", {})["rank"] = 0
+        notes.append(("model.lora", "lora.rank (0 = full fine-tuning, > 0 = LoRA)"))
+        if not model:
+            raw.pop("model")
+    if isinstance(data, dict) and "on_error" in data:
+        value = data.pop("on_error")
+        data["on_bad_row"] = {"raise": "error"}.get(value, value)
+        notes.append(("data.on_error", "data.on_bad_row (raise is now error)"))
+    for i, stage in enumerate(raw.get("stages") or []):
+        if isinstance(stage, dict) and "lora_r" in stage:
+            stage["lora_rank"] = stage.pop("lora_r")
+            notes.append((f"stages.{i}.lora_r", f"stages.{i}.lora_rank"))
+    return notes
+
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
-register(ModelConfig, dtype=OneOf("float32", "bfloat16", "float16"), lora_r=Range(1), lora_alpha=Range(0, low_open=True),
-         lora_dropout=Range(0, 1, high_open=True))
+register(ModelConfig, dtype=OneOf("float32", "bfloat16", "float16"))
 register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), alpha=Range(0),
          loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), perturbations=OneOf(*KINDS), magnitude=Range(1),
          frames_per_clip=Range(1), kl_chunk_size=Range(1))
-register(DataConfig, max_length=Range(1), on_error=OneOf("raise", "skip"), max_skip_fraction=Range(0, 1))
+register(DataConfig, max_length=Range(1), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=Range(0, 1))
 register(StageConfig, method=OneOf(*METHODS), epochs=Range(0, low_open=True), max_steps=Range(0),
-         lr=Range(0, low_open=True), lora_r=Range(1), lora_alpha=Range(0, low_open=True))
+         lr=Range(0, low_open=True), lora_rank=Range(1), lora_alpha=Range(0, low_open=True))
 register_check(VideoRecipeConfig, lambda c: output_dir_problem(c.output_dir))

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from mmalign.data.errors import TooManyBadSamplesError
+from mmalign.data.skipping import SkipCounter
 from mmalign.mllm.rrpo_phrases import filter_pairs, phrase_ids_from_diff, phrase_ids_from_tags
 from mmalign.mllm.temporal import perturb_frames
 from mmalign.mllm.video_batch import VideoRow
@@ -125,13 +127,15 @@ class VideoPreferenceDataset(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], method: str, sampling: VideoSampling, *,
                  tokenizer=None, perturbations: Sequence[str] = ("reverse", "shuffle"), magnitude: int = 16,
-                 frames_per_clip: int = 2, seed: int = 0, on_error: str = "raise",
-                 max_skip_fraction: float = 0.1) -> None:
+                 frames_per_clip: int = 2, seed: int = 0, skips: SkipCounter | None = None) -> None:
+        """``skips`` counts rows whose video does not decode (:class:`mmalign.data.skipping.SkipCounter`: its
+        ``on_bad_row`` and ``max_bad_fraction``); default: the first one is an error."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got '{method}'")
         self.method, self.sampling = method, sampling
         self.perturbations, self.magnitude, self.frames_per_clip, self.seed = perturbations, magnitude, frames_per_clip, seed
         self.report = DataReport(total=len(records))
+        self.skips = skips if skips is not None else SkipCounter(len(records), 0.0, "error", what="rows")
         self._frames: dict[str, np.ndarray] = {}
         kept = []
         for rec in records:
@@ -140,8 +144,10 @@ class VideoPreferenceDataset(Dataset):
             try:
                 self._frames[rec.video] = read_video(rec.video, sampling).frames
             except VideoDecodeError as exc:
-                if on_error != "skip":
-                    raise ValueError(f"{rec.row_id}: {exc}") from exc
+                try:
+                    self.skips.skip(rec.row_id, f"{rec.row_id}: {exc}")
+                except TooManyBadSamplesError as stop:
+                    raise ValueError(str(stop)) from exc
                 self.report.dropped[rec.row_id] = str(exc)
                 continue
             kept.append(rec)
@@ -150,9 +156,7 @@ class VideoPreferenceDataset(Dataset):
             if tokenizer is None:
                 raise ValueError("method 'rrpo' needs the tokenizer to compute phrase ids")
             kept = self._attach_phrases(kept, tokenizer)
-        skipped = sum(1 for r in self.report.dropped.values() if "video" in r)
-        if records and skipped / len(records) > max_skip_fraction:
-            raise ValueError(f"{skipped}/{len(records)} rows have unreadable videos (max_skip_fraction={max_skip_fraction})")
+        self.skips.note_dropped([f"{k}: {v}" for k, v in self.report.dropped.items() if k not in self.skips.bad_ids])
         if not kept:
             raise ValueError(f"no usable rows ({len(self.report.dropped)} dropped: {list(self.report.dropped.items())[:3]})")
         self.records = kept

@@ -19,43 +19,21 @@ its adapters disabled — which after a curriculum stage merge is the previous s
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from mmalign.mllm.video_batch import forward_logits, score_logits, shifted
+from mmalign.mllm.video_batch import score_logits, shifted
+from mmalign.mllm.vlm_forward import forward_logits, reference_mode
 from mmalign.objectives import preference_loss
 from mmalign.objectives.rrpo import rrpo_loss, token_kl
 
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, Any]]]
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
-@contextlib.contextmanager
-def reference_mode(model: torch.nn.Module, ref_model: torch.nn.Module | None):
-    """Yield the module that computes reference scores: ``ref_model``, or ``model`` with adapters disabled."""
-    if ref_model is not None:
-        yield ref_model
-        return
-    inner = _unwrap(model)
-    if not hasattr(inner, "disable_adapter"):
-        raise ValueError("no reference model: pass ref_model or train a peft (LoRA) model")
-    was_training = inner.training
-    inner.eval()
-    try:
-        with inner.disable_adapter():
-            yield inner
-    finally:
-        inner.train(was_training)
-
-
 def reference_logits(model: torch.nn.Module, batch: dict, ref_model: torch.nn.Module | None = None) -> torch.Tensor:
-    with torch.no_grad(), reference_mode(model, ref_model) as ref:
+    with reference_mode(model, ref_model) as ref:  # no_grad, adapters off (eval) or the frozen copy
         return forward_logits(ref, batch)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmalign.choices import ON_BAD_ROW
 from mmalign.config import MISSING
+from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
@@ -30,29 +32,12 @@ class VLMModelConfig:
 
 
 @dataclass
-class LoraSettings:
-    """The ``lora:`` block (peft ``LoraConfig``)."""
-
-    enabled: bool = True
-    """LoRA adapter (reference = adapters disabled); false: full fine-tuning with a frozen reference copy."""
-    r: int = 16
-    """LoRA rank."""
-    alpha: int = 32
-    """LoRA alpha (scale = alpha / r)."""
-    dropout: float = 0.0
-    """LoRA dropout (0 keeps policy forwards deterministic, as TRL's disable_dropout does for the model)."""
-    target_modules: str = "all-linear"
-    """``all-linear`` = every linear layer of the language model (vision tower and projector excluded when
-    ``model.freeze_vision``; lm_head always excluded), or a comma-separated list of module-name suffixes."""
-
-
-@dataclass
 class VLMMethodConfig:
     """The ``method:`` block: objective and its options."""
 
     name: str = "dpo"
-    """dpo (any ``loss``) | mdpo (DPO + conditional + anchor terms) | rdpo (DPO + retrieved-image term)."""
-    loss: str = "sigmoid"
+    """dpo (any ``loss_type``) | mdpo (DPO + conditional + anchor terms) | rdpo (DPO + retrieved-image term)."""
+    loss_type: str = "sigmoid"
     """A kind of :func:`mmalign.objectives.preference_loss`: sigmoid, cdpo, robust, hinge, ipo, bco_pair, simpo,
     orpo. RPO = sigmoid with ``sft_weight`` > 0."""
     beta: float = 0.1
@@ -101,9 +86,10 @@ class VLMDataConfig:
     on_overlong: str = "error"
     """error | drop: a prompt that leaves no room for the completion."""
     on_bad_row: str = "error"
-    """error | skip: missing fields, empty completions, missing image files (found at load time)."""
+    """error | skip (the same key in every family): rows with missing fields, empty completions or missing image
+    files (found at load time) stop the run, or are dropped and reported in summary.json["data"]["skips"]."""
     max_bad_fraction: float = 0.05
-    """Stop when unreadable images (found while training) exceed this fraction of the rows seen."""
+    """Stop when unreadable images (found while training) exceed this fraction of the rows."""
     max_rows: int | None = None
     """Use only the first N rows."""
     allow_outside_paths: bool = False
@@ -129,8 +115,8 @@ class VLMRecipeConfig:
     """Run folder: checkpoints/, logs/ (TensorBoard), summary.json, adapter/ (and merged/)."""
     model: VLMModelConfig = field(default_factory=VLMModelConfig)
     """Model, dtype, vision freezing."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA (default) or full fine-tuning."""
+    lora: LoraConfig = field(default_factory=vlm_lora)
+    """The shared LoRA block (:mod:`mmalign.lora_config`); ``rank: 0`` = full fine-tuning (frozen reference copy)."""
     method: VLMMethodConfig = field(default_factory=VLMMethodConfig)
     """Objective: DPO-family kind, mDPO / rDPO terms, beta mode."""
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
@@ -140,15 +126,27 @@ class VLMRecipeConfig:
     export: VLMExportConfig = field(default_factory=VLMExportConfig)
     """What to write at the end."""
 
+    @staticmethod
+    def renamed_key(old: str, raw: dict) -> str | None:
+        """Keys renamed in the one-core release (read for one release)."""
+        return _RENAMED.get(old)
 
-# Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss
+    @staticmethod
+    def migrate(raw: dict) -> list[tuple[str, str]]:
+        """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list."""
+        return migrate_lora_block(raw)
+
+
+_RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
+
+
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss_type
 # and method.beta_mode are checked by mmalign.mllm.vlm_objective.check_method.
 _FRACTION = Range(0, 1)
 register(VLMModelConfig, dtype=OneOf("float32", "bfloat16", "float16"))
-register(LoraSettings, r=Range(1), alpha=Range(0, low_open=True), dropout=Range(0, 1, high_open=True))
 register(VLMMethodConfig, beta=Range(0, low_open=True), label_smoothing=Range(0, 0.5), gamma=Range(0),
          sft_weight=Range(0), crop_scale_min=Range(0, 1, low_open=True), crop_scale_max=Range(0, 1, low_open=True),
          beta_weight=Range(0), beta_k=Range(0, low_open=True))
-register(VLMDataConfig, max_length=Range(1), on_overlong=OneOf("error", "drop"), on_bad_row=OneOf("error", "skip"),
+register(VLMDataConfig, max_length=Range(1), on_overlong=OneOf("error", "drop"), on_bad_row=OneOf(*ON_BAD_ROW),
          max_bad_fraction=_FRACTION, max_rows=Range(1))
 register_check(VLMRecipeConfig, lambda c: output_dir_problem(c.output_dir))

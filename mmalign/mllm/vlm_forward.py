@@ -23,11 +23,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.mllm.logprobs import sequence_logps, token_logps
 from mmalign.mllm.vlm_batch import PIXEL_KEYS
+from mmalign.reference import reference_model
+from mmalign.unwrap import unwrap
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers ``*ForConditionalGeneration`` under DDP / accelerate / peft wrappers."""
-    model = getattr(model, "module", model)
+    """The transformers ``*ForConditionalGeneration`` under DDP / accelerate / compile / peft wrappers."""
+    model = unwrap(model)
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model
@@ -71,19 +73,24 @@ def encode_images(model: torch.nn.Module, vision: dict[str, Any]) -> Any:
     return out.pooler_output
 
 
+SCORING_KEYS = ("completion_mask", "phrase_ids", "group_size")
+"""Batch keys used only for scoring; never passed to the model's forward."""
+
+
 def forward_logits(
-    model: torch.nn.Module, text: dict[str, torch.Tensor], vision: dict[str, Any], *, times: int,
+    model: torch.nn.Module, text: dict[str, torch.Tensor], vision: dict[str, Any] | None = None, *, times: int = 1,
     features: Any = None, keep_from: int = 0,
 ) -> torch.Tensor:
-    """Logits ``[N, T - keep_from, V]`` of the ``N = times * B`` rows of ``text`` (positions ``keep_from..T-1``).
+    """Logits ``[N, T - keep_from, V]`` of the ``N = times * B`` rows of ``text`` (positions ``keep_from..T-1``): the
+    one forward of the VLM and video recipes (a video batch is ``text`` alone, its pixels included, ``times=1``).
 
     ``vision`` holds the ``B`` images' tensors; they are repeated ``times``, or, when ``features`` (from
     :func:`encode_images`) is given, the pixel inputs are replaced by the repeated features (grids are kept).
     ``keep_from > 0`` asks the model for the last ``T - keep_from`` logits only (``logits_to_keep``), so the
     ``B x T x V`` logits of long visual prompts are never materialised.
     """
-    kwargs: dict[str, Any] = {k: v for k, v in text.items() if k != "completion_mask"}
-    for key, value in vision.items():
+    kwargs: dict[str, Any] = {k: v for k, v in text.items() if k not in SCORING_KEYS}
+    for key, value in (vision or {}).items():
         if features is not None and key in PIXEL_KEYS:
             continue
         kwargs[key] = repeat_rows(value, times)
@@ -141,15 +148,8 @@ def noisy_token_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
 def reference_mode(model: torch.nn.Module, ref_model: torch.nn.Module | None) -> Iterator[torch.nn.Module]:
     """Yield the module that computes reference scores, under ``no_grad``.
 
-    ``ref_model`` given: that frozen copy. Otherwise ``model`` must be a peft model: its adapters are disabled
-    for the duration (peft's ``disable_adapter`` context restores them even on error).
+    ``ref_model`` given: that frozen copy. Otherwise ``model`` must be a peft model: its adapters are disabled and it
+    is in eval mode for the duration (:func:`mmalign.reference.reference_model`, restored even on error).
     """
-    with torch.no_grad():
-        if ref_model is not None:
-            yield ref_model
-            return
-        peft_model = getattr(model, "module", model)
-        if not hasattr(peft_model, "disable_adapter"):
-            raise ValueError("no reference: pass a frozen reference copy or train a peft adapter (adapters off = reference)")
-        with peft_model.disable_adapter():
-            yield model
+    with torch.no_grad(), reference_model(model, ref_model) as ref:
+        yield ref

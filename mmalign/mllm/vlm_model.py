@@ -2,29 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from mmalign.mllm.vlm_config import LoraSettings, VLMModelConfig
+from mmalign.lora_config import ALL_LINEAR, LoraConfig
+from mmalign.mllm.vlm_config import VLMModelConfig
 from mmalign.mllm.vlm_forward import base_model, vision_modules
 from mmalign.reference import frozen_copy
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES: dict[str, Any] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                           "auto": "auto"}
 
 
-def load_vlm(cfg: VLMModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` from a hub id or local folder (``AutoModelForImageTextToText`` / ``AutoProcessor``)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+def load_vlm(cfg: VLMModelConfig, *, device: torch.device | str | None = None,
+             train_safe: bool = True) -> tuple[torch.nn.Module, Any]:
+    """The one VLM / video LLM loader: ``(model, processor)`` from a hub id or local folder
+    (``AutoModelForImageTextToText`` / ``AutoProcessor``), or ``tiny:<family>`` (a tiny random-weight model built
+    in-process, :func:`mmalign.mllm.tiny_video.build_tiny_video_llm`). ``train_safe``: a pad token and dropout off
+    (:func:`make_train_safe`, for training); otherwise the model is put in ``eval()`` (inference: PPD user
+    embeddings, TEMPLE pair generation). ``device``: where the model goes (None: where it was loaded)."""
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
-    kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
-    processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
-    make_train_safe(model, processor)
+    if cfg.pretrained.startswith("tiny:"):
+        from mmalign.mllm.tiny_video import build_tiny_video_llm
+
+        model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
+        processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    if device is not None:
+        model.to(device)
+    if train_safe:
+        make_train_safe(model, processor)
+    else:
+        model.eval()
     return model, processor
 
 
@@ -58,13 +77,14 @@ def freeze_vision(model: torch.nn.Module) -> int:
     return n
 
 
-def lora_target_modules(model: torch.nn.Module, target: str, *, include_vision: bool) -> list[str]:
-    """Module names for peft: ``all-linear`` = every ``nn.Linear`` outside lm_head (and outside the vision side
-    unless ``include_vision``); otherwise the comma-separated suffixes, filtered the same way."""
+def lora_target_modules(model: torch.nn.Module, targets: Sequence[str], *, include_vision: bool) -> list[str]:
+    """The one LoRA target selector of the VLM and video recipes: module names for peft. ``[all-linear]`` = every
+    ``nn.Linear`` outside lm_head (and outside the vision tower + projector unless ``include_vision``); otherwise
+    the linear layers whose name is or ends with one of the suffixes, filtered the same way."""
     inner = base_model(model)
     vision_ids = {id(m) for v in vision_modules(inner) for m in v.modules()}
     head = inner.get_output_embeddings()
-    suffixes = None if target == "all-linear" else [s.strip() for s in target.split(",") if s.strip()]
+    suffixes = None if list(targets) == [ALL_LINEAR] else [s.strip() for s in targets if s.strip()]
     names = []
     for name, module in inner.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is head:
@@ -74,22 +94,36 @@ def lora_target_modules(model: torch.nn.Module, target: str, *, include_vision: 
         if suffixes is None or any(name == s or name.endswith("." + s) for s in suffixes):
             names.append(name)
     if not names:
-        raise ValueError(f"lora.target_modules={target!r} matches no linear layer of {type(inner).__name__}")
-    return names
+        raise ValueError(f"lora.target_modules={list(targets)!r} matches no linear layer of {type(inner).__name__}")
+    return sorted(names)
 
 
-def add_lora(model: torch.nn.Module, cfg: LoraSettings, *, include_vision: bool = False) -> torch.nn.Module:
-    """Wrap ``model`` in a peft LoRA model (only adapter weights trainable)."""
-    from peft import LoraConfig, get_peft_model
+def add_lora(model: torch.nn.Module, cfg: LoraConfig, *, include_vision: bool = False,
+             seed: int | None = None) -> torch.nn.Module:
+    """Wrap ``model`` in a peft LoRA model (only adapter weights trainable). ``seed``: the adapter's random init
+    (LoRA A) from a forked RNG (None: the global torch RNG, whose state after ``from_pretrained`` can differ
+    between processes)."""
+    from peft import get_peft_model
 
     targets = lora_target_modules(model, cfg.target_modules, include_vision=include_vision)
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                        bias="none")
-    return get_peft_model(model, config)
+    config = peft_config(cfg, targets)
+    if seed is None:
+        return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
+
+
+def peft_config(cfg: LoraConfig, targets: list[str]) -> Any:
+    """peft ``LoraConfig`` of the ``lora:`` block for the module names ``targets``."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.scale_alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                          init_lora_weights=cfg.peft_init(), bias="none")
 
 
 def prepare_policy(
-    model: torch.nn.Module, model_cfg: VLMModelConfig, lora: LoraSettings, *, needs_reference: bool
+    model: torch.nn.Module, model_cfg: VLMModelConfig, lora: LoraConfig, *, needs_reference: bool
 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """``(policy, ref_model)``: LoRA → ``ref_model=None`` (adapters off is the reference); full fine-tuning →
     a frozen ``eval()`` deep copy taken before training (``None`` for reference-free objectives)."""

@@ -45,19 +45,19 @@ def check_method(method: VLMMethodConfig) -> None:
     from mmalign.mllm.dynamic_beta import BETA_MODES
     from mmalign.objectives import PREFERENCE_KINDS
 
-    for key, value, allowed in (("method.name", method.name, METHODS), ("method.loss", method.loss, PREFERENCE_KINDS),
+    for key, value, allowed in (("method.name", method.name, METHODS), ("method.loss_type", method.loss_type, PREFERENCE_KINDS),
                                 ("method.beta_mode", method.beta_mode, BETA_MODES)):
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    if method.beta_mode != "fixed" and method.loss not in ("sigmoid", "cdpo", "robust", "hinge", "bco_pair"):
-        raise ConfigError(f"method.beta_mode={method.beta_mode!r} needs a beta-scaled reference loss, not {method.loss!r}")
+    if method.beta_mode != "fixed" and method.loss_type not in ("sigmoid", "cdpo", "robust", "hinge", "bco_pair"):
+        raise ConfigError(f"method.beta_mode={method.beta_mode!r} needs a beta-scaled reference loss, not {method.loss_type!r}")
     if not 0.0 < method.crop_scale_min <= method.crop_scale_max <= 1.0:
         raise ConfigError("method.crop_scale_min / crop_scale_max must satisfy 0 < min <= max <= 1")
 
 
 def needs_reference(method: VLMMethodConfig) -> bool:
     """Reference-free objectives (SimPO, ORPO) load no reference unless an mDPO/rDPO term needs one."""
-    return method.loss not in REFERENCE_FREE_KINDS or method.name != "dpo"
+    return method.loss_type not in REFERENCE_FREE_KINDS or method.name != "dpo"
 
 
 def _scores(model, text, vision, features, *, times, noisy_from: int | None = None):
@@ -122,7 +122,7 @@ def preference_step(
                            weight=method.beta_weight, k=method.beta_k, device=policy["chosen"].device,
                            margins=margins)
     losses, metrics = preference_loss(
-        method.loss, chosen=policy["chosen"], rejected=policy["rejected"],
+        method.loss_type, chosen=policy["chosen"], rejected=policy["rejected"],
         ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"), beta=beta,
         chosen_len=policy["chosen_len"], rejected_len=policy["rejected_len"],
         label_smoothing=method.label_smoothing, gamma=method.gamma,

@@ -28,7 +28,7 @@ BAD_DIFFUSION = [
     ("train.checkpoint_every", "-1"), ("train.keep_checkpoints", "-1"), ("train.lr_scheduler", "cosine_annealing"),
     ("train.lr_scheduler", "reduce_lr_on_plateau"), ("train.optimizer", "sgd"), ("train.adam_beta2", "1.0"),
     ("train.seed", "-3"), ("train.max_nonfinite_steps", "0"), ("data.resolution", "0"), ("data.resolution", "100"),
-    ("data.max_skip_fraction", "1.5"), ("data.limit", "0"), ("data.latent_sample", "mode"),
+    ("data.max_bad_fraction", "1.5"), ("data.limit", "0"), ("data.latent_sample", "mode"),
     ("method.beta", "-5000"), ("method.beta", "0"), ("method.empty_prompt_prob", "1.2"),
     ("method.timestep_weight", "snr"), ("method.inpo.noise.inversion_steps", "0"), ("method.smpo.order", "random"),
     ("method.ppd.user_dropout", "2"), ("lora.rank", "-1"), ("lora.dropout", "1"), ("model.attention", "flash"),
@@ -45,7 +45,7 @@ def test_bad_diffusion_value_is_a_config_error_naming_key_and_range(key, value):
     assert "\n" not in message
 
 
-BAD_VLM = [("method.beta", "-0.1"), ("method.label_smoothing", "0.7"), ("lora.r", "0"), ("data.max_length", "0"),
+BAD_VLM = [("method.beta", "-0.1"), ("method.label_smoothing", "0.7"), ("lora.rank", "-1"), ("data.max_length", "0"),
            ("data.on_bad_row", "ignore"), ("data.max_bad_fraction", "-0.1"), ("model.dtype", "float64"),
            ("train.batch_size", "0")]
 
@@ -58,7 +58,7 @@ def test_bad_vlm_value_is_a_config_error(key, value):
 
 BAD_VIDEO = [("method.beta", "-1"), ("method.magnitude", "0"), ("method.perturbations", "[reverse,rotate]"),
              ("method.loss_type", "dpo"), ("video.num_frames", "0"), ("video.fps", "0"), ("video.min_frames", "20"),
-             ("data.on_error", "ignore"), ("model.lora_r", "0"), ("train.log_every", "0")]
+             ("data.on_bad_row", "ignore"), ("lora.rank", "-1"), ("train.log_every", "0")]
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_VIDEO, ids=[f"{k}={v}" for k, v in BAD_VIDEO])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmalign.data import TooManyBadSamplesError, load_preference_data
+from mmalign.data import SkipCounter, TooManyBadSamplesError, load_preference_data
 from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.batches import CachedDataset, build_cache, collate_members
 from mmalign.diffusion.cache import LatentTextCache
@@ -61,10 +61,13 @@ def _corrupt_copy(data_dirs, tmp_path):
 def test_corrupt_image_is_counted_and_skipped(tiny_model_dirs, data_dirs, tmp_path):
     data = _corrupt_copy(data_dirs, tmp_path)
     parts = load_parts(tiny_model_dirs["sd15"])
-    _, entries, stats = _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, max_skip_fraction=0.5)
+    _, entries, stats = _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, max_bad_fraction=0.5)
     assert stats["skipped"] == 1 and len(entries) == 3
+    assert stats["skips"]["bad_samples"] == 1 and "data.jsonl" in stats["skips"]["last_bad"]  # the one skip report
     with pytest.raises(TooManyBadSamplesError, match="data.jsonl"):
-        _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, max_skip_fraction=0.1)
+        _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, max_bad_fraction=0.1)
+    with pytest.raises(TooManyBadSamplesError, match="data.on_bad_row=error.*data.jsonl"):  # the first one stops
+        _build(parts, str(data / "data.jsonl"), tmp_path / "c", 32, counter=SkipCounter(4, 0.5, "error"))
 
 
 @pytest.mark.slow
@@ -72,7 +75,7 @@ def test_corrupt_image_uncached_run_counts_skip(run_recipe, tiny_model_dirs, dat
     """Without the cache the readers replace the bad item and the step's SkipCounter counts it; the run finishes."""
     data = _corrupt_copy(data_dirs, tmp_path)
     summary = run_recipe("sd15_dpo.yaml", tiny_model_dirs["sd15"], str(data / "data.jsonl"), "data.cache=false",
-                         "data.max_skip_fraction=0.5")
+                         "data.max_bad_fraction=0.5")
     assert summary["steps"] == 2
     assert summary["data"]["skips"]["bad_samples"] == 1 and "data.jsonl" in summary["data"]["skips"]["last_bad"]
 

@@ -8,9 +8,9 @@ import torch
 from safetensors import safe_open
 
 from mmalign.diffusion.adapter import load_parts
-from mmalign.diffusion.config import LoraConfig
 from mmalign.diffusion.lora import LORA_WEIGHT_NAME, add_lora, merge_lora, save_lora
 from mmalign.diffusion.tiny import load_pipeline
+from mmalign.lora_config import diffusion_lora
 
 
 def _inputs(family: str):
@@ -25,7 +25,7 @@ def _inputs(family: str):
 @pytest.mark.parametrize("kind,rank,alpha", [("sd15", 4, 4.0), ("sd15", 4, 16.0), ("sdxl", 2, 8.0)])
 def test_lora_roundtrip_is_exact(tiny_model_dirs, tmp_path, kind, rank, alpha):
     parts = load_parts(tiny_model_dirs[kind])
-    add_lora(parts.unet, LoraConfig(rank=rank, alpha=alpha))
+    add_lora(parts.unet, diffusion_lora(rank=rank, alpha=alpha))
     with torch.no_grad():  # "trained" adapter: B != 0
         g = torch.Generator().manual_seed(3)
         for name, p in parts.unet.named_parameters():

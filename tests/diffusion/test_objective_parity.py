@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmalign.diffusion.adapter import load_parts
-from mmalign.diffusion.config import LoraConfig, MethodConfig
+from mmalign.diffusion.config import MethodConfig
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.methods import StepContext
@@ -23,13 +23,14 @@ from mmalign.diffusion.scores import per_sample_error, sample_shared_timesteps_a
 from mmalign.diffusion.steps.dpo import dpo_step
 from mmalign.diffusion.steps.kto import kto_step
 from mmalign.diffusion.steps.mapo import mapo_step
+from mmalign.lora_config import diffusion_lora
 
 B = 2
 
 
 def _setup(model_dir: str, method: MethodConfig, perturb: bool = True):
     parts = load_parts(model_dir)
-    add_lora(parts.unet, LoraConfig(rank=4, alpha=8))
+    add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
     if perturb:  # make policy != reference (LoRA B starts at zero)
         with torch.no_grad():
             g = torch.Generator().manual_seed(1)

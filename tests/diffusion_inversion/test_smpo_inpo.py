@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mmalign.diffusion.adapter import load_parts
-from mmalign.diffusion.config import LoraConfig, MethodConfig
+from mmalign.diffusion.config import MethodConfig
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.methods import StepContext
@@ -26,6 +26,7 @@ from mmalign.diffusion.registry import InpoOptions
 from mmalign.diffusion.soft_labels import SmpoConfig, SoftLabels, write_soft_labels
 from mmalign.diffusion.steps.inpo import inpo_step
 from mmalign.diffusion.steps.smpo import order_and_kappa, smpo_step, swap_pairs
+from mmalign.lora_config import diffusion_lora
 from mmalign.objectives import preference_loss
 from mmalign.objectives.smoothed import smpo_kappa
 
@@ -109,7 +110,7 @@ def test_swap_pairs():
 
 def _setup(model_dir: str, method: MethodConfig):
     parts = load_parts(model_dir)
-    add_lora(parts.unet, LoraConfig(rank=4, alpha=8))
+    add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
     with torch.no_grad():  # policy != reference
         g = torch.Generator().manual_seed(1)
         for name, p in parts.unet.named_parameters():

@@ -11,11 +11,12 @@ from mmalign.diffusion.ppd.data import read_shots, split_shots
 from mmalign.diffusion.ppd.embeddings import (
     Shot,
     UserEmbeddingCache,
-    load_vlm,
     user_profile_messages,
     vlm_user_embedding,
 )
 from mmalign.diffusion.ppd.users import embed_users
+from mmalign.mllm.vlm_config import VLMModelConfig
+from mmalign.mllm.vlm_model import load_vlm
 
 from .conftest import square
 
@@ -33,7 +34,7 @@ def _shots(offset=0):
 
 
 def test_vlm_embedding_is_last_step_hidden_states_across_layers(tiny_vlm_dir):
-    model, processor = load_vlm(tiny_vlm_dir)
+    model, processor = load_vlm(VLMModelConfig(pretrained=str(tiny_vlm_dir), attn_implementation=None), train_safe=False)
     shots = _shots()
     emb, text = vlm_user_embedding(model, processor, shots, max_new_tokens=3)
     n_layers, hidden = model.config.text_config.num_hidden_layers, model.config.text_config.hidden_size

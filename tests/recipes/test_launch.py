@@ -52,7 +52,7 @@ def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path
 
     scope["frozen_copy"], scope["make_accelerator"] = spy_copy, spy_accelerator
     summary = main(["--config", str(REPO / "recipes/configs/video/qwen25vl_rrpo.yaml"), "model.pretrained=tiny:qwen2vl",
-                    "model.lora=false", "model.dtype=float32", f"data.train={data['video:rrpo']}",
+                    "lora.rank=0", "model.dtype=float32", f"data.path={data['video:rrpo']}",
                     f"output_dir={tmp_path / 'out'}", "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1",
                     "train.mixed_precision=no", "train.progress_bar=false", "data.max_length=512"])
     assert summary["steps"] == 1

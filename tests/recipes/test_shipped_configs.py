@@ -135,7 +135,7 @@ def video_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
     for i, stage in enumerate(cfg.get("stages") or []):
         out += [f"stages.{i}.data={data['video:' + VIDEO_DATA[stage['method']]]}", f"stages.{i}.max_steps=1"]
     if not cfg.get("stages"):
-        out.append(f"data.train={data['video:' + VIDEO_DATA[cfg['method']['name']]]}")
+        out.append(f"data.path={data['video:' + VIDEO_DATA[cfg['method']['name']]]}")
     return out
 
 

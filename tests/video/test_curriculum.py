@@ -7,9 +7,11 @@ from types import SimpleNamespace
 
 import torch
 
-from mmalign.mllm.curriculum import LoraSettings, fresh_adapter, run_stages
-from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, forward_logits, score_logits
+from mmalign.lora_config import LoraConfig
+from mmalign.mllm.curriculum import StageAdapter, fresh_adapter, run_stages
+from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, score_logits
 from mmalign.mllm.video_steps import reference_logits
+from mmalign.mllm.vlm_forward import forward_logits
 
 
 def _scores(model, batch, reference=False):
@@ -33,7 +35,7 @@ def test_reference_resets_at_each_stage(tiny_qwen2vl, toy_clips, tmp_path):
     frames, q, d = toy_clips["train"][1]
     batch = VideoRowCollator(proc)([(VideoRow(frames, q, d),), (VideoRow(frames, q, "up"),)])
     base_scores = _scores(model, batch)
-    lora = LoraSettings(r=4, alpha=8)
+    lora = StageAdapter(LoraConfig(rank=4, alpha=8))
     seen = []
 
     def run_stage(stage_model, stage, folder):
@@ -66,17 +68,17 @@ def test_reference_resets_at_each_stage(tiny_qwen2vl, toy_clips, tmp_path):
 
 def test_fresh_adapter_freezes_base_and_vision(tiny_qwen2vl):
     base, _ = tiny_qwen2vl
-    model = fresh_adapter(copy.deepcopy(base), LoraSettings(r=4, alpha=8))
+    model = fresh_adapter(copy.deepcopy(base), StageAdapter(LoraConfig(rank=4, alpha=8)))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("visual" in n for n in trainable)
-    with_vision = fresh_adapter(copy.deepcopy(base), LoraSettings(r=4, alpha=8, train_vision=True))
+    with_vision = fresh_adapter(copy.deepcopy(base), StageAdapter(LoraConfig(rank=4, alpha=8), train_vision=True))
     assert any("visual" in n for n, p in with_vision.named_parameters() if p.requires_grad)
 
 
 def test_seeded_adapter_init_is_reproducible_and_leaves_global_rng(tiny_qwen2vl):
     model, _ = tiny_qwen2vl
-    lora = LoraSettings(r=4, alpha=8, seed=3)
+    lora = StageAdapter(LoraConfig(rank=4, alpha=8), seed=3)
 
     def lora_weights(m):
         return {n: p.detach().clone() for n, p in m.named_parameters() if "lora_A" in n}

@@ -10,16 +10,17 @@ import math
 import pytest
 import torch
 
-from mmalign.mllm.curriculum import LoraSettings, fresh_adapter
+from mmalign.lora_config import LoraConfig
+from mmalign.mllm.curriculum import StageAdapter, fresh_adapter
 from mmalign.mllm.tiny_video import write_tiny_video_llm
 from mmalign.mllm.video_batch import (
     VideoRow,
     VideoRowCollator,
     completion_suffix,
-    forward_logits,
     score_logits,
 )
 from mmalign.mllm.video_steps import make_rrpo_step
+from mmalign.mllm.vlm_forward import forward_logits
 
 
 def test_prompt_and_completion_mask(tiny_llavaov, toy_clips):
@@ -67,7 +68,7 @@ def test_rrpo_step_trains_the_language_model_lora(tiny_llavaov, toy_clips):
     n_c, n_r = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in (chosen, rejected))
     batch = VideoRowCollator(proc)([(VideoRow(frames, q, chosen, [0] * (n_c - 2) + [1, 0]),
                                      VideoRow(frames, q, rejected, [0] * (n_r - 2) + [1, 0]))])
-    policy = fresh_adapter(copy.deepcopy(model), LoraSettings(r=4, alpha=8, seed=0))
+    policy = fresh_adapter(copy.deepcopy(model), StageAdapter(LoraConfig(rank=4, alpha=8), seed=0))
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
     loss, metrics = make_rrpo_step(beta=0.1, alpha=0.01)(policy, batch)

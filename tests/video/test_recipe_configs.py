@@ -54,7 +54,7 @@ def _trainable_changed(model_before, model_after):
 def test_single_stage_configs(name, model, data_key, data, tmp_path):
     out = tmp_path / name
     summary = main(["--config", f"recipes/configs/video/{name}.yaml", f"model.pretrained={model}",
-                    f"data.train={data[data_key]}", f"output_dir={out}", "train.max_steps=1", "train.batch_size=2",
+                    f"data.path={data[data_key]}", f"output_dir={out}", "train.max_steps=1", "train.batch_size=2",
                     *SMALL])
     assert summary["steps"] == 1 and summary["skipped_steps"] == 0
     final = summary["final"]

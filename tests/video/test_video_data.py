@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmalign.data.skipping import SkipCounter
 from mmalign.mllm.tiny import build_tokenizer
 from mmalign.mllm.video_data import VideoPreferenceDataset, read_records
 from mmalign.mllm.video_io import VideoSampling
@@ -54,10 +55,12 @@ def test_unreadable_video_raises_or_is_counted(tmp_path):
     recs = read_records(_jsonl(tmp_path / "rows.jsonl", rows))
     with pytest.raises(ValueError, match=r"rows.jsonl:5: .*broken.mp4"):
         VideoPreferenceDataset(recs, "sft", S)
-    ds = VideoPreferenceDataset(recs, "sft", S, on_error="skip", max_skip_fraction=0.25)
+    ds = VideoPreferenceDataset(recs, "sft", S, skips=SkipCounter(5, 0.25, "skip", what="rows"))
     assert len(ds) == 4 and list(ds.report.dropped) == [f"{tmp_path / 'rows.jsonl'}:5"]
-    with pytest.raises(ValueError, match="1/5 rows have unreadable videos"):
-        VideoPreferenceDataset(recs, "sft", S, on_error="skip", max_skip_fraction=0.1)
+    report = ds.skips.as_dict()  # the one skip report (summary.json["data"]["skips"])
+    assert report["bad_samples"] == 1 and report["bad_fraction"] == pytest.approx(0.2) and "broken.mp4" in report["last_bad"]
+    with pytest.raises(ValueError, match=r"1 of 5 rows are unusable \(more than data.max_bad_fraction=10.00%\)"):
+        VideoPreferenceDataset(recs, "sft", S, skips=SkipCounter(5, 0.1, "skip", what="rows"))
 
 
 def test_rrpo_phrases_and_zero_phrase_filter(tmp_path):

@@ -82,11 +82,12 @@ def lora_policy(folder, *, seed: int = 0, scale: float = 0.5):
     policy != reference); returns ``(peft_model, processor)``."""
     import torch
 
-    from mmalign.mllm.vlm_config import LoraSettings, VLMModelConfig
+    from mmalign.lora_config import LoraConfig
+    from mmalign.mllm.vlm_config import VLMModelConfig
     from mmalign.mllm.vlm_model import load_vlm, prepare_policy
 
     model, processor = load_vlm(VLMModelConfig(pretrained=str(folder)))
-    policy, _ = prepare_policy(model, VLMModelConfig(pretrained=str(folder)), LoraSettings(r=4, alpha=8),
+    policy, _ = prepare_policy(model, VLMModelConfig(pretrained=str(folder)), LoraConfig(rank=4, alpha=8),
                                needs_reference=True)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

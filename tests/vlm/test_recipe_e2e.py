@@ -61,7 +61,7 @@ def test_config_runs_and_adapter_reproduces_logits(name, tiny_vlm, pairs_jsonl, 
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["data"]["rows"] == 4 and saved["data"]["bad_samples"] == 0
+    assert saved["data"]["rows"] == 4 and saved["data"]["skips"]["bad_samples"] == 0
 
     # The exported peft adapter reproduces the logits of the trained weights (restored from the final checkpoint).
     adapter = out / "adapter"
@@ -86,7 +86,7 @@ def test_full_finetuning_with_frozen_reference_copy(tiny_vlm, pairs_jsonl, tmp_p
     base = tiny_vlm("llava")
     out = tmp_path / "full"
     overrides = [
-        f"model.pretrained={base}", f"data.path={pairs_jsonl}", f"output_dir={out}", "lora.enabled=false",
+        f"model.pretrained={base}", f"data.path={pairs_jsonl}", f"output_dir={out}", "lora.rank=0",
         "train.max_steps=2", "train.batch_size=2", "train.mixed_precision='no'", "model.dtype=float32",
         "train.checkpoint_every=0", "train.warmup_steps=0", "train.lr=1e-3", "train.progress_bar=false",
     ]
@@ -99,7 +99,7 @@ def test_full_finetuning_with_frozen_reference_copy(tiny_vlm, pairs_jsonl, tmp_p
     model, processor = load_vlm(VLMModelConfig(pretrained=str(base)))
     trained, _ = prepare_policy(model, VLMModelConfig(pretrained=str(base)),
                                 load_config(VLMRecipeConfig, None, ["model.pretrained=x", "data.path=x",
-                                                                    "lora.enabled=false"]).lora,
+                                                                    "lora.rank=0"]).lora,
                                 needs_reference=False)
     ckpt.load_trainable(trained, ckpt.latest_checkpoint(out))
     torch.testing.assert_close(_logits(exported, processor, pairs_jsonl), _logits(trained, processor, pairs_jsonl),
@@ -124,8 +124,8 @@ def test_export_vlm_merges_an_adapter_folder(make_policy, tiny_vlm, pairs_jsonl,
         export_vlm(tmp_path, tmp_path / "x", merge=True)
 
 
-@pytest.mark.parametrize("override,key", [("method.loss=dpo", "method.loss"), ("method.name=vdpo", "method.name"),
-                                          ("method.beta_mode=per_sample method.loss=simpo", "method.beta_mode")])
+@pytest.mark.parametrize("override,key", [("method.loss_type=dpo", "method.loss_type"), ("method.name=vdpo", "method.name"),
+                                          ("method.beta_mode=per_sample method.loss_type=simpo", "method.beta_mode")])
 def test_bad_method_names_fail_before_loading(override, key, tmp_path, pairs_jsonl):
     from mmalign.config import ConfigError
 

@@ -69,6 +69,6 @@ def test_loss_equals_trl_with_frozen_reference_copy(family, loss_type, tiny_vlm,
     with torch.no_grad():
         trl_loss = trainer.compute_loss(trainer.model, trainer.data_collator(_trl_rows(vlm_rows)))
         batch = VisionPreferenceCollator(processor)(vlm_rows)
-        loss, _ = preference_step(trainer.model, batch, VLMMethodConfig(loss=loss_type, beta=0.1),
+        loss, _ = preference_step(trainer.model, batch, VLMMethodConfig(loss_type=loss_type, beta=0.1),
                                   ref_model=trainer.ref_model, share_features=False)
     assert float(loss) == pytest.approx(float(trl_loss), abs=1e-5)

@@ -107,7 +107,7 @@ def test_per_sample_beta_enters_the_dpo_term(qwen_policy, vlm_rows):
 def test_training_moves_the_margin_the_right_way(make_policy, vlm_rows, loss_kind):
     policy, processor = make_policy("qwen2vl", scale=0.0)  # fresh adapter: policy == reference
     batch = VisionPreferenceCollator(processor)(vlm_rows)
-    method = VLMMethodConfig(loss=loss_kind, beta=0.1 if loss_kind == "sigmoid" else 2.0)
+    method = VLMMethodConfig(loss_type=loss_kind, beta=0.1 if loss_kind == "sigmoid" else 2.0)
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
     history = []
     for _ in range(6):

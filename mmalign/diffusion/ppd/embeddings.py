@@ -102,17 +102,6 @@ def vlm_user_embedding(model, processor, shots: Sequence[Shot], max_new_tokens: 
     return embedding, text
 
 
-def load_vlm(path: str, dtype: str = "float32", device: str | torch.device = "cpu",
-             trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """``(model, processor)`` through ``AutoModelForImageTextToText`` / ``AutoProcessor`` (hub id or folder)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                        trust_remote_code=trust_remote_code)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), processor
-
-
 # ----------------------------------------------------------------------------------------------------- CLIP path
 @torch.no_grad()
 def clip_user_embedding(scorer, shots: Sequence[Shot]) -> torch.Tensor:

@@ -35,7 +35,7 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
 
     ppd = cfg.method.ppd
     dataset = load_preference_data(
-        cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_skip_fraction, max_items=cfg.data.limit,
+        cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_bad_fraction, max_items=cfg.data.limit,
         bad_image="drop" if cfg.data.cache else "replace", extra_columns=("user_id",),
         allow_outside_paths=cfg.data.allow_outside_paths,
     )
@@ -56,9 +56,9 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
     stats = {**data_stats, **split_stats, **embed_stats, "user_embeddings_dir": cache_dir}
     counter = None
     if not cfg.data.cache:  # uncached: one skip counter over all users' training pairs (bad images read in the step)
-        from mmalign.data import SkipCounter
+        from mmalign.diffusion.build import skip_counter
 
-        counter = SkipCounter(split_stats["train_pairs"], cfg.data.max_skip_fraction)
+        counter = skip_counter(cfg, split_stats["train_pairs"])
     return ConcatDataset(parts_sets), collate_with_users(collate_fn), counter, stats, embeddings
 
 

@@ -14,10 +14,11 @@ from mmalign.diffusion.ppd.embeddings import (
     clip_margin_user_embedding,
     clip_source_id,
     clip_user_embedding,
-    load_vlm,
     vlm_source_id,
     vlm_user_embedding,
 )
+from mmalign.mllm.vlm_config import VLMModelConfig
+from mmalign.mllm.vlm_model import load_vlm
 
 EMBEDDINGS = ("vlm", "clip", "clip_margin")
 CLIP_EMBEDDINGS = {"clip": clip_user_embedding, "clip_margin": clip_margin_user_embedding}
@@ -40,7 +41,9 @@ def embed_users(cfg: PpdConfig, dataset, splits: dict[Any, tuple[list[int], list
     def compute(shots):
         if cfg.embedding == "vlm":
             if "vlm" not in loaded:
-                loaded["vlm"] = load_vlm(cfg.vlm, cfg.vlm_dtype, device, cfg.trust_remote_code)
+                loaded["vlm"] = load_vlm(VLMModelConfig(pretrained=cfg.vlm, dtype=cfg.vlm_dtype, attn_implementation=None,
+                                                          trust_remote_code=cfg.trust_remote_code),
+                                           device=device, train_safe=False)
             return vlm_user_embedding(*loaded["vlm"], shots, max_new_tokens=cfg.max_new_tokens)
         if "scorer" not in loaded:
             from scorers import load_scorer
