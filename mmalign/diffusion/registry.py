@@ -186,23 +186,32 @@ def option_sections() -> dict[str, type]:
 
 
 def check_method_keys(method: MethodConfig, given: set[str]) -> None:
-    """Options the user set (dotted keys of the YAML and the overrides) that ``method.name`` does not read are a
-    ConfigError naming the key and the methods that read it: another method's section ``method.<other>.*``, and a
-    shared key the method ignores unless it is left at its default (so one base YAML can serve several methods)."""
+    """Options the user set (dotted keys of the YAML and the overrides) that ``method.name`` would silently ignore
+    are a ConfigError naming the key and the methods that read it: a key of another method's section
+    ``method.<other>.*`` or a shared key the method does not read. A key left at its default changes nothing and
+    is accepted, so one base YAML can serve several methods (``sd15_dpo.yaml method.name=mapo``)."""
     spec = method_spec(method.name)
     sections = option_sections()
-    defaults = MethodConfig()
     for key in sorted(given):
         parts = key.split(".")
-        if parts[0] != "method" or len(parts) < 2:
+        if parts[0] != "method" or len(parts) < 2 or not _differs_from_default(method, parts[1:]):
             continue
         option = parts[1]
         if option in sections and option != spec.name:
             raise ConfigError(f"config key '{key}' is an option of method '{option}', but method.name is "
                               f"'{spec.name}' (its options: {_section_hint(spec.name)})")
-        if option in SHARED_KEYS and option not in spec.uses and getattr(method, option) != getattr(defaults, option):
+        if option in SHARED_KEYS and option not in spec.uses:
             users = ", ".join(m.name for m in REGISTRY.values() if option in m.uses)
             raise ConfigError(f"config key '{key}' does not apply to method '{spec.name}' (read by: {users})")
+
+
+def _differs_from_default(method: MethodConfig, path: list[str]) -> bool:
+    value, default = method, MethodConfig()
+    for part in path:
+        if not hasattr(value, part):
+            return True
+        value, default = getattr(value, part), getattr(default, part, None)
+    return value != default
 
 
 def chosen_sections(method: dict) -> dict:

@@ -59,9 +59,14 @@ def test_the_check_runs_before_any_model_loads(tmp_path):
     assert "NO_MODEL" in run.stdout
 
 
-def test_shared_keys_at_their_default_serve_several_methods():
+def test_keys_left_at_their_default_serve_several_methods():
     cfg = load_config(DiffusionRecipeConfig, TOY, ["method.name=sft"])  # toy_dpo.yaml sets beta: 5000 (default)
     assert cfg.method.name == "sft"
+    cfg = load_config(DiffusionRecipeConfig, str(CONFIGS / "sd15_dpo.yaml"), ["method.name=mapo"])  # dpo.loss_type
+    assert cfg.method.name == "mapo"
+    with pytest.raises(ConfigError, match="'method.dpo.loss_type' is an option of method 'dpo'"):
+        load_config(DiffusionRecipeConfig, str(CONFIGS / "sd15_dpo.yaml"), ["method.name=mapo",
+                                                                            "method.dpo.loss_type=hinge"])
 
 
 @pytest.mark.parametrize(("old", "new", "value", "name"), [
