@@ -66,7 +66,10 @@ class InputBuilder:
                 cond["time_ids"] = constant_time_ids(x0.shape[0], self.resolution, device)
             else:
                 cond["time_ids"] = batch["time_ids"].float()
-        return x0.to(device), cond
+        # Contiguous: the VAE posterior's mean/std are channel-chunk views, and a strided x0 makes the bf16/fp16 CPU
+        # kernels (GroupNorm) round differently in train mode (policy) than in eval mode (reference), so policy and
+        # reference would disagree at init.
+        return x0.to(device).contiguous(), cond
 
     def _drop_prompts(self, cond, groups: int, group_size: int, device) -> dict[str, torch.Tensor]:
         drop = (torch.rand(groups, device=device) < self.empty_prompt_prob).repeat(group_size)

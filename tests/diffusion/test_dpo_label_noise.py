@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.adapter import load_parts
-from mmalign.diffusion.config import DiffusionRecipeConfig, LoraConfig
+from mmalign.diffusion.config import DiffusionRecipeConfig
+from mmalign.lora_config import diffusion_lora
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.methods import StepContext
@@ -26,7 +27,7 @@ B, EPS, BETA = 3, 0.2, 5000.0
 @pytest.mark.parametrize("loss_type", ["robust", "cdpo"])
 def test_label_noise_loss_matches_its_formula_on_official_errors(tiny_model_dirs, loss_type):
     parts = load_parts(tiny_model_dirs["sd15"])
-    add_lora(parts.unet, LoraConfig(rank=4, alpha=8))
+    add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
     with torch.no_grad():  # policy != reference
         g = torch.Generator().manual_seed(1)
         for name, p in parts.unet.named_parameters():

@@ -48,10 +48,17 @@ TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "tiny:qwen25vl", "llava-hf/LLaVA-Vi
 """Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder, another value
 a saved folder from the ``models`` fixture."""
 TINY_PPD_VLM = {"llava-hf/llava-onevision-qwen2-7b-ov-chat-hf": "video:llavaov"}
-DIFFUSION_DATA = {"dpo": "pairs", "sft": "pairs", "mapo": "pairs", "dcpo": "dual", "rankdpo": "ranked",
-                  "kto": "unpaired", "smpo": "pairs", "inpo": "pairs", "ppd": "per_user"}
+DIFFUSION_DATA_VARIANTS = {"dcpo": "dual", "ppd": "per_user"}
+"""Diffusion methods whose data is a variant of their registry kind (per-side captions, user ids); every other
+method reads a set of its registry entry's kind (mmalign.diffusion.registry), so a new method needs no entry."""
 VIDEO_DATA = {"rrpo": "rrpo", "dpo": "dpo", "vdpo": "sft", "sft": "sft"}
 RECIPES: dict[str, object] = {}
+
+
+def diffusion_data(method: str) -> str:
+    from mmalign.diffusion.registry import method_spec
+
+    return DIFFUSION_DATA_VARIANTS.get(method, method_spec(method).data)
 
 
 def shipped(config: str) -> dict:
@@ -104,7 +111,7 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
                       "toy_eval.num_inference_steps=2", *users]
     assert pretrained in TINY_DIFFUSION, f"add a tiny stand-in for {pretrained!r} to TINY_DIFFUSION"
     out += [f"model.pretrained={models[TINY_DIFFUSION[pretrained]]}",
-            f"data.path={data['diffusion:' + DIFFUSION_DATA[method]]}", "data.resolution=32"]
+            f"data.path={data['diffusion:' + diffusion_data(method)]}", "data.resolution=32"]
     if method == "smpo":
         scorer = cfg["method"]["smpo"]["scorer"]
         out.append(f"method.smpo.scorer_checkpoint={models.scorer_checkpoint(scorer)}")
