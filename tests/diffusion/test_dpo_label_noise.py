@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.config import DiffusionRecipeConfig
-from mmalign.lora_config import diffusion_lora
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.registry import DpoOptions, MethodConfig, method_spec
+from mmalign.lora_config import diffusion_lora
 
 CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / "sd15_dpo_robust.yaml"
 B, EPS, BETA = 3, 0.2, 5000.0
