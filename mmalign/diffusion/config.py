@@ -20,7 +20,7 @@ from mmalign.validate import OneOf, Range, output_dir_problem, register, registe
 @dataclass
 class ModelConfig:
     pretrained: str = MISSING
-    """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL)."""
+    """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL, SD3/SD3.5, FLUX.1)."""
     revision: str | None = None
     """Hub revision (ignored for local folders)."""
     prediction_type: str | None = None
@@ -35,6 +35,19 @@ class ModelConfig:
     """Use channels-last memory format for the UNet (faster convolutions on GPU)."""
     vae_dtype: str = "float32"
     """dtype of the VAE when encoding (the SDXL VAE produces NaNs in fp16; keep float32 unless fp16-fixed)."""
+    weighting_scheme: str = "logit_normal"
+    """SD3/FLUX: timestep density and loss weight as diffusers' SD3/FLUX scripts (compute_density_for_timestep_
+    sampling / compute_loss_weighting_for_sd3): logit_normal | mode | uniform | sigma_sqrt | cosmap."""
+    logit_mean: float = 0.0
+    """SD3/FLUX logit_normal mean."""
+    logit_std: float = 1.0
+    """SD3/FLUX logit_normal std."""
+    mode_scale: float = 1.29
+    """SD3/FLUX ``mode`` scheme scale."""
+    guidance: float = 3.5
+    """FLUX guidance-distilled checkpoints (FLUX.1-dev): guidance-embedding value in training."""
+    max_sequence_length: int | None = None
+    """SD3/FLUX T5 tokens (null: 77 SD3, 512 FLUX, the diffusers scripts' defaults)."""
 
 
 @dataclass
@@ -201,7 +214,9 @@ REFERENCE_FREE = ("sft", "mapo")
 _FRACTION = Range(0, 1)
 _DTYPES = OneOf("float32", "float16", "bfloat16")
 register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
-         attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"))
+         attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"),
+         weighting_scheme=OneOf("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"),
+         logit_std=Range(0, low_open=True), guidance=Range(0), max_sequence_length=Range(1))
 register(LoraConfig, rank=Range(0), alpha=Range(0, low_open=True), init=OneOf("gaussian", "true", "True"),
          dropout=Range(0, 1, high_open=True))
 register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), loss_type=OneOf("sigmoid", "hinge", "ipo"),
