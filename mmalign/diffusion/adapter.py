@@ -127,8 +127,12 @@ def load_parts(pretrained: str, revision: str | None = None, prediction_type: st
     from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-    if "safety_checker" in DiffusionPipeline.load_config(pretrained, **kwargs):
+    index = DiffusionPipeline.load_config(pretrained, **kwargs)
+    if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)  # not needed for training (1.2 GB)
+    for name in ("text_encoder_3", "tokenizer_3"):  # an SD3 folder saved without T5 (the pipeline pads zeros)
+        if index.get(name) == [None, None]:
+            kwargs[name] = None
     pipe = DiffusionPipeline.from_pretrained(pretrained, **kwargs)
     if hasattr(pipe, "transformer") and type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline"):
         return apply_model_options(_flow_parts(pipe, pretrained, prediction_type), options)
