@@ -29,9 +29,10 @@ import torch
 from PIL import Image
 
 FLOW_FAMILIES = ("sd3", "flux")
-FLOW_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 77, "flux": 512}
-"""T5 tokens when ``model.max_sequence_length`` is null: diffusers' ``train_dreambooth_lora_sd3.py`` (77) and
-``train_dreambooth_lora_flux.py`` (512) defaults."""
+FLOW_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+"""T5 tokens when ``model.max_sequence_length`` is null: the pipelines' own ``__call__`` defaults, so that validation
+grids, toy evaluation and ``mmalign label`` (which call the pipeline) condition as training did (diffusers'
+``train_dreambooth_lora_sd3.py`` trains with 77 and validates with 256; FLUX: 512 both)."""
 FLOW_UNSUPPORTED_METHODS = ("smpo", "inpo", "ppd")
 """Methods whose noise providers / user branch are written for DDPM UNets (inversion, UNet cross-attention)."""
 

@@ -47,7 +47,7 @@ class ModelConfig:
     guidance: float = 3.5
     """FLUX guidance-distilled checkpoints (FLUX.1-dev): guidance-embedding value in training."""
     max_sequence_length: int | None = None
-    """SD3/FLUX T5 tokens (null: 77 SD3, 512 FLUX, the diffusers scripts' defaults)."""
+    """SD3/FLUX T5 tokens (null: 256 SD3, 512 FLUX: the pipelines' defaults, what validation sampling uses)."""
 
 
 @dataclass

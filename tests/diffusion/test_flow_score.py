@@ -37,7 +37,7 @@ def test_loads_flow_families(flow_parts, tiny_model_dirs):
     assert sd3.scheduler is not sd3.pipeline.scheduler  # private copy: validation's set_timesteps never touches it
     assert len(sd3.text_encoders) == 3 and len(flux.text_encoders) == 2
     emb = encode_text(sd3, ["a red square", ""], "cpu")
-    assert emb["prompt_embeds"].shape == (2, 77 + 77, 96) and emb["pooled"].shape == (2, 64)  # CLIP 77 + T5 77
+    assert emb["prompt_embeds"].shape == (2, 77 + 256, 96) and emb["pooled"].shape == (2, 64)  # CLIP 77 + T5 256
     emb = encode_text(flux, ["a red square"], "cpu")
     assert emb["prompt_embeds"].shape == (1, 512, 32) and emb["pooled"].shape == (1, 32)
 
@@ -131,7 +131,7 @@ def test_dpo_loss_equals_flow_formula(tiny_model_dirs, monkeypatch, kind):
         if kind == "sd3":
             embeds, _, pooled, _ = parts.pipeline.encode_prompt(batch["prompts"], None, None,
                                                                 do_classifier_free_guidance=False,
-                                                                max_sequence_length=77, device="cpu")
+                                                                max_sequence_length=256, device="cpu")
         else:
             embeds, pooled, _ = parts.pipeline.encode_prompt(batch["prompts"], None, max_sequence_length=512,
                                                              device="cpu")
@@ -158,7 +158,7 @@ def test_sd3_without_t5_and_unsupported_methods(tmp_path):
     parts = load_parts(str(tmp_path / "sd3_no_t5"))
     assert len(parts.text_encoders) == 2
     emb = encode_text(parts, ["a red square"], "cpu")
-    assert emb["prompt_embeds"].shape == (1, 154, 96)
+    assert emb["prompt_embeds"].shape == (1, 77 + 256, 96)
     assert torch.count_nonzero(emb["prompt_embeds"][:, 77:]) == 0  # zeros where T5 would be
     assert local_family(str(tmp_path / "sd3_no_t5")) == "sd3"
     cfg = DiffusionRecipeConfig()
