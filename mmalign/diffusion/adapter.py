@@ -119,6 +119,18 @@ def check_flow_method(family: str, method: str) -> None:
                          f"provider / user branch is written for DDPM UNets; use dpo, sft, mapo, dcpo, rankdpo or kto")
 
 
+def pipeline_load_kwargs(pretrained: str, revision: str | None = None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for ``pretrained``: the revision, and ``text_encoder_3=None,
+    tokenizer_3=None`` for an SD3 folder saved without T5 (model_index.json lists them as null; the pipeline then
+    pads zeros in their place, and diffusers refuses to load it without being told)."""
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    index = DiffusionPipeline.load_config(pretrained, **kwargs)
+    kwargs.update({name: None for name in ("text_encoder_3", "tokenizer_3") if index.get(name) == [None, None]})
+    return kwargs
+
+
 def load_parts(pretrained: str, revision: str | None = None, prediction_type: str | None = None,
                options: Any = None) -> DiffusionParts:
     """Load a Stable Diffusion (1.x/2.x), SDXL, SD3/SD3.5 or FLUX.1 pipeline and return its parts; training
@@ -127,13 +139,9 @@ def load_parts(pretrained: str, revision: str | None = None, prediction_type: st
     block (:func:`apply_model_options`)."""
     from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 
-    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-    index = DiffusionPipeline.load_config(pretrained, **kwargs)
-    if "safety_checker" in index:
+    kwargs = pipeline_load_kwargs(pretrained, revision)
+    if "safety_checker" in DiffusionPipeline.load_config(pretrained, **kwargs):
         kwargs.update(safety_checker=None, requires_safety_checker=False)  # not needed for training (1.2 GB)
-    for name in ("text_encoder_3", "tokenizer_3"):  # an SD3 folder saved without T5 (the pipeline pads zeros)
-        if index.get(name) == [None, None]:
-            kwargs[name] = None
     pipe = DiffusionPipeline.from_pretrained(pretrained, **kwargs)
     if hasattr(pipe, "transformer") and type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline"):
         return apply_model_options(_flow_parts(pipe, pretrained, prediction_type), options)

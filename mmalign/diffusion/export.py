@@ -39,7 +39,9 @@ def export_trained(unet, pipeline_class: type, source: str, out_dir: str | os.Pa
     """Final export of a run (see module docstring); returns the written file or folder."""
     if use_lora:
         return save_lora(unet, pipeline_class, out_dir)
-    pipe = pipeline_class.from_pretrained(source)
+    from mmalign.diffusion.adapter import pipeline_load_kwargs
+
+    pipe = pipeline_class.from_pretrained(source, **pipeline_load_kwargs(source))
     name = denoiser_name(pipe)
     unet_dtype = getattr(pipe, name).dtype
     pipe.register_modules(**{name: unet.to("cpu", unet_dtype)})
@@ -76,12 +78,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     run_dir, ckpt_dir = _find_run(Path(checkpoint))
     cfg = load_config(DiffusionRecipeConfig, run_dir / RUN_CONFIG)
-    pipe = DiffusionPipeline.from_pretrained(cfg.model.pretrained)
+    from mmalign.diffusion.adapter import pipeline_load_kwargs
+
+    pipe = DiffusionPipeline.from_pretrained(cfg.model.pretrained, **pipeline_load_kwargs(cfg.model.pretrained))
     use_lora = cfg.lora.rank > 0
     if ckpt_dir is None and use_lora:
         pipe.load_lora_weights(str(run_dir))
     elif ckpt_dir is None:
-        pipe = DiffusionPipeline.from_pretrained(str(run_dir))
+        pipe = DiffusionPipeline.from_pretrained(str(run_dir), **pipeline_load_kwargs(str(run_dir)))
     else:
         model = getattr(pipe, denoiser_name(pipe))
         if use_lora:
