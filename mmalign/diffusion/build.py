@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mmalign.config import ConfigError, require_paths
-from mmalign.diffusion.adapter import DiffusionParts
+from mmalign.diffusion.adapter import FLOW_FAMILIES, DiffusionParts, apply_model_options, check_flow_method
 from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, collate_members
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.caption_length import report_overlong
@@ -61,7 +61,34 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
     if cfg.export.ema and cfg.lora.rank > 0:
         raise ConfigError("config key 'export.ema' is for full fine-tuning (lora.rank=0)")
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
+    check_family_options(cfg, local_family(cfg.model.pretrained))
     return kind
+
+
+def local_family(pretrained: str) -> str | None:
+    """``sd3`` / ``flux`` when ``pretrained`` is a local folder whose model_index.json names a
+    StableDiffusion3Pipeline / FluxPipeline, else None (other families, or a hub id: known after loading)."""
+    import json
+    from pathlib import Path
+
+    index = Path(str(pretrained)) / "model_index.json"
+    if not index.is_file():
+        return None
+    name = json.loads(index.read_text()).get("_class_name")
+    return {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}.get(name)
+
+
+def check_family_options(cfg: DiffusionRecipeConfig, family: str | None) -> None:
+    """Options that do not apply to the flow families (sd3, flux) are ConfigErrors."""
+    if family not in FLOW_FAMILIES:
+        return
+    try:
+        check_flow_method(family, cfg.method.name)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'method.name': {exc}") from None
+    if cfg.method.timestep_weight != "none":
+        raise ConfigError(f"config key 'method.timestep_weight': '{cfg.method.timestep_weight}' is for DDPM "
+                          f"schedules; {family} models weight the loss by model.weighting_scheme")
 
 
 def load_data(cfg: DiffusionRecipeConfig, kind: str):
@@ -91,6 +118,7 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
     main process) or the pixel set encoded in the step."""
     from mmalign.data import collate_skipping
 
+    apply_model_options(parts, cfg.model)  # flow families: T5 length etc. before any prompt is encoded
     device = accelerator.device
     captions = report_overlong(dataset, parts.tokenizers[0], accelerator.print)  # truncated captions: counted
     if not cfg.data.cache:
@@ -120,6 +148,7 @@ def sampling_weights(cfg: DiffusionRecipeConfig, train_set) -> list[float] | Non
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,
                    progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any], LatentTextCache]:
     """Encode every image and prompt the cache lacks (also ``mmalign cache``); ``(entries, stats, cache)``."""
+    apply_model_options(parts, cfg.model)
     for module in [parts.vae, *parts.text_encoders]:
         module.to(device)
     cache = LatentTextCache.for_model(parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.cache_dtype)
@@ -132,11 +161,14 @@ def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffus
 def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
                  data_stats: dict | None = None) -> tuple[Any, ReferenceProvider, dict]:
     """LoRA or full fine-tuning, the reference provider, dtypes and speed options. Returns
-    ``(unet, reference, applied)``; the UNet is the pipeline's own (trained in place). (``data_stats``: what
-    :func:`training_set` reported; a method's own ``setup_model`` hook may need it.)"""
+    ``(denoiser, reference, applied)``; the denoiser (``parts.denoiser``: the UNet, or the SD3 / FLUX transformer)
+    is the pipeline's own (trained in place). (``data_stats``: what :func:`training_set` reported; a method's own
+    ``setup_model`` hook may need it.)"""
+    check_family_options(cfg, parts.family)
+    apply_model_options(parts, cfg.model)
     weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
     device = accelerator.device
-    unet = parts.unet
+    unet = parts.denoiser
     use_lora = cfg.lora.rank > 0
     needs_reference = method_spec(cfg.method.name).reference
     if use_lora:

@@ -5,6 +5,10 @@ Layout under the cache root::
     latents/<vae fingerprint>-<vae dtype>-r<resolution>/<key[:2]>/<image key>.safetensors   mean, std, time_ids
     text/<text-encoder fingerprint>/<key[:2]>/<sha1(prompt)>.safetensors                   prompt_embeds, pooled
 
+(SD3 / FLUX: ``prompt_embeds`` hold the CLIP+T5 / T5 states, ``max_sequence_length`` tokens — 4096 wide for the
+real T5-XXL, 2 MB per prompt in bfloat16 at 256 tokens; ``data.cache_dtype: bfloat16`` halves them, the shipped
+SD3/FLUX configs use it; the T5 length is part of the text fingerprint.)
+
 * the image key is the content hash of the image bytes given by the data reader (``chosen_key`` ...);
 * the fingerprints hash the model's class names, parameter names, shapes and an evenly spaced sample of every
   tensor's values — a different checkpoint (or a different resolution) lands in a different folder, so nothing
@@ -73,6 +77,8 @@ class LatentTextCache:
         """Fingerprints must be taken before the modules are cast to a training dtype."""
         vae_id = module_fingerprint(parts.vae, extra=str(parts.vae.dtype))
         tok = "|".join(f"{type(t).__name__}:{len(t)}:{t.model_max_length}" for t in parts.tokenizers)
+        if parts.is_flow:  # the T5 length changes the embeddings' shape
+            tok += f"|t5:{parts.max_sequence_length}"
         text_id = module_fingerprint(*parts.text_encoders, extra=parts.family + tok)
         return cls(root or default_cache_root(), f"{vae_id}-{dtype}", f"{text_id}-{dtype}", resolution, dtype)
 

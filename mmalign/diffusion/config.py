@@ -29,7 +29,7 @@ __all__ = ["METHODS", "MethodConfig", "DiffusionRecipeConfig"]
 @dataclass
 class ModelConfig:
     pretrained: str = MISSING
-    """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL)."""
+    """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL, SD3/SD3.5, FLUX.1)."""
     revision: str | None = None
     """Hub revision (ignored for local folders)."""
     prediction_type: str | None = None
@@ -44,6 +44,19 @@ class ModelConfig:
     """Use channels-last memory format for the UNet (faster convolutions on GPU)."""
     vae_dtype: str = "float32"
     """dtype of the VAE when encoding (the SDXL VAE produces NaNs in fp16; keep float32 unless fp16-fixed)."""
+    weighting_scheme: str = "logit_normal"
+    """SD3/FLUX: timestep density and loss weight as diffusers' SD3/FLUX scripts (compute_density_for_timestep_
+    sampling / compute_loss_weighting_for_sd3): logit_normal | mode | uniform | sigma_sqrt | cosmap."""
+    logit_mean: float = 0.0
+    """SD3/FLUX logit_normal mean."""
+    logit_std: float = 1.0
+    """SD3/FLUX logit_normal std."""
+    mode_scale: float = 1.29
+    """SD3/FLUX ``mode`` scheme scale."""
+    guidance: float = 3.5
+    """FLUX guidance-distilled checkpoints (FLUX.1-dev): guidance-embedding value in training."""
+    max_sequence_length: int | None = None
+    """SD3/FLUX T5 tokens (null: 256 SD3, 512 FLUX: the pipelines' defaults, what validation sampling uses)."""
 
 
 @dataclass
@@ -177,7 +190,9 @@ class DiffusionRecipeConfig:
 _FRACTION = Range(0, 1)
 _DTYPES = OneOf("float32", "float16", "bfloat16")
 register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
-         attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"))
+         attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"),
+         weighting_scheme=OneOf("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"),
+         logit_std=Range(0, low_open=True), guidance=Range(0), max_sequence_length=Range(1))
 register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, multiple=8),
          cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=_FRACTION,
          limit=Range(1))

@@ -2,7 +2,7 @@
 
 * LoRA run → ``<out>/pytorch_lora_weights.safetensors`` (diffusers format + adapter metadata, :mod:`.lora`);
 * full fine-tune → a complete pipeline folder: the base pipeline re-read from ``model.pretrained`` (original
-  dtypes) with the trained UNet;
+  dtypes) with the trained denoiser (``unet``, or ``transformer`` for SD3 / FLUX);
 * :func:`export_checkpoint` (``mmalign export``): a training checkpoint (``trainable.safetensors``) or a run folder
   → LoRA file, or with ``merge=True`` a complete pipeline with the LoRA folded into the UNet weights.
 
@@ -37,9 +37,12 @@ def export_trained(unet, pipeline_class: type, source: str, out_dir: str | os.Pa
     """Final export of a run (see module docstring); returns the written file or folder."""
     if use_lora:
         return save_lora(unet, pipeline_class, out_dir)
-    pipe = pipeline_class.from_pretrained(source)
-    unet_dtype = pipe.unet.dtype
-    pipe.register_modules(unet=unet.to("cpu", unet_dtype))
+    from mmalign.diffusion.adapter import pipeline_load_kwargs
+
+    pipe = pipeline_class.from_pretrained(source, **pipeline_load_kwargs(source))
+    name = denoiser_name(pipe)
+    unet_dtype = getattr(pipe, name).dtype
+    pipe.register_modules(**{name: unet.to("cpu", unet_dtype)})
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
     return Path(out_dir)
 
@@ -47,6 +50,11 @@ def export_trained(unet, pipeline_class: type, source: str, out_dir: str | os.Pa
 def export_model(unet, cfg: DiffusionRecipeConfig, parts, out_dir: str | os.PathLike) -> Path:
     """The registry's default ``export`` hook: :func:`export_trained` of the (unwrapped) trained UNet."""
     return export_trained(unet, parts.pipeline_class, cfg.model.pretrained, out_dir, use_lora=cfg.lora.rank > 0)
+
+
+def denoiser_name(pipe) -> str:
+    """``unet`` or ``transformer``: the pipeline component that is trained."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
 def _find_run(checkpoint: Path) -> tuple[Path, Path | None]:
@@ -73,25 +81,29 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     run_dir, ckpt_dir = _find_run(Path(checkpoint))
     cfg = load_config(DiffusionRecipeConfig, run_dir / RUN_CONFIG)
-    pipe = DiffusionPipeline.from_pretrained(cfg.model.pretrained)
+    from mmalign.diffusion.adapter import pipeline_load_kwargs
+
+    pipe = DiffusionPipeline.from_pretrained(cfg.model.pretrained, **pipeline_load_kwargs(cfg.model.pretrained))
     use_lora = cfg.lora.rank > 0
     if ckpt_dir is None and use_lora:
         pipe.load_lora_weights(str(run_dir))
     elif ckpt_dir is None:
-        pipe = DiffusionPipeline.from_pretrained(str(run_dir))
+        pipe = DiffusionPipeline.from_pretrained(str(run_dir), **pipeline_load_kwargs(str(run_dir)))
     else:
+        model = getattr(pipe, denoiser_name(pipe))
         if use_lora:
-            add_lora(pipe.unet, cfg.lora)
+            add_lora(model, cfg.lora)
         else:
-            pipe.unet.requires_grad_(True)
-        ckpt.load_trainable(pipe.unet, ckpt_dir)
-        pipe.unet.to(torch.float32)
+            model.requires_grad_(True)
+        ckpt.load_trainable(model, ckpt_dir)
+        model.to(torch.float32)
     out = Path(out_dir)
+    model = getattr(pipe, denoiser_name(pipe))
     if use_lora and not merge:
         if ckpt_dir is None:
             raise ValueError(f"{run_dir} already holds the exported LoRA; use --merge for a merged pipeline")
-        return save_lora(pipe.unet, type(pipe), out)
+        return save_lora(model, type(pipe), out)
     if use_lora:
-        merge_lora(pipe.unet)
+        merge_lora(model)
     pipe.save_pretrained(str(out), safe_serialization=True)
     return out

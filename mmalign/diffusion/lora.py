@@ -1,4 +1,12 @@
-"""LoRA on the UNet (peft ``LoraConfig`` via diffusers ``add_adapter``) and export in diffusers format.
+"""LoRA on the denoiser (UNet, or SD3 / FLUX transformer; peft ``LoraConfig`` via diffusers ``add_adapter``) and
+export in diffusers format.
+
+Transformers (SD3 / FLUX): the same ``lora.target_modules`` suffixes match their attention projections
+(``to_q/to_k/to_v/to_out.0`` of every joint and single block; the shipped configs add the context-stream
+``add_q_proj/add_k_proj/add_v_proj/to_add_out`` as diffusers' ``train_dreambooth_lora_sd3.py``); the export is
+``get_peft_model_state_dict(transformer)`` → ``<Pipeline>.save_lora_weights(transformer_lora_layers=...,
+transformer_lora_adapter_metadata=...)`` as diffusers' SD3 / FLUX LoRA scripts, loadable by
+``StableDiffusion3Pipeline.load_lora_weights`` / ``FluxPipeline.load_lora_weights``.
 
 Export writes ``pytorch_lora_weights.safetensors`` exactly as the diffusers training scripts do
 (``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))`` → ``<Pipeline>.save_lora_weights``) **plus**
@@ -38,11 +46,18 @@ def add_lora(unet, settings: LoraConfig) -> None:
 
 
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:
-    """diffusers-format LoRA weights of the UNet (keys without the ``unet.`` prefix)."""
+    """diffusers-format LoRA weights of the UNet (keys without the ``unet.`` prefix); a transformer's peft state
+    dict as the diffusers SD3 / FLUX scripts save it."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = get_peft_model_state_dict(unet)
+    return state if is_transformer(unet) else convert_state_dict_to_diffusers(state)
+
+
+def is_transformer(model) -> bool:
+    """A DiT denoiser (SD3 / FLUX transformer) rather than a UNet."""
+    return "Transformer" in type(model).__name__
 
 
 def lora_metadata(unet) -> dict[str, Any]:
@@ -55,8 +70,10 @@ def save_lora(unet, pipeline_class: type, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in lora_state_dict(unet).items()}
+    name = "transformer" if is_transformer(unet) else "unet"
     pipeline_class.save_lora_weights(
-        str(out), unet_lora_layers=weights, safe_serialization=True, unet_lora_adapter_metadata=lora_metadata(unet)
+        str(out), safe_serialization=True, **{f"{name}_lora_layers": weights,
+                                              f"{name}_lora_adapter_metadata": lora_metadata(unet)}
     )
     return out / LORA_WEIGHT_NAME
 

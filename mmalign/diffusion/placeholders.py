@@ -1,7 +1,7 @@
 """``tiny:`` placeholders for ``model.pretrained`` and ``data.path``: runnable without any download.
 
-* ``model.pretrained: tiny:sd15 | tiny:sd2v | tiny:sdxl`` — a tiny random-weight pipeline of that family
-  (:mod:`mmalign.diffusion.tiny`), saved once under ``<output_dir>/tiny_inputs/`` and loaded with
+* ``model.pretrained: tiny:sd15 | tiny:sd2v | tiny:sdxl | tiny:sd3 | tiny:flux`` — a tiny random-weight pipeline
+  of that family (:mod:`mmalign.diffusion.tiny`; SD3 / FLUX: :mod:`mmalign.testing.tiny_flow`), saved once under ``<output_dir>/tiny_inputs/`` and loaded with
   ``from_pretrained`` like any checkpoint;
 * ``data.path: tiny:pairs | tiny:dual | tiny:ranked | tiny:unpaired`` — a small generated preference set of
   colored squares (caption "a {color} square"; the square of the caption's color is preferred), written with the

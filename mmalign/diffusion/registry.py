@@ -127,6 +127,9 @@ class MethodSpec:
     training_set: str | None = None
     setup_model: str | None = None
     export: str | None = None
+    flow_matching: bool = True
+    """Whether the step runs on the flow-matching families (SD3, FLUX); False for steps written for DDPM UNets
+    (inversion noise providers, UNet user cross-attention)."""
     summary: str = ""
 
     def hook(self, name: str) -> Callable[..., Any]:
@@ -159,13 +162,13 @@ REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("kto", "unpaired", True, f"{_STEPS}.kto:kto_step", KtoOptions,
                summary="Diffusion-KTO: unpaired desirable / undesirable images (Li et al. 2024)"),
     MethodSpec("smpo", "pairs", True, f"{_STEPS}.smpo:smpo_step", SmpoConfig,
-               prepare="mmalign.diffusion.soft_labels:prepare_soft_labels",
+               prepare="mmalign.diffusion.soft_labels:prepare_soft_labels", flow_matching=False,
                summary="SmPO: scorer-smoothed DPO with ReNoise-inversion noise (Lu et al. 2025)"),
-    MethodSpec("inpo", "pairs", True, f"{_STEPS}.inpo:inpo_step", InpoOptions,
+    MethodSpec("inpo", "pairs", True, f"{_STEPS}.inpo:inpo_step", InpoOptions, flow_matching=False,
                summary="InPO: Diffusion-DPO with DDIM-inversion noise (Lu et al. 2025)"),
     MethodSpec("ppd", "pairs", True, "mmalign.diffusion.ppd.step:ppd_step", PpdConfig,
                uses=("beta", "empty_prompt_prob", "sdxl_time_ids"), training_set=f"{_PPD}:ppd_training_set",
-               setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export",
+               setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export", flow_matching=False,
                summary="PPD: personalised DPO with user-conditioned cross-attention (Dang et al. 2025)"),
 )}
 

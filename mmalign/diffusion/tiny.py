@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-TINY_KINDS = ("sd15", "sd2v", "sdxl")
+TINY_KINDS = ("sd15", "sd2v", "sdxl", "sd3", "flux")  # sd3 / flux: mmalign.testing.tiny_flow
 
 # Stable Diffusion's noise schedule (scaled_linear 0.00085 → 0.012, 1000 steps).
 _SCHEDULE = dict(
@@ -126,7 +126,11 @@ def tiny_sdxl_pipeline(seed: int = 0):
 
 
 def tiny_pipeline(kind: str, seed: int = 0):
-    """``kind`` ∈ ``sd15 | sd2v | sdxl``."""
+    """``kind`` ∈ ``sd15 | sd2v | sdxl | sd3 | flux``."""
+    if kind in ("sd3", "flux"):
+        from mmalign.testing.tiny_flow import FLOW_BUILDERS
+
+        return FLOW_BUILDERS[kind](seed=seed)
     builders = {"sd15": tiny_sd15_pipeline, "sd2v": tiny_sd2_v_pipeline, "sdxl": tiny_sdxl_pipeline}
     if kind not in builders:
         raise ValueError(f"unknown tiny pipeline kind '{kind}' (one of {', '.join(TINY_KINDS)})")

@@ -77,14 +77,20 @@ def check_toy_eval(cfg: DiffusionRecipeConfig) -> None:
         raise ConfigError(f"config key 'toy_eval.captions': no captions in '{settings.captions}'")
 
 
+def _denoiser_name(pipe) -> str:
+    """``unet`` (SD, SDXL) or ``transformer`` (SD3, FLUX)."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
 @contextmanager
 def _swapped_unet(pipe, unet) -> Iterator[Any]:
-    original = pipe.unet
-    pipe.unet = unet
+    name = _denoiser_name(pipe)
+    original = getattr(pipe, name)
+    setattr(pipe, name, unet)
     try:
         yield pipe
     finally:
-        pipe.unet = original
+        setattr(pipe, name, original)
 
 
 @contextmanager
@@ -92,16 +98,17 @@ def base_model(pipe, reference: ReferenceProvider, use_lora: bool, pretrained: s
                revision: str | None = None) -> Iterator[Any]:
     """``pipe`` temporarily holding the base model: LoRA adapters disabled (re-enabled in ``finally``), the frozen
     reference copy, or (full fine-tuning, reference-free) the UNet re-read from ``pretrained``."""
+    name = _denoiser_name(pipe)
     if use_lora:
-        with adapters_disabled(pipe.unet):
+        with adapters_disabled(getattr(pipe, name)):
             yield pipe
     elif reference.mode == "frozen_copy":
         with _swapped_unet(pipe, reference.frozen):
             yield pipe
     else:
-        trained = pipe.unet
+        trained = getattr(pipe, name)
         kwargs = {"revision": revision} if revision else {}
-        fresh = type(trained).from_pretrained(pretrained, subfolder="unet", **kwargs)
+        fresh = type(trained).from_pretrained(pretrained, subfolder=name, **kwargs)
         with _swapped_unet(pipe, fresh.to(trained.device, trained.dtype).eval()):
             yield pipe
 
@@ -186,7 +193,7 @@ def run_toy_eval(cfg: DiffusionRecipeConfig, pipe, unet, reference: ReferencePro
     bare = unwrap(unet)
     was_training = bare.training
     bare.eval()
-    pipe.unet = bare
+    setattr(pipe, _denoiser_name(pipe), bare)
     pipe.set_progress_bar_config(disable=True)
     try:
         with base_model(pipe, reference, cfg.lora.rank > 0, cfg.model.pretrained, cfg.model.revision) as base_pipe:

@@ -60,9 +60,9 @@ def _scorers(out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> LazyDirs:
-    """Saved tiny models: ``sd15`` / ``sd2v`` / ``sdxl`` pipelines, ``vlm:<family>``, ``video:<family>``, and
+    """Saved tiny models: ``sd15`` / ``sd2v`` / ``sdxl`` / ``sd3`` / ``flux`` pipelines, ``vlm:<family>``, ``video:<family>``, and
     ``scorers`` (every scorer layout; ``models.scorer_checkpoint(name)`` picks one)."""
-    builders = {kind: partial(_diffusion_pipeline, kind) for kind in ("sd15", "sd2v", "sdxl")}
+    builders = {kind: partial(_diffusion_pipeline, kind) for kind in ("sd15", "sd2v", "sdxl", "sd3", "flux")}
     builders.update({f"vlm:{f}": partial(_vlm, f) for f in ("qwen2vl", "qwen25vl", "llava", "idefics3")})
     builders.update({f"video:{f}": partial(_video_llm, f) for f in ("qwen2vl", "qwen25vl", "qwen2vl-toy", "llavaov")})
     builders["scorers"] = _scorers

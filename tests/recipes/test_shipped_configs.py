@@ -40,6 +40,9 @@ TINY_DIFFUSION = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
     "stabilityai/stable-diffusion-2-1": "sd2v",
     "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "stabilityai/stable-diffusion-3.5-medium": "sd3",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "sd3",
+    "black-forest-labs/FLUX.1-dev": "flux",
 }
 TINY_VLM = {"Qwen/Qwen2-VL-2B-Instruct": "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct": "qwen25vl",
             "llava-hf/llava-1.5-7b-hf": "llava"}
