@@ -1,6 +1,6 @@
 """Diffusion preference training step benchmark: pairs/s, peak GiB, achieved TFLOP/s and MFU (issue #9).
 
-Builds SD1.5- or SDXL-architecture pipelines with random weights from configs (``mmalign.diffusion.tiny``; no
+Builds SD1.5- or SDXL-architecture pipelines with random weights from configs (``mmalign.testing.tiny_diffusion``; no
 download) — or the tiny test pipelines with ``--tiny`` — and times **the recipe's own training step**: the config
 is the recipe YAML (``recipes/configs/diffusion/<arch>_dpo[_full].yaml``, MaPO's method block from
 ``sdxl_mapo.yaml``) with the benchmark's overrides, the UNet is set up by ``mmalign.diffusion.build.prepare_unet``
@@ -171,7 +171,7 @@ def resolution(args: argparse.Namespace, arch: str) -> int:
 
 
 def build_pipeline(arch: str, tiny: bool, device: torch.device, seed: int):
-    from mmalign.diffusion import tiny as tiny_models
+    from mmalign.testing import tiny_diffusion as tiny_models
 
     torch.manual_seed(seed)
     if tiny:

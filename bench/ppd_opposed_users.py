@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.results_section import replace_section  # noqa: E402
-from mmalign.diffusion.ppd.toy_eval import sample, win_rate  # noqa: E402
 from mmalign.toy import paths  # noqa: E402
 from mmalign.toy.evaluate import image_seed, score_images  # noqa: E402
+from mmalign.toy.ppd_eval import sample, win_rate  # noqa: E402
 
 CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmalign.testing.tiny_scorers import TINY_OPEN_CLIP
 from scorers.loading import load_scorer
-from scorers.tiny import TINY_OPEN_CLIP
 
 PRECISIONS = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "bf16-autocast": ("float32", "bf16"),
               "fp16-autocast": ("float32", "fp16")}

@@ -24,14 +24,14 @@ from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.export import save_run_config
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.methods import StepContext, make_step_fn
-from mmalign.diffusion.placeholders import resolve_placeholders
 from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.registry import method_spec
-from mmalign.diffusion.toy_eval import check_toy_eval, run_toy_eval
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
 from mmalign.recipe_entry import run_recipe
 from mmalign.run_lock import lock_run_folder
 from mmalign.safe_export import export_or_keep_checkpoint
+from mmalign.testing.placeholders import resolve_placeholders
+from mmalign.toy.diffusion_eval import check_toy_eval, run_toy_eval
 from mmalign.train import make_accelerator, train, write_summary
 from mmalign.validate import check_batch_fits
 

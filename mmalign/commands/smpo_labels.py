@@ -25,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmalign.diffusion.build import load_data
-    from mmalign.diffusion.placeholders import resolve_placeholders
     from mmalign.diffusion.soft_labels import prepare_soft_labels
+    from mmalign.testing.placeholders import resolve_placeholders
 
     cfg, device = load_recipe_config(args)
     resolve_placeholders(cfg, Path(cfg.output_dir) / "tiny_inputs")

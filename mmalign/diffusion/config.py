@@ -121,7 +121,7 @@ class ExportConfig:
 
 @dataclass
 class ToyEvalConfig:
-    """Judge-based evaluation of base vs aligned after training (:mod:`mmalign.diffusion.toy_eval`)."""
+    """Judge-based evaluation of base vs aligned after training (:mod:`mmalign.toy.diffusion_eval`)."""
 
     enabled: bool = False
     """After training, on the main process: sample the base model (LoRA adapters disabled / the frozen reference

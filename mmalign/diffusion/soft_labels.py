@@ -69,7 +69,7 @@ def load_label_scorer(cfg: SmpoConfig, workdir: str | os.PathLike, device: str |
     import scorers
 
     if cfg.scorer.startswith(TINY):
-        from scorers.tiny import save_tiny_scorer_checkpoints
+        from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
 
         card = cfg.scorer[len(TINY):]
         kwargs = save_tiny_scorer_checkpoints(Path(workdir) / "tiny_scorer")

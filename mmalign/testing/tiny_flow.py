@@ -51,7 +51,7 @@ def _t5(vocab_size: int, d_model: int, seed: int):
 
 
 def _clip(with_projection: bool, seed: int, hidden: int = 32):
-    from mmalign.diffusion.tiny import _tiny_text_encoder
+    from mmalign.testing.tiny_diffusion import _tiny_text_encoder
 
     return _tiny_text_encoder(with_projection=with_projection, hidden=hidden, seed=seed)
 

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from mmalign.diffusion.placeholders import COLORS, square_image
+from mmalign.testing.placeholders import COLORS, square_image
 
 square = partial(square_image, size=32)
 """A colored square on a gray noisy background (distinct bytes per seed), 32 px."""
@@ -15,7 +15,7 @@ square = partial(square_image, size=32)
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
     """``{"sd15": path, "sd2v": path, "sdxl": path}`` of saved tiny pipelines."""
-    from mmalign.diffusion.tiny import TINY_KINDS, save_tiny_pipeline
+    from mmalign.testing.tiny_diffusion import TINY_KINDS, save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny_models")
     return {kind: str(save_tiny_pipeline(kind, root / kind)) for kind in TINY_KINDS}

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_label_with_flow_pipelines(tiny_model_dirs, tmp_path, kind):
     from mmalign.cli import main
     from mmalign.data import load_preference_data
-    from scorers.tiny import save_tiny_scorer_checkpoints
+    from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
 
     checkpoint = save_tiny_scorer_checkpoints(tmp_path / "scorer")["clipscore"]["checkpoint"]
     prompts = tmp_path / "prompts.txt"

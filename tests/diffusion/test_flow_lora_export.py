@@ -10,8 +10,8 @@ from safetensors import safe_open
 
 from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.lora import LORA_WEIGHT_NAME, add_lora, merge_lora, save_lora
-from mmalign.diffusion.tiny import load_pipeline
 from mmalign.lora_config import diffusion_lora
+from mmalign.testing.tiny_diffusion import load_pipeline
 
 TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
            "attn.add_v_proj", "attn.to_add_out"]

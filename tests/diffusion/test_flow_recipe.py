@@ -47,7 +47,7 @@ def test_dpo_lora_bf16_without_autocast(run_recipe, tiny_model_dirs, data_dirs, 
     _grid_ok(out / "validation" / "reference.png")
     _grid_ok(out / "validation" / "step_000002.png")
 
-    from mmalign.diffusion.tiny import load_pipeline
+    from mmalign.testing.tiny_diffusion import load_pipeline
 
     pipe = load_pipeline(tiny_model_dirs[kind])
     g = torch.Generator().manual_seed(0)

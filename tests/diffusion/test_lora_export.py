@@ -9,8 +9,8 @@ from safetensors import safe_open
 
 from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.lora import LORA_WEIGHT_NAME, add_lora, merge_lora, save_lora
-from mmalign.diffusion.tiny import load_pipeline
 from mmalign.lora_config import diffusion_lora
+from mmalign.testing.tiny_diffusion import load_pipeline
 
 
 def _inputs(family: str):

@@ -31,7 +31,7 @@ def _check_outputs(summary: dict, out: Path) -> None:
 
 
 def test_dpo_lora_sd15(run_recipe, tiny_model_dirs, data_dirs, tmp_path):
-    from scorers.tiny import save_tiny_scorer_checkpoints
+    from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
 
     scorer_ckpt = save_tiny_scorer_checkpoints(tmp_path / "scorer")["clipscore"]["checkpoint"]
     summary = run_recipe("sd15_dpo.yaml", tiny_model_dirs["sd15"], data_dirs["pairs"],

@@ -46,7 +46,7 @@ def test_disk_full_at_export_keeps_a_checkpoint_that_mmalign_export_exports(run_
 def test_captions_longer_than_the_text_encoder_are_counted_and_reported(run_recipe, tiny_model_dirs, tmp_path,
                                                                         capsys):
     from mmalign.data import write_pairs_jsonl
-    from mmalign.diffusion.placeholders import square_image
+    from mmalign.testing.placeholders import square_image
 
     long_caption = "a red square " + " ".join(["on a very plain gray background"] * 20)
     rows = [{"prompt": long_caption if i == 1 else f"a square number {i}", "chosen": square_image("red", seed=i, size=32),

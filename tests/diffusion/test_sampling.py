@@ -17,7 +17,7 @@ KW = dict(num_inference_steps=2, guidance_scale=3.0, height=32, width=32)
 
 
 def _pipe(kind: str, unet_dtype: torch.dtype, text_dtype: torch.dtype, vae_dtype: torch.dtype = torch.float32):
-    from mmalign.diffusion.tiny import tiny_pipeline
+    from mmalign.testing.tiny_diffusion import tiny_pipeline
 
     pipe = tiny_pipeline(kind, seed=0)
     pipe.unet.to(unet_dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmalign.diffusion.speed import set_attention, xformers_works
-from mmalign.diffusion.tiny import _tiny_unet, tiny_unet_config
+from mmalign.testing.tiny_diffusion import _tiny_unet, tiny_unet_config
 
 
 def test_xformers_falls_back_to_sdpa_with_a_warning():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmalign.diffusion.placeholders import COLORS, square_image
+from mmalign.testing.placeholders import COLORS, square_image
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_RUN = [
@@ -26,7 +26,7 @@ square = partial(square_image, size=32)
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """``{"sd15": path, "sdxl": path}`` of saved tiny random-weight pipelines (real diffusers classes)."""
-    from mmalign.diffusion.tiny import save_tiny_pipeline
+    from mmalign.testing.tiny_diffusion import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny_inv_models")
     return {kind: str(save_tiny_pipeline(kind, root / kind)) for kind in ("sd15", "sdxl")}
@@ -62,7 +62,7 @@ def models():
     """Tiny SD1.x (epsilon), SD2.x (v) and SDXL pipelines' UNets, with their DDPM training schedulers."""
     from diffusers import DDPMScheduler
 
-    from mmalign.diffusion.tiny import tiny_pipeline
+    from mmalign.testing.tiny_diffusion import tiny_pipeline
 
     out = {}
     for kind in ("sd15", "sd2v", "sdxl"):

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from mmalign.diffusion.placeholders import COLORS, square_image
+from mmalign.testing.placeholders import COLORS, square_image
 
 square = partial(square_image, size=32)
 """A colored square on a gray noisy background (distinct bytes per seed), 32 px."""
@@ -14,7 +14,7 @@ square = partial(square_image, size=32)
 
 @pytest.fixture
 def sd15():
-    from mmalign.diffusion.tiny import tiny_pipeline
+    from mmalign.testing.tiny_diffusion import tiny_pipeline
 
     return tiny_pipeline("sd15", seed=0)
 

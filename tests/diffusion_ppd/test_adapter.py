@@ -63,7 +63,7 @@ def test_only_new_parameters_require_grad(sd15):
 
 
 def test_sdxl_no_user_equals_base():
-    from mmalign.diffusion.tiny import tiny_pipeline
+    from mmalign.testing.tiny_diffusion import tiny_pipeline
 
     pipe = tiny_pipeline("sdxl")
     base = copy.deepcopy(pipe.unet)
@@ -99,7 +99,7 @@ def test_generation_with_users_and_interpolation_endpoints(sd15):
 
 
 def test_export_reload_reproduces_outputs(sd15, tmp_path):
-    from mmalign.diffusion.tiny import tiny_pipeline
+    from mmalign.testing.tiny_diffusion import tiny_pipeline
 
     model = UserConditionedUNet.build(sd15.unet, (1, 16), num_tokens=3, scale=0.7)
     _randomise_user_branch(model, seed=5)

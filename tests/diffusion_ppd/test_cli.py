@@ -12,7 +12,7 @@ from mmalign.diffusion.ppd.export import save_user_embeddings
 
 
 def test_ppd_sample_users_and_interpolation(tmp_path):
-    from mmalign.diffusion.tiny import load_pipeline, save_tiny_pipeline
+    from mmalign.testing.tiny_diffusion import load_pipeline, save_tiny_pipeline
 
     model_dir = save_tiny_pipeline("sd15", tmp_path / "sd15")
     pipe = load_pipeline(model_dir)

@@ -79,8 +79,8 @@ def test_cache_keyed_by_shots_and_source(tmp_path):
 
 def test_split_has_no_leakage_and_embed_users_with_clip(per_user_pairs, tmp_path):
     from mmalign.data import load_preference_data
+    from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
     from scorers import load_scorer
-    from scorers.tiny import save_tiny_scorer_checkpoints
 
     ds = load_preference_data(per_user_pairs, extra_columns=("user_id",))
     splits, stats = split_shots(ds, n_shots=4, seed=0)
@@ -121,8 +121,8 @@ def test_clip_margin_embedding_closed_form_and_its_own_cache_key(per_user_pairs,
     """``u = mean_i g(c_i) * (f(w_i) - f(l_i))``; its coordinates sum to the shots' mean CLIP-score margin; cached
     apart from the plain ``clip`` embedding of the same scorer and shots."""
     from mmalign.data import load_preference_data
+    from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
     from scorers import load_scorer
-    from scorers.tiny import save_tiny_scorer_checkpoints
 
     ds = load_preference_data(per_user_pairs, extra_columns=("user_id",))
     splits, _ = split_shots(ds, n_shots=4, seed=0)

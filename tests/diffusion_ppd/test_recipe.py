@@ -27,8 +27,8 @@ def _run(argv):
 def test_toy_ppd_config_runs_end_to_end_and_exports(per_user_pairs, tmp_path):
     from mmalign.diffusion.ppd import load_user_adapter
     from mmalign.diffusion.ppd.export import load_user_embeddings
-    from mmalign.diffusion.tiny import load_pipeline, save_tiny_pipeline
-    from scorers.tiny import save_tiny_scorer_checkpoints
+    from mmalign.testing.tiny_diffusion import load_pipeline, save_tiny_pipeline
+    from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
 
     model_dir = str(save_tiny_pipeline("sd15", tmp_path / "sd15"))
     ckpt = save_tiny_scorer_checkpoints(tmp_path / "scorers")["clipscore"]["checkpoint"]

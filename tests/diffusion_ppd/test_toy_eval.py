@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmalign.diffusion.ppd import UserConditionedUNet
-from mmalign.diffusion.ppd.toy_eval import evaluate_users, sample, user_scores, win_rate
+from mmalign.toy.ppd_eval import evaluate_users, sample, user_scores, win_rate
 
 
 def test_win_rate_counts_ties_half():
@@ -13,7 +13,7 @@ def test_win_rate_counts_ties_half():
 
 
 def test_evaluate_users_matches_independent_scoring():
-    from mmalign.diffusion.tiny import tiny_pipeline
+    from mmalign.testing.tiny_diffusion import tiny_pipeline
     from mmalign.toy.judge import judge_terms
 
     base, ppd = tiny_pipeline("sd15"), tiny_pipeline("sd15")

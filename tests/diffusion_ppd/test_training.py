@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mmalign.diffusion.ppd import UserConditionedUNet, ppd_loss
 from mmalign.diffusion.ppd.step import drop_users
 from mmalign.diffusion.scores import noisy_input_and_target
-from mmalign.diffusion.tiny import tiny_pipeline
+from mmalign.testing.tiny_diffusion import tiny_pipeline
 
 
 def _batch(pairs=3, seed=0):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mmalign.diffusion.placeholders import COLORS, square_image
+from mmalign.testing.placeholders import COLORS, square_image
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_VIDEOS = REPO / "assets" / "videos" / "toy"
@@ -33,7 +33,7 @@ class LazyDirs:
 
 
 def _diffusion_pipeline(kind: str, out: Path) -> Path:
-    from mmalign.diffusion.tiny import save_tiny_pipeline
+    from mmalign.testing.tiny_diffusion import save_tiny_pipeline
 
     return save_tiny_pipeline(kind, out)
 
@@ -51,7 +51,7 @@ def _video_llm(family: str, out: Path) -> Path:
 
 
 def _scorers(out: Path) -> Path:
-    from scorers.tiny import save_tiny_scorer_checkpoints
+    from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
 
     (out / "kwargs.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "kwargs.json").write_text(json.dumps(save_tiny_scorer_checkpoints(out), default=str))
@@ -73,7 +73,7 @@ def models(tmp_path_factory) -> LazyDirs:
 
 def _diffusion_data(kind: str, out: Path) -> Path:
     from mmalign.data import write_pairs_jsonl
-    from mmalign.diffusion.placeholders import write_tiny_data
+    from mmalign.testing.placeholders import write_tiny_data
 
     if kind != "per_user":
         return write_tiny_data(kind, out, n=4, size=32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scorers.tiny import tiny_hf_clip, tiny_open_clip
+from mmalign.testing.tiny_scorers import tiny_hf_clip, tiny_open_clip
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import scorers
-from scorers.tiny import TINY_HF_CLIP, TINY_OPEN_CLIP, tiny_open_clip
+from mmalign.testing.tiny_scorers import TINY_HF_CLIP, TINY_OPEN_CLIP, tiny_open_clip
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 
 import scorers
 from mmalign.cli import main
-from scorers.tiny import save_tiny_scorer_checkpoints
+from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_eval_scorer_cli_pairs_and_ranked(tiny, tmp_path, capsys):
 @pytest.mark.slow
 def test_label_cli_writes_data_the_loader_reads(tiny, tmp_path, capsys):
     from mmalign.data import load_preference_data
-    from mmalign.diffusion.tiny import save_tiny_pipeline
+    from mmalign.testing.tiny_diffusion import save_tiny_pipeline
     from scorers.ensemble import ensemble_scores
 
     pipe_dir = save_tiny_pipeline("sd15", tmp_path / "pipe")

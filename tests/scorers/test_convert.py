@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import save_file
 
 import scorers
+from mmalign.testing.tiny_scorers import TINY_OPEN_CLIP, tiny_open_clip
 from scorers.convert import (
     hf_clip_config_from_open_clip,
     hf_to_open_clip_state_dict,
     open_clip_to_hf_state_dict,
 )
-from scorers.tiny import TINY_OPEN_CLIP, tiny_open_clip
 
 PROMPTS = ["a red circle on the left", "a photo of a cat", "", "an astronaut riding a horse on the moon " * 4]
 

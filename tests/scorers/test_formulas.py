@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 import scorers
-from scorers.tiny import TINY_HF_CLIP, TINY_OPEN_CLIP, tiny_hf_clip
+from mmalign.testing.tiny_scorers import TINY_HF_CLIP, TINY_OPEN_CLIP, tiny_hf_clip
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import Compose, InterpolationMode, Normalize, ToTensor
 
 import scorers
-from scorers.tiny import TINY_OPEN_CLIP
+from mmalign.testing.tiny_scorers import TINY_OPEN_CLIP
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

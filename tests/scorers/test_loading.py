@@ -9,8 +9,8 @@ import yaml
 from safetensors.torch import save_file
 
 import scorers
+from mmalign.testing.tiny_scorers import TINY_OPEN_CLIP, tiny_open_clip
 from scorers.cards import CARD_DIR
-from scorers.tiny import TINY_OPEN_CLIP, tiny_open_clip
 
 
 def test_open_clip_local_dir_folder_and_custom_card(tmp_path, images):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import scorers
-from scorers.tiny import TINY_OPEN_CLIP
+from mmalign.testing.tiny_scorers import TINY_OPEN_CLIP
 
 
 def _smooth_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -27,8 +27,8 @@ SMALL_RUN = [
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory):
     """``(model_dir, pairs_jsonl, captions_file)``: a tiny random SD1.x pipeline, generated pairs, 3 toy captions."""
-    from mmalign.diffusion.placeholders import write_tiny_data
-    from mmalign.diffusion.tiny import save_tiny_pipeline
+    from mmalign.testing.placeholders import write_tiny_data
+    from mmalign.testing.tiny_diffusion import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("toy_main_job_inputs")
     captions = root / "captions.txt"

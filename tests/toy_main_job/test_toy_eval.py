@@ -1,4 +1,4 @@
-"""The main job's toy-world evaluation (``toy_eval`` in recipes/diffusion.py, mmalign/diffusion/toy_eval.py).
+"""The main job's toy-world evaluation (``toy_eval`` in recipes/diffusion.py, mmalign/toy/diffusion_eval.py).
 
 One tiny LoRA-DPO run (random-weight SD1.x pipeline, 3 steps at a high learning rate so the LoRA visibly changes
 the samples) with ``toy_eval`` on 3 captions x 2 seeds; then independent re-evaluations of fresh pipelines:
@@ -84,7 +84,7 @@ def test_full_finetune_base_is_the_reference_copy(run_recipe, tiny_inputs):
 
 def test_bad_caption_file_fails_before_training(tmp_path):
     from mmalign.diffusion.config import DiffusionRecipeConfig
-    from mmalign.diffusion.toy_eval import check_toy_eval, eval_captions
+    from mmalign.toy.diffusion_eval import check_toy_eval, eval_captions
 
     cfg = DiffusionRecipeConfig()
     cfg.toy_eval.enabled = True
@@ -101,7 +101,7 @@ def test_bad_caption_file_fails_before_training(tmp_path):
 
 
 def test_grid_shows_images_spread_over_all_captions():
-    from mmalign.diffusion.toy_eval import grid_indices
+    from mmalign.toy.diffusion_eval import grid_indices
 
     shown = grid_indices(216, 24)  # 108 captions x 2 seeds, 6 x 4 grid
     assert len(shown) == 24 and shown[0] == 0 and shown[-1] == 215

@@ -1,7 +1,7 @@
 """``tiny:`` placeholders for ``model.pretrained`` and ``data.path``: runnable without any download.
 
 * ``model.pretrained: tiny:sd15 | tiny:sd2v | tiny:sdxl | tiny:sd3 | tiny:flux`` — a tiny random-weight pipeline
-  of that family (:mod:`mmalign.diffusion.tiny`; SD3 / FLUX: :mod:`mmalign.testing.tiny_flow`), saved once under ``<output_dir>/tiny_inputs/`` and loaded with
+  of that family (:mod:`mmalign.testing.tiny_diffusion`; SD3 / FLUX: :mod:`mmalign.testing.tiny_flow`), saved once under ``<output_dir>/tiny_inputs/`` and loaded with
   ``from_pretrained`` like any checkpoint;
 * ``data.path: tiny:pairs | tiny:dual | tiny:ranked | tiny:unpaired`` — a small generated preference set of
   colored squares (caption "a {color} square"; the square of the caption's color is preferred), written with the
@@ -62,7 +62,7 @@ def write_tiny_data(kind: str, out_dir: str | Path, n: int = 16, size: int = 64)
 def resolve_placeholders(cfg, workdir: str | Path) -> list[str]:
     """Replace ``tiny:`` values of ``cfg.model.pretrained`` / ``cfg.data.path`` by generated folders (in place);
     returns notices to print."""
-    from mmalign.diffusion.tiny import save_tiny_pipeline
+    from mmalign.testing.tiny_diffusion import save_tiny_pipeline
 
     notes, workdir = [], Path(workdir)
     if str(cfg.model.pretrained).startswith(PREFIX):

@@ -14,7 +14,7 @@ Each image is scored with user ``k``'s weighted judge ``sum_j w_kj term_j / sum_
 (:func:`mmalign.toy.judge.weighted_score`). Win rates compare matched (caption, seed) images, ties (|diff| <= 1e-6)
 count half.
 
-    python -m mmalign.diffusion.ppd.toy_eval --base assets/toy/pipeline --dpo outputs/toy_dpo_users \\
+    python -m mmalign.toy.ppd_eval --base assets/toy/pipeline --dpo outputs/toy_dpo_users \\
         --ppd outputs/toy_ppd/user_adapter --captions assets/toy/captions/heldout.txt --seeds 4 --out ppd_eval.json
 """
 
