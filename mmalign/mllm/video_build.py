@@ -6,17 +6,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmalign.config import ConfigError, require_paths
 from mmalign.data.skipping import SkipCounter
+from mmalign.data.video_rows import METHODS, VideoPreferenceDataset, read_records
 from mmalign.mllm.curriculum import StageAdapter
 from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
-from mmalign.mllm.video_data import METHODS, VideoPreferenceDataset, read_records
-from mmalign.mllm.video_steps import make_pair_step, make_rrpo_step, sft_step
+from mmalign.mllm.video_steps import StepFn, make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
+from mmalign.reference import frozen_copy
 from mmalign.train_config import TrainConfig
 
 
@@ -52,17 +55,50 @@ def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any
     )
 
 
-def build_step(cfg: VideoRecipeConfig, method: str, ref_model: torch.nn.Module | None) -> Callable[..., Any]:
-    """The step of ``method``; ``ref_model=None`` means the reference is the policy with its adapter off."""
-    if method == "sft":
-        return sft_step
-    if method == "rrpo":
-        defaults = rrpo_defaults(cfg.model.family)
-        beta = cfg.method.beta if cfg.method.beta is not None else defaults["beta"]
-        alpha = cfg.method.alpha if cfg.method.alpha is not None else defaults["alpha"]
-        return make_rrpo_step(beta, alpha, ref_model, cfg.method.kl_chunk_size)
+def _sft(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
+    return sft_step
+
+
+def _pair(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
     beta = cfg.method.beta if cfg.method.beta is not None else 0.1
     return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model)
+
+
+def _rrpo(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
+    defaults = rrpo_defaults(cfg.model.family)
+    beta = cfg.method.beta if cfg.method.beta is not None else defaults["beta"]
+    alpha = cfg.method.alpha if cfg.method.alpha is not None else defaults["alpha"]
+    return make_rrpo_step(beta, alpha, ref_model, cfg.method.kl_chunk_size)
+
+
+@dataclass(frozen=True)
+class VideoMethod:
+    """A video method: how its step is built and whether it scores against a reference."""
+
+    build: Callable[[VideoRecipeConfig, torch.nn.Module | None], StepFn]
+    needs_reference: bool = True
+
+
+STEPS: dict[str, VideoMethod] = {
+    "sft": VideoMethod(_sft, needs_reference=False),
+    "dpo": VideoMethod(_pair),  # TEMPLE: chosen / rejected answers on the same video
+    "vdpo": VideoMethod(_pair),  # the same loss, rejected = the answer on the perturbed video
+    "rrpo": VideoMethod(_rrpo),
+}
+"""One entry per ``method.name`` (the names of :data:`mmalign.choices.VIDEO_METHODS`, which a test keeps equal)."""
+
+
+def build_step(cfg: VideoRecipeConfig, method: str, ref_model: torch.nn.Module | None) -> StepFn:
+    """The step of ``method``; ``ref_model=None`` means the reference is the policy with its adapter off."""
+    return STEPS[method].build(cfg, ref_model)
+
+
+def build_reference(cfg: VideoRecipeConfig, model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """A frozen copy of the base on ``device`` for full fine-tuning of a method with a reference; with LoRA the
+    reference is the policy with its adapter off (None)."""
+    if cfg.lora.enabled or not STEPS[cfg.method.name].needs_reference:
+        return None
+    return frozen_copy(model, device)
 
 
 def lora_for(cfg: VideoRecipeConfig, stage: StageConfig | None = None) -> StageAdapter:
@@ -95,10 +131,25 @@ def toy_accuracy(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any)
     """Forced-choice direction accuracy on ``eval.toy_manifest`` (None when no manifest is set)."""
     if not cfg.eval.toy_manifest:
         return None
-    from mmalign.mllm.toy_eval import direction_accuracy
-    from mmalign.mllm.toy_videos import load_manifest
     from mmalign.mllm.video_io import read_video
+    from mmalign.toy.video_eval import direction_accuracy
+    from mmalign.toy.videos import load_manifest
 
     rows = load_manifest(cfg.eval.toy_manifest, cfg.eval.split)
     clips = [(read_video(r["video"], cfg.video).frames, r["questions"][0]["question"]) for r in rows]
     return direction_accuracy(model, processor, clips, [r["direction"] for r in rows])
+
+
+def export_run(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any, accelerator: Any,
+               summary: dict[str, Any]) -> torch.nn.Module:
+    """The main process writes ``adapter/`` (LoRA: peft folder + processor) or ``model/`` (full fine-tuning: a
+    folder loadable as ``model.pretrained``); a failed export keeps a checkpoint (:mod:`mmalign.safe_export`).
+    Returns the plain model (adapter merged) for the toy metric."""
+    from mmalign.mllm.export import merge_adapter, save_trained
+    from mmalign.safe_export import export_or_keep_checkpoint
+
+    if accelerator.is_main_process:
+        folder = Path(cfg.output_dir) / ("adapter" if cfg.lora.enabled else "model")
+        export_or_keep_checkpoint(lambda: save_trained(model, processor, folder), accelerator, cfg.train,
+                                  cfg.output_dir, summary)
+    return merge_adapter(model)

@@ -20,7 +20,7 @@ class ModelConfig:
     pretrained: str = MISSING
     """Local folder or hub id of an ``AutoModelForImageTextToText`` + processor; ``tiny:qwen2vl`` /
     ``tiny:qwen25vl`` builds a tiny random-weight model in-process (smoke tests); ``tiny:qwen2vl-toy`` is the
-    variant the toy video configs train (M-RoPE base 10, :data:`mmalign.mllm.tiny_video.TOY_VARIANT`)."""
+    variant the toy video configs train (M-RoPE base 10, :data:`mmalign.testing.tiny_video.TOY_VARIANT`)."""
     family: str = "qwen25vl"
     """Model family for RRPO's per-model alpha/beta defaults: llava_video, longvu, videochat2 (others: default)."""
     dtype: str = "float32"
@@ -58,7 +58,7 @@ class MethodConfig:
 @dataclass
 class DataConfig:
     path: str = ""
-    """jsonl file of rows (formats in ``mmalign.mllm.video_data``); stages name their own files."""
+    """jsonl file of rows (formats in ``mmalign.data.video_rows``); stages name their own files."""
     video_root: str | None = None
     """Folder relative video paths are resolved against (default: the jsonl file's folder)."""
     max_length: int = 4096

@@ -20,13 +20,13 @@ def load_vlm(cfg: VLMModelConfig, *, device: torch.device | str | None = None,
              train_safe: bool = True) -> tuple[torch.nn.Module, Any]:
     """The one VLM / video LLM loader: ``(model, processor)`` from a hub id or local folder
     (``AutoModelForImageTextToText`` / ``AutoProcessor``), or ``tiny:<family>`` (a tiny random-weight model built
-    in-process, :func:`mmalign.mllm.tiny_video.build_tiny_video_llm`). ``train_safe``: a pad token and dropout off
+    in-process, :func:`mmalign.testing.tiny_video.build_tiny_video_llm`). ``train_safe``: a pad token and dropout off
     (:func:`make_train_safe`, for training); otherwise the model is put in ``eval()`` (inference: PPD user
     embeddings, TEMPLE pair generation). ``device``: where the model goes (None: where it was loaded)."""
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
     if cfg.pretrained.startswith("tiny:"):
-        from mmalign.mllm.tiny_video import build_tiny_video_llm
+        from mmalign.testing.tiny_video import build_tiny_video_llm
 
         model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
     else:

@@ -15,16 +15,16 @@ No loss is written here; every term is the core objective applied to a different
   rho(y_w|v_retrieved)])`` (paper figure). Code difference: the official ``rDPOTrainer`` scores the rejected and
   the retrieved-image terms with top-1-non-label log-probs; ``method.rdpo_noisy=true`` reproduces that.
 * **MM-DPO per-sample beta** (MM-RLHF): ``beta`` becomes a detached ``[B]`` tensor from
-  :mod:`mmalign.mllm.dynamic_beta`; with ``sft_weight=0.25`` this is the MM-DPO objective.
+  :mod:`mmalign.objectives.dynamic_beta`; with ``sft_weight=0.25`` this is the MM-DPO objective.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mmalign.mllm.dynamic_beta import per_sample_beta
 from mmalign.mllm.logprobs import sequence_logps
 from mmalign.mllm.vlm_config import VLMMethodConfig
 from mmalign.mllm.vlm_forward import (
@@ -35,17 +35,52 @@ from mmalign.mllm.vlm_forward import (
     reference_mode,
 )
 from mmalign.objectives import REFERENCE_FREE_KINDS, preference_loss
+from mmalign.objectives.dynamic_beta import per_sample_beta
 
-METHODS = ("dpo", "mdpo", "rdpo")
+
+@dataclass(frozen=True)
+class VLMMethod:
+    """What the recipe and collator need to know of a VLM method (read from :data:`METHODS`, not branched on)."""
+
+    extra_image: str
+    """The second image the chosen answer is also scored under: ``none``; ``row`` (every row names one in
+    ``data.extra_image_field``, required); ``row_or_crop`` (the row's when the field is set, else a random crop)."""
+
+    @property
+    def requires_extra_image(self) -> bool:
+        return self.extra_image == "row"
+
+    def collator_extra(self, extra_image_field: str | None) -> str:
+        """The :class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator` ``extra`` mode for this data set."""
+        if self.extra_image == "row_or_crop":
+            return "row_or_crop" if extra_image_field else "crop"
+        return self.extra_image
+
+
+METHODS: dict[str, VLMMethod] = {
+    "dpo": VLMMethod(extra_image="none"),
+    "mdpo": VLMMethod(extra_image="row_or_crop"),  # L_CoPO on a corrupted (cropped) image, L_AncPO
+    "rdpo": VLMMethod(extra_image="row"),  # L_vDPO on the row's retrieved image
+}
+"""The VLM methods; a new one is an entry here, its terms in :func:`preference_step`, a YAML and a test."""
+
+
+def vlm_method(name: str) -> VLMMethod:
+    from mmalign.config import ConfigError
+
+    if name not in METHODS:
+        raise ConfigError(f"method.name={name!r} is not one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def check_method(method: VLMMethodConfig) -> None:
     """Reject unknown names before any model is loaded (:class:`~mmalign.config.ConfigError` naming the key)."""
     from mmalign.config import ConfigError
-    from mmalign.mllm.dynamic_beta import BETA_MODES
     from mmalign.objectives import PREFERENCE_KINDS
+    from mmalign.objectives.dynamic_beta import BETA_MODES
 
-    for key, value, allowed in (("method.name", method.name, METHODS), ("method.loss_type", method.loss_type, PREFERENCE_KINDS),
+    vlm_method(method.name)
+    for key, value, allowed in (("method.loss_type", method.loss_type, PREFERENCE_KINDS),
                                 ("method.beta_mode", method.beta_mode, BETA_MODES)):
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
@@ -79,7 +114,7 @@ def _all_scores(model, batch, method, features, extra_features) -> dict[str, tor
                                noisy_from=n_pairs if noisy else None)
     out = {"chosen": scores[:n_pairs], "rejected": scores[n_pairs:],
            "chosen_len": n_tokens[:n_pairs], "rejected_len": n_tokens[n_pairs:]}
-    if method.name in ("mdpo", "rdpo"):
+    if METHODS[method.name].extra_image != "none":
         extra, _ = _scores(model, batch["extra"], batch["extra_vision"], extra_features, times=1,
                            noisy_from=0 if noisy else None)
         out["chosen_extra"] = extra
@@ -101,11 +136,11 @@ def preference_step(
     ``model`` uses the adapters-disabled model as reference.
     """
     if method.name not in METHODS:
-        raise ValueError(f"method.name must be one of {METHODS}, got {method.name!r}")
+        raise ValueError(f"method.name must be one of {tuple(METHODS)}, got {method.name!r}")
     if not batch["row_ids"]:  # every row had an unreadable image: nothing to learn, keep the graph valid
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return zero, {"data/bad_images": float(batch.get("n_bad", 0)), "data/overlong_dropped": 0.0}
-    has_extra = method.name in ("mdpo", "rdpo")
+    has_extra = METHODS[method.name].extra_image != "none"
     features = encode_images(model, batch["vision"]) if share_features else None
     extra_features = encode_images(model, batch["extra_vision"]) if share_features and has_extra else None
 

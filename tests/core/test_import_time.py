@@ -59,11 +59,13 @@ def test_heavy_detection_is_not_vacuous():
 
 
 def test_video_methods_match_the_video_data_module():
-    """mmalign.choices.VIDEO_METHODS is what video_config validates; the data module's own tuple must agree."""
+    """mmalign.choices.VIDEO_METHODS is what video_config validates; the data module's tuple and the step table
+    must agree."""
     from mmalign.choices import VIDEO_METHODS
-    from mmalign.mllm.video_data import METHODS
+    from mmalign.data.video_rows import METHODS
+    from mmalign.mllm.video_build import STEPS
 
-    assert METHODS == VIDEO_METHODS
+    assert METHODS == VIDEO_METHODS == tuple(STEPS)
 
 
 def test_train_re_exports_the_light_config():

@@ -52,4 +52,6 @@ def test_lora_roundtrip_is_exact(tiny_model_dirs, tmp_path, kind, rank, alpha):
     assert not any("lora" in n for n, _ in parts.unet.named_parameters())
     with torch.no_grad():
         merged = parts.unet(x, t, c, added_cond_kwargs=added).sample
-    torch.testing.assert_close(merged, trained, rtol=1e-4, atol=1e-5)
+    # merging re-associates fp32 sums (W + s*B@A): equal up to rounding, 2e-5 seen on the tiny SDXL UNet (torch
+    # 2.14); a wrong merge (scale, transpose) is off by more than the 1e-3 the adapter moves the output
+    torch.testing.assert_close(merged, trained, rtol=1e-4, atol=1e-4)

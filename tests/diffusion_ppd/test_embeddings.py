@@ -23,7 +23,7 @@ from .conftest import square
 
 @pytest.fixture(scope="module")
 def tiny_vlm_dir(tmp_path_factory):
-    from mmalign.mllm.tiny import write_tiny_vlm
+    from mmalign.testing.tiny_vlm import write_tiny_vlm
 
     return str(write_tiny_vlm("qwen2vl", tmp_path_factory.mktemp("vlm") / "qwen2vl"))
 

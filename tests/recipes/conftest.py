@@ -39,13 +39,13 @@ def _diffusion_pipeline(kind: str, out: Path) -> Path:
 
 
 def _vlm(family: str, out: Path) -> Path:
-    from mmalign.mllm.tiny import write_tiny_vlm
+    from mmalign.testing.tiny_vlm import write_tiny_vlm
 
     return write_tiny_vlm(family, out)
 
 
 def _video_llm(family: str, out: Path) -> Path:
-    from mmalign.mllm.tiny_video import write_tiny_video_llm
+    from mmalign.testing.tiny_video import write_tiny_video_llm
 
     return write_tiny_video_llm(family, out)
 

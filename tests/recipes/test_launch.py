@@ -32,13 +32,16 @@ def test_sd15_dpo_fp16_as_shipped_trains_and_writes_validation_grids(tmp_path):
 
 
 @pytest.mark.slow
-def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path, data, fresh_accelerate):
+def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path, data, fresh_accelerate,
+                                                                         monkeypatch):
     """Issue 14 item 6: the frozen copy was never moved to accelerator.device (invisible on CPU, a device
     mismatch on any GPU). The recipe must build it with frozen_copy(model, accelerator.device)."""
+    from mmalign.mllm import video_build
+
     recipe = runpy.run_path(str(REPO / "recipes" / "video.py"))
     main, scope = recipe["main"], recipe["main"].__globals__
     seen: dict[str, object] = {}
-    real_copy, real_accelerator = scope["frozen_copy"], scope["make_accelerator"]
+    real_copy, real_accelerator = video_build.frozen_copy, scope["make_accelerator"]
 
     def spy_copy(model, device=None, dtype=None):
         seen["device"] = device
@@ -50,7 +53,8 @@ def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path
         seen["accelerator"] = accelerator = real_accelerator(*args, **kwargs)
         return accelerator
 
-    scope["frozen_copy"], scope["make_accelerator"] = spy_copy, spy_accelerator
+    monkeypatch.setattr(video_build, "frozen_copy", spy_copy)
+    scope["make_accelerator"] = spy_accelerator
     summary = main(["--config", str(REPO / "recipes/configs/video/qwen25vl_rrpo.yaml"), "model.pretrained=tiny:qwen2vl",
                     "lora.rank=0", "model.dtype=float32", f"data.path={data['video:rrpo']}",
                     f"output_dir={tmp_path / 'out'}", "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1",

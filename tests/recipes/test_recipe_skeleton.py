@@ -17,3 +17,49 @@ def test_video_recipe_is_short_and_holds_no_dataclass():
     classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
     assert classes == [], f"recipes/video.py defines classes {classes}: schemas belong in mmalign/mllm/video_config.py"
     assert "dataclass" not in text and "register(" not in text
+
+
+RECIPES = ("diffusion", "vlm", "video")
+SKELETON = ("load_config(", "lock_run_folder(", "make_accelerator(", "train(", "write_summary(", "run_recipe(main)")
+"""What every recipe calls, in this order: parse → lock the output folder → accelerator → shared loop → summary."""
+
+
+def _method_name_comparisons(tree: ast.AST) -> list[int]:
+    """Lines where ``<...>.method.name`` (or a stage's ``.method``) is compared or used as a lookup key."""
+    def is_method_name(node: ast.AST) -> bool:  # cfg.method.name, method.name, stage.method
+        if not isinstance(node, ast.Attribute):
+            return False
+        owner = node.value
+        if node.attr == "name":
+            return isinstance(owner, ast.Attribute) and owner.attr == "method" or \
+                isinstance(owner, ast.Name) and owner.id == "method"
+        return node.attr == "method" and isinstance(owner, ast.Name) and owner.id == "stage"
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(is_method_name(n) for n in [node.left, *node.comparators]):
+            lines.append(node.lineno)
+        if isinstance(node, ast.Subscript) and is_method_name(node.slice):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_recipes_hold_no_method_branches():
+    """Method knowledge lives in the family's table (diffusion registry, vlm_objective.METHODS, video_build.STEPS)."""
+    for name in RECIPES:
+        tree = ast.parse((REPO / "recipes" / f"{name}.py").read_text())
+        assert _method_name_comparisons(tree) == [], f"recipes/{name}.py branches on the method name"
+
+
+def test_the_detector_sees_a_method_branch():
+    tree = ast.parse('extra = {"dpo": 1}[method.name]\nif cfg.method.name != "sft":\n    pass\n')
+    assert _method_name_comparisons(tree) == [1, 2]
+
+
+def test_recipes_share_one_skeleton():
+    for name in RECIPES:
+        text = (REPO / "recipes" / f"{name}.py").read_text()
+        positions = [text.find(call) for call in SKELETON]
+        assert -1 not in positions, f"recipes/{name}.py lacks {SKELETON[positions.index(-1)]}"
+        assert positions == sorted(positions), f"recipes/{name}.py calls the skeleton out of order: {positions}"
+        assert "# 1. Config" in text, f"recipes/{name}.py: number its steps like the other recipes"

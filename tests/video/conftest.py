@@ -2,8 +2,8 @@
 
 import pytest
 
-from mmalign.mllm.toy_videos import load_manifest
 from mmalign.mllm.video_io import VideoSampling, read_video
+from mmalign.toy.videos import load_manifest
 
 TOY_MANIFEST = "assets/videos/toy/manifest.jsonl"
 
@@ -22,7 +22,7 @@ def toy_clips():
 
 @pytest.fixture(scope="session")
 def tiny_qwen2vl():
-    from mmalign.mllm.tiny_video import build_tiny_video_llm
+    from mmalign.testing.tiny_video import build_tiny_video_llm
 
     return build_tiny_video_llm("qwen2vl", seed=0)
 
@@ -30,6 +30,6 @@ def tiny_qwen2vl():
 @pytest.fixture(scope="session")
 def tiny_llavaov():
     """A tiny LLaVA-OneVision (LLaVA-Video architecture) with the llava-hf typed-content chat template."""
-    from mmalign.mllm.tiny_video import build_tiny_video_llm
+    from mmalign.testing.tiny_video import build_tiny_video_llm
 
     return build_tiny_video_llm("llavaov", seed=0)

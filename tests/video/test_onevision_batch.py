@@ -12,7 +12,6 @@ import torch
 
 from mmalign.lora_config import LoraConfig
 from mmalign.mllm.curriculum import StageAdapter, fresh_adapter
-from mmalign.mllm.tiny_video import write_tiny_video_llm
 from mmalign.mllm.video_batch import (
     VideoRow,
     VideoRowCollator,
@@ -21,6 +20,7 @@ from mmalign.mllm.video_batch import (
 )
 from mmalign.mllm.video_steps import make_rrpo_step
 from mmalign.mllm.vlm_forward import forward_logits
+from mmalign.testing.tiny_video import write_tiny_video_llm
 
 
 def test_prompt_and_completion_mask(tiny_llavaov, toy_clips):

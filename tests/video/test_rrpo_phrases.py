@@ -9,7 +9,7 @@ from mmalign.mllm.rrpo_phrases import (
     phrase_ids_from_tags,
     strip_tags,
 )
-from mmalign.mllm.tiny import build_tokenizer
+from mmalign.testing.tiny_vlm import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ rotary sections turn by 0.32 / 0.18 rad per visual token instead of 0.01 / 0.001
 import pytest
 import torch
 
-from mmalign.mllm.tiny_video import build_tiny_video_llm
+from mmalign.testing.tiny_video import build_tiny_video_llm
 
 
 def test_toy_variant_rope_base_and_shapes():

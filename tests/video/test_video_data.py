@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mmalign.data.skipping import SkipCounter
-from mmalign.mllm.tiny import build_tokenizer
-from mmalign.mllm.video_data import VideoPreferenceDataset, read_records
+from mmalign.data.video_rows import VideoPreferenceDataset, read_records
 from mmalign.mllm.video_io import VideoSampling
+from mmalign.testing.tiny_vlm import build_tokenizer
 
 TOY = Path(__file__).resolve().parents[2] / "assets" / "videos" / "toy"
 S = VideoSampling(num_frames=4, max_frames=4)

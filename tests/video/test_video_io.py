@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from mmalign.mllm.toy_videos import build_toy_videos, load_manifest, render_clip
 from mmalign.mllm.video_io import (
     VideoDecodeError,
     VideoSampling,
@@ -14,6 +13,7 @@ from mmalign.mllm.video_io import (
     sample_indices,
     write_video,
 )
+from mmalign.toy.videos import build_toy_videos, load_manifest, render_clip
 
 
 def _ramp(t=12, h=32, w=48):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmalign.data.vlm_rows import VLMRow
-from mmalign.mllm.tiny import write_tiny_vlm
+from mmalign.testing.tiny_vlm import write_tiny_vlm
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
 

@@ -3,14 +3,14 @@ styles of the tiny families: llava-hf LLaVA-1.5 and LLaVA-OneVision (typed parts
 
 import pytest
 
-from mmalign.mllm import tiny, tiny_onevision, tiny_video
 from mmalign.mllm.chat import ResponseSlot, assistant_turn, render, response_slot, typed_messages, user_turn
+from mmalign.testing import tiny_onevision, tiny_video, tiny_vlm
 
 
 @pytest.fixture(scope="module")
 def processors():
-    tok = tiny.build_tokenizer()
-    return {"llava": tiny.build_processor("llava", tok), "llavaov": tiny_onevision.build_processor(),
+    tok = tiny_vlm.build_tokenizer()
+    return {"llava": tiny_vlm.build_processor("llava", tok), "llavaov": tiny_onevision.build_processor(),
             "qwen2vl": tiny_video.build_video_processor("qwen2vl", tok)}
 
 
@@ -57,7 +57,7 @@ def test_template_without_assistant_text_is_a_clear_error(processors):
     proc = processors["llava"]
     broken = proc.chat_template.replace("{{ content['text'] + ' '}}{% endgeneration %}", "{% endgeneration %}")
     assert broken != proc.chat_template
-    proc = tiny.build_processor("llava", proc.tokenizer)
+    proc = tiny_vlm.build_processor("llava", proc.tokenizer)
     proc.chat_template = broken
     with pytest.raises(ValueError, match="cannot derive the completion suffix"):
         response_slot(proc, user_turn("q"))

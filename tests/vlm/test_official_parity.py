@@ -16,11 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmalign.mllm.dynamic_beta import per_sample_beta
 from mmalign.mllm.vlm_batch import VisionPreferenceCollator
 from mmalign.mllm.vlm_config import VLMMethodConfig
 from mmalign.mllm.vlm_forward import forward_logits
 from mmalign.mllm.vlm_objective import preference_step
+from mmalign.objectives.dynamic_beta import per_sample_beta
 
 LABEL_PAD = -100
 

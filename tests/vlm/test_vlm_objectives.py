@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmalign.mllm.dynamic_beta import per_sample_beta
 from mmalign.mllm.vlm_batch import VisionPreferenceCollator, mdpo_crop
 from mmalign.mllm.vlm_config import VLMMethodConfig
 from mmalign.mllm.vlm_forward import score_rows
 from mmalign.mllm.vlm_objective import preference_step
+from mmalign.objectives.dynamic_beta import per_sample_beta
 
 
 def _scores(policy, batch):
@@ -121,7 +121,7 @@ def test_training_moves_the_margin_the_right_way(make_policy, vlm_rows, loss_kin
 
 
 def test_batch_implicit_beta_closed_form():
-    from mmalign.mllm.dynamic_beta import batch_implicit_beta
+    from mmalign.objectives.dynamic_beta import batch_implicit_beta
 
     margins = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0])
     beta = batch_implicit_beta(margins, 0.1, 0.1, generator=torch.Generator().manual_seed(0))

@@ -1,15 +1,15 @@
 """Tiny random-weight video LLM folders for tests and the toy video recipes, each family in its real
 chat-template style.
 
-* ``qwen2vl`` / ``qwen25vl``: :mod:`mmalign.mllm.tiny`'s Qwen-VL models (offline BPE tokenizer, real processor
+* ``qwen2vl`` / ``qwen25vl``: :mod:`mmalign.testing.tiny_vlm`'s Qwen-VL models (offline BPE tokenizer, real processor
   and model classes) with a ChatML chat template that also renders ``{"type": "video"}`` parts as
   ``<|vision_start|><|video_pad|><|vision_end|>``, as the real Qwen-VL templates do;
-* ``llavaov``: LLaVA-OneVision / LLaVA-Video (:mod:`mmalign.mllm.tiny_onevision`), the llava-hf template that
+* ``llavaov``: LLaVA-OneVision / LLaVA-Video (:mod:`mmalign.testing.tiny_onevision`), the llava-hf template that
   renders typed content parts only.
 
 Usage::
 
-    python -m mmalign.mllm.tiny_video qwen2vl /tmp/tiny-qwen2vl-video
+    python -m mmalign.testing.tiny_video qwen2vl /tmp/tiny-qwen2vl-video
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mmalign.mllm import tiny, tiny_onevision
+from mmalign.testing import tiny_onevision, tiny_vlm
 
 FAMILIES = ("qwen2vl", "qwen25vl", "llavaov")
 
@@ -44,7 +44,7 @@ def build_video_processor(family: str, tokenizer):
         raise ValueError(f"unknown tiny video family '{family}'; choose one of {', '.join(FAMILIES)}")
     if family == "llavaov":
         return tiny_onevision.build_processor(tokenizer)
-    processor = tiny.build_processor(family, tokenizer)
+    processor = tiny_vlm.build_processor(family, tokenizer)
     processor.chat_template = VIDEO_CHAT_TEMPLATE
     return processor
 
@@ -59,9 +59,9 @@ def build_tiny_video_llm(family: str = "qwen2vl", seed: int = 0):
         if variant:
             raise ValueError("tiny:llavaov has no '-toy' variant")
         return tiny_onevision.build(seed)
-    tokenizer = tiny.build_tokenizer()
+    tokenizer = tiny_vlm.build_tokenizer()
     processor = build_video_processor(family, tokenizer)
-    model = tiny.build_model(family, tokenizer, seed, **(TOY_VARIANT if variant else {}))
+    model = tiny_vlm.build_model(family, tokenizer, seed, **(TOY_VARIANT if variant else {}))
     return model, processor
 
 
@@ -76,6 +76,6 @@ def write_tiny_video_llm(family: str, folder: str | Path, seed: int = 0) -> Path
 
 if __name__ == "__main__":  # pragma: no cover - CLI convenience
     if len(sys.argv) != 3 or sys.argv[1] not in FAMILIES:
-        print(f"usage: python -m mmalign.mllm.tiny_video {{{'|'.join(FAMILIES)}}} OUT_DIR")
+        print(f"usage: python -m mmalign.testing.tiny_video {{{'|'.join(FAMILIES)}}} OUT_DIR")
         raise SystemExit(2)
     print(write_tiny_video_llm(sys.argv[1], sys.argv[2]))

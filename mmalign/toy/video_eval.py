@@ -1,4 +1,4 @@
-"""Direction accuracy of a video LLM on the toy clips (:mod:`mmalign.mllm.toy_videos`).
+"""Direction accuracy of a video LLM on the toy clips (:mod:`mmalign.toy.videos`).
 
 For each clip the model scores the four one-word answers ``left / right / up / down`` to the direction question
 (summed completion log-probs, same batching as training) and the highest-scoring one is its answer —
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mmalign.mllm.toy_videos import DIRECTIONS
 from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, score_logits
 from mmalign.mllm.vlm_forward import forward_logits
+from mmalign.toy.videos import DIRECTIONS
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Real classes throughout: ``LlavaOnevisionForConditionalGeneration`` (tiny SigLIP vision tower, tiny Qwen2
 language model), ``LlavaOnevisionProcessor`` with ``LlavaOnevisionImageProcessor`` and
 ``LlavaOnevisionVideoProcessor``, and the llava-hf chat template, which renders typed content parts only. The
-tokenizer is :func:`mmalign.mllm.tiny.build_tokenizer`'s with ``<video>`` appended (existing ids unchanged).
+tokenizer is :func:`mmalign.testing.tiny_vlm.build_tokenizer`'s with ``<video>`` appended (existing ids unchanged).
 
 Shapes: 56 px frames, patch 14 → 4 x 4 patches, pooled 2 x 2 → 4 video tokens per frame, plus one newline
 token per video (16 frames: 65 tokens).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from mmalign.mllm import tiny
+from mmalign.testing import tiny_vlm
 
 # The released chat template of llava-hf/llava-onevision-qwen2-*-hf and llava-hf/LLaVA-Video-7B-Qwen2-hf
 # (their chat_template.json, as in transformers' tests/models/llava_onevision/test_processing_llava_onevision.py).
@@ -34,7 +34,7 @@ GRID_PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112]]
 
 def build_tokenizer():
     """The tiny BPE tokenizer with the ``<video>`` placeholder added as a special token."""
-    tokenizer = tiny.build_tokenizer()
+    tokenizer = tiny_vlm.build_tokenizer()
     tokenizer.add_tokens(["<video>"], special_tokens=True)
     return tokenizer
 
@@ -63,7 +63,7 @@ def build_model(tokenizer, seed: int = 0) -> torch.nn.Module:
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>",
                                                           "<image>", "<video>")}
-    text = dict(tiny._TEXT, model_type="qwen2", vocab_size=len(tokenizer), bos_token_id=ids["<|im_start|>"],
+    text = dict(tiny_vlm._TEXT, model_type="qwen2", vocab_size=len(tokenizer), bos_token_id=ids["<|im_start|>"],
                 eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, vision_use_head=False)

@@ -9,7 +9,7 @@ shuffling frames destroys it — which is what TEMPLE-style negatives exploit.
 
 Build the shipped set (``assets/videos/toy``) with::
 
-    python -m mmalign.mllm.toy_videos --out assets/videos/toy --count 96 --seed 0
+    python -m mmalign.toy.videos --out assets/videos/toy --count 96 --seed 0
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def write_direction_rows(manifest: str | Path) -> list[Path]:
 
 def load_manifest(path: str | Path, split: str | None = None) -> list[dict]:
     """Rows of a toy manifest with ``video`` made absolute; optionally only one split."""
-    from mmalign.mllm.video_data import jsonl_rows
+    from mmalign.data.video_rows import jsonl_rows
 
     path = Path(path)
     rows = []

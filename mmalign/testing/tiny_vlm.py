@@ -8,7 +8,7 @@ with ``AutoModelForImageTextToText.from_pretrained(dir)`` / ``AutoProcessor.from
 
 Usage::
 
-    python -m mmalign.mllm.tiny qwen2vl /tmp/tiny-qwen2vl      # families: qwen2vl qwen25vl llava idefics3
+    python -m mmalign.testing.tiny_vlm qwen2vl /tmp/tiny-qwen2vl      # families: qwen2vl qwen25vl llava idefics3
 """
 
 from __future__ import annotations
@@ -192,6 +192,6 @@ def write_tiny_vlm(family: str, folder: str | Path, seed: int = 0) -> Path:
 
 if __name__ == "__main__":  # pragma: no cover - CLI convenience
     if len(sys.argv) != 3 or sys.argv[1] not in FAMILIES:
-        print(f"usage: python -m mmalign.mllm.tiny {{{'|'.join(FAMILIES)}}} OUT_DIR")
+        print(f"usage: python -m mmalign.testing.tiny_vlm {{{'|'.join(FAMILIES)}}} OUT_DIR")
         raise SystemExit(2)
     print(write_tiny_vlm(sys.argv[1], sys.argv[2]))
