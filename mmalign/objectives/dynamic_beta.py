@@ -19,7 +19,7 @@ Modes (``method.beta_mode``):
   least 2 pairs in total (the code fails with one: NaN std, empty draw); here that raises a clear error.
   Transcribed from ``Kwai-YuanQi/MM-RLHF`` @ 7c8af1d ``trl/trainer/dpo_trainer.py`` l.797-818 (unbiased
   ``torch.std``, ``(A - mean) / (std + 1e-7)``, ``int(n * (1 - 0.2))`` draws with ``torch.multinomial`` without
-  replacement); tests/vlm/test_official_parity.py compares it with that code.
+  replacement); tests/mllm/vlm/test_official_parity.py compares it with that code.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO))
 
 from bench.results_section import replace_section  # noqa: E402
 
@@ -26,7 +27,7 @@ def test_replace_keeps_other_sections_and_appends_new_ones(tmp_path):
 
 
 def test_shipped_results_file_has_matched_sections():
-    text = (Path(__file__).resolve().parents[2] / "bench" / "RESULTS.md").read_text()
+    text = (REPO / "bench" / "RESULTS.md").read_text()
     for name in ("diffusion_step", "toy_quality", "toy_quality_ablations", "toy_quality_findings", "ppd_toy",
                  "ppd_opposed_users", "toy_video"):
         assert len(re.findall(rf"<!-- section: {name}\b", text)) == 1, name  # \b: toy_quality != toy_quality_x

@@ -4,12 +4,11 @@ bench/ppd_opposed_users.py (the benches themselves take CPU-minutes and are not 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 def load(name: str):

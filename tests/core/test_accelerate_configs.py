@@ -14,7 +14,9 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "accelerate"
+from tests.helpers import REPO
+
+CONFIG_DIR = REPO / "recipes" / "accelerate"
 EXPECTED = {
     "single_gpu.yaml": DistributedType.NO,
     "multi_gpu.yaml": DistributedType.MULTI_GPU,

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from mmalign.cli import build_parser, main
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TOY_CKPT = REPO / "assets" / "toy" / "scorer" / "HPS_toy_compressed.pt"
 TOY_VIDEOS = REPO / "assets" / "videos" / "toy"
 MODEL_COMMANDS = ("score", "eval-scorer", "label", "ppd-sample", "cache", "smpo-labels", "temple make-pairs")

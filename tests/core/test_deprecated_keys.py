@@ -9,8 +9,8 @@ from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.mllm.video_config import VideoRecipeConfig
 from mmalign.mllm.vlm_config import VLMRecipeConfig
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DIFFUSION = REPO / "recipes/configs/diffusion/toy_dpo.yaml"
 VLM = REPO / "recipes/configs/vlm/qwen2vl_dpo.yaml"
 VIDEO = REPO / "recipes/configs/video/toy_temple.yaml"

@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 HEAVY = ("torch", "transformers", "diffusers", "accelerate")
 """Top-level packages a config schema must not import (directly or through anything it imports)."""
 

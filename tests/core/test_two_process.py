@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from mmalign.train import TrainConfig, train
+from tests.helpers import REPO
 
 RUN = dict(max_steps=8, grad_accum=2, lr=0.05, lr_scheduler="linear", seed=11, progress_bar=False,
            checkpoint_every=4, keep_checkpoints=2)
@@ -75,7 +75,7 @@ def test_accelerate_launch_with_the_multi_gpu_config_runs_two_processes_on_cpu(r
     run = {**RUN, "max_steps": 3, "checkpoint_every": 0}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
-    config = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "multi_gpu.yaml"
+    config = REPO / "recipes" / "accelerate" / "multi_gpu.yaml"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
            str(tiny.__file__), str(out), json.dumps({**run, "batch_size": 2})]
     proc = run_group(cmd, env, timeout=240)

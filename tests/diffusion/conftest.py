@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 
 from mmalign.testing.placeholders import COLORS, square_image
+from tests.helpers import run_diffusion_recipe
 
 square = partial(square_image, size=32)
 """A colored square on a gray noisy background (distinct bytes per seed), 32 px."""
@@ -46,25 +47,15 @@ def data_dirs(tmp_path_factory):
     }
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
-SMALL_RUN = [
-    "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
-    "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
-    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa",
-    "model.gradient_checkpointing=false", "data.resolution=32", "validation.prompts=[]",
-]
 
 
 @pytest.fixture
 def run_recipe(tmp_path):
     """``run_recipe(config_name, model_dir, data_path, *overrides) -> summary`` through the real recipe file
-    (``recipes/diffusion.py`` executed with runpy, tiny models, 2 steps unless overridden)."""
-    from mmalign.recipe_entry import run_recipe_file
+    (``recipes/diffusion.py``, tiny models, 2 steps unless overridden)."""
 
     def run(config: str, model_dir: str, data_path: str, *overrides: str, out: str = "out") -> dict:
-        argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / config), *SMALL_RUN,
-                f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={tmp_path / out}",
-                f"data.cache_dir={tmp_path / 'cache'}", *overrides]
-        return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
+        return run_diffusion_recipe(config, model_dir, data_path, tmp_path / out, *overrides,
+                                    cache_dir=tmp_path / "cache")
 
     return run

@@ -4,8 +4,6 @@ official Diffusion-DPO errors, the shipped config loads, and a smoothing the los
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,8 +17,9 @@ from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.registry import DpoOptions, MethodConfig, method_spec
 from mmalign.lora_config import diffusion_lora
+from tests.helpers import REPO
 
-CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / "sd15_dpo_robust.yaml"
+CONFIG = REPO / "recipes" / "configs" / "diffusion" / "sd15_dpo_robust.yaml"
 B, EPS, BETA = 3, 0.2, 5000.0
 
 

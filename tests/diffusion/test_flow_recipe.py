@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.helpers import LOG2
+
 pytestmark = pytest.mark.slow
-LOG2 = math.log(2)
 BF16_NO_AUTOCAST = ("train.mixed_precision=bf16", "train.autocast=false")
 
 

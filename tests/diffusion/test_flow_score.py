@@ -4,8 +4,6 @@ loss equal to an independent computation of the flow-matching formula (and log 2
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,10 +15,9 @@ from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.scores import training_timesteps_and_noise
 from mmalign.lora_config import diffusion_lora
+from tests.helpers import LOG2
 
 from .conftest import square
-
-LOG2 = math.log(2)
 
 
 @pytest.fixture(scope="module")

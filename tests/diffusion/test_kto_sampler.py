@@ -3,16 +3,15 @@ train_kto_sd_v1.5.py l.724-741 make_weights_for_balanced_classes, l.1186-1190 We
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from mmalign.config import ConfigError
 from mmalign.diffusion.kto_sampling import positive_ratio_weights
 from mmalign.train import EpochSampler
+from tests.helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion"
+CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 
 
 def _official_weights(labels: list[int], positive_ratio: float) -> list[float]:

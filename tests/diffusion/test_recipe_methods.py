@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import LOG2
+
 pytestmark = pytest.mark.slow
-LOG2 = math.log(2)
 
 
 def _lora_moved(out: Path) -> float:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.registry import DEFAULT_HOOKS, METHODS, REGISTRY, MethodConfig, option_sections
+from tests.helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion"
+CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 TOY = str(CONFIGS / "toy_dpo.yaml")
 
 
@@ -53,7 +53,7 @@ def test_the_check_runs_before_any_model_loads(tmp_path):
             f"'output_dir={tmp_path}']); "
             "print('DIFFUSERS_LOADED' if 'diffusers.models' in sys.modules else 'NO_MODEL'); sys.exit(rc)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+                         cwd=REPO, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert run.returncode == 2, run.stderr
     assert "'method.noise.provider' does not apply to method 'dpo'" in run.stderr
     assert "NO_MODEL" in run.stdout

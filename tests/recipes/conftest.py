@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mmalign.testing.placeholders import COLORS, square_image
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TOY_VIDEOS = REPO / "assets" / "videos" / "toy"
 square = partial(square_image, size=32)
 

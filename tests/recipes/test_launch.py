@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 

@@ -4,9 +4,8 @@ schema in the recipe file (issue 15)."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 def test_video_recipe_is_short_and_holds_no_dataclass():

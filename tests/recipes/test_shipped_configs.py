@@ -32,7 +32,8 @@ import pytest
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 CONFIG_DIR = REPO / "recipes" / "configs"
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.glob("*/*.yaml"))
 

@@ -12,6 +12,7 @@ from PIL import Image
 import scorers
 from mmalign.cli import main
 from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +150,8 @@ def test_label_cli_writes_data_the_loader_reads(tiny, tmp_path, capsys):
 
     # ... and the diffusion recipe trains on it (Diffusion-DPO, LoRA, one step on the labelled pairs)
     import importlib.util
-    from pathlib import Path
 
-    recipe_path = Path(__file__).resolve().parents[2] / "recipes" / "diffusion.py"
+    recipe_path = REPO / "recipes" / "diffusion.py"
     spec = importlib.util.spec_from_file_location("diffusion_recipe", recipe_path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)

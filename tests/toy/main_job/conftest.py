@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from mmalign.recipe_entry import run_recipe_file
+from tests.helpers import run_diffusion_recipe
 
-REPO = Path(__file__).resolve().parents[2]
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a small yellow triangle in the center"]
 SEEDS = [0, 1]
 EVAL = [
@@ -45,10 +43,8 @@ def run_recipe(tmp_path_factory, tiny_inputs):
 
     def run(name: str, *overrides: str):
         out = root / name
-        argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / "toy_dpo.yaml"), *SMALL_RUN, *EVAL,
-                f"toy_eval.captions={captions}", f"model.pretrained={model_dir}", f"data.path={data_path}",
-                f"output_dir={out}", f"data.cache_dir={root / 'cache'}", *overrides]
-        result = run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
+        result = run_diffusion_recipe("toy_dpo.yaml", model_dir, data_path, out, *EVAL, f"toy_eval.captions={captions}",
+                                      *overrides, cache_dir=root / "cache", small_run=SMALL_RUN)
         return result, out, json.loads((out / "summary.json").read_text())
 
     return run

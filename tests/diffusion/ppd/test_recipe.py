@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 SMALL_RUN = [
     "train.max_steps=3", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
     "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-2",

@@ -1,7 +1,6 @@
 """Video rows: ms-swift / RRPO / plain formats, clear errors naming row and field, counted skips, VDPO items."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ from mmalign.data.skipping import SkipCounter
 from mmalign.data.video_rows import VideoPreferenceDataset, read_records
 from mmalign.mllm.video_io import VideoSampling
 from mmalign.testing.tiny_vlm import build_tokenizer
+from tests.helpers import REPO
 
-TOY = Path(__file__).resolve().parents[2] / "assets" / "videos" / "toy"
+TOY = REPO / "assets" / "videos" / "toy"
 S = VideoSampling(num_frames=4, max_frames=4)
 
 

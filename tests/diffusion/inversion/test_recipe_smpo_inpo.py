@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.helpers import REPO
+
 pytestmark = pytest.mark.slow
 
 
@@ -70,7 +72,7 @@ def test_configs_load_with_launch_command(name):
     from mmalign.diffusion.config import DiffusionRecipeConfig
     from mmalign.diffusion.noise_providers import checked
 
-    path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / f"{name}.yaml"
+    path = REPO / "recipes" / "configs" / "diffusion" / f"{name}.yaml"
     assert path.read_text().startswith(f"# accelerate launch recipes/diffusion.py --config {path.relative_to(path.parents[3])}")
     cfg = load_config(DiffusionRecipeConfig, str(path), [])
     method = name.split("_")[1]

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import pytest
 
 from mmalign.testing.placeholders import COLORS, square_image
+from tests.helpers import SMALL_DIFFUSION_RUN, run_diffusion_recipe
 
-REPO = Path(__file__).resolve().parents[2]
-SMALL_RUN = [
-    "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
-    "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
-    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa",
-    "model.gradient_checkpointing=false", "data.resolution=32", "validation.prompts=[]", "lora.rank=4",
-    "method.empty_prompt_prob=0.0", "toy_eval.enabled=false",
-]
+SMALL_RUN = [*SMALL_DIFFUSION_RUN, "lora.rank=4", "method.empty_prompt_prob=0.0", "toy_eval.enabled=false"]
 
 
 square = partial(square_image, size=32)
@@ -46,13 +39,10 @@ def pairs_path(tmp_path_factory):
 @pytest.fixture
 def run_recipe(tmp_path):
     """``run_recipe(config_name, model_dir, data_path, *overrides) -> summary`` through ``recipes/diffusion.py``."""
-    from mmalign.recipe_entry import run_recipe_file
 
     def run(config: str, model_dir: str, data_path: str, *overrides: str, out: str = "out") -> dict:
-        argv = ["--config", str(REPO / "recipes" / "configs" / "diffusion" / config), *SMALL_RUN,
-                f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={tmp_path / out}",
-                f"data.cache_dir={tmp_path / 'cache'}", *overrides]
-        return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)  # resets accelerate's state around the run
+        return run_diffusion_recipe(config, model_dir, data_path, tmp_path / out, *overrides,
+                                    cache_dir=tmp_path / "cache", small_run=SMALL_RUN)
 
     return run
 

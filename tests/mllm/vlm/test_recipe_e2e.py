@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,14 +17,14 @@ from mmalign.mllm.vlm_batch import VisionPreferenceCollator
 from mmalign.mllm.vlm_config import VLMModelConfig, VLMRecipeConfig
 from mmalign.mllm.vlm_forward import forward_logits
 from mmalign.mllm.vlm_model import load_vlm, prepare_policy
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"qwen2vl_dpo": "qwen2vl", "qwen25vl_dpo": "qwen25vl", "llava_dpo": "llava", "qwen25vl_mdpo": "qwen25vl",
            "llava_rdpo": "llava", "qwen25vl_simpo": "qwen25vl"}
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("vlm_recipe", ROOT / "recipes" / "vlm.py")
+    spec = importlib.util.spec_from_file_location("vlm_recipe", REPO / "recipes" / "vlm.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,7 +39,7 @@ def _logits(model, processor, data):
 
 def test_launch_command_heads_every_config():
     for name in CONFIGS:
-        first = (ROOT / "recipes" / "configs" / "vlm" / f"{name}.yaml").read_text().splitlines()[0]
+        first = (REPO / "recipes" / "configs" / "vlm" / f"{name}.yaml").read_text().splitlines()[0]
         assert first == f"# accelerate launch recipes/vlm.py --config recipes/configs/vlm/{name}.yaml"
 
 
@@ -55,7 +54,7 @@ def test_config_runs_and_adapter_reproduces_logits(name, tiny_vlm, pairs_jsonl, 
         "train.checkpoint_every=0", "train.warmup_steps=0", "train.lr=1e-2", "train.progress_bar=false",
         f"export.merge={'true' if name == 'qwen2vl_dpo' else 'false'}",
     ]
-    config = ROOT / "recipes/configs/vlm" / f"{name}.yaml"
+    config = REPO / "recipes/configs/vlm" / f"{name}.yaml"
     summary = _recipe().main(["--config", str(config), *overrides])
     lora = load_config(VLMRecipeConfig, config, overrides).lora
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
@@ -90,7 +89,7 @@ def test_full_finetuning_with_frozen_reference_copy(tiny_vlm, pairs_jsonl, tmp_p
         "train.max_steps=2", "train.batch_size=2", "train.mixed_precision='no'", "model.dtype=float32",
         "train.checkpoint_every=0", "train.warmup_steps=0", "train.lr=1e-3", "train.progress_bar=false",
     ]
-    summary = _recipe().main(["--config", str(ROOT / "recipes/configs/vlm/llava_dpo.yaml"), *overrides])
+    summary = _recipe().main(["--config", str(REPO / "recipes/configs/vlm/llava_dpo.yaml"), *overrides])
     first, second = summary["history"]
     assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # step 1: policy == frozen reference copy
     assert second["loss"] != pytest.approx(0.693147, abs=1e-4)  # the policy moved, the reference did not
@@ -129,7 +128,7 @@ def test_export_vlm_merges_an_adapter_folder(make_policy, tiny_vlm, pairs_jsonl,
 def test_bad_method_names_fail_before_loading(override, key, tmp_path, pairs_jsonl):
     from mmalign.config import ConfigError
 
-    args = ["--config", str(ROOT / "recipes/configs/vlm/qwen2vl_dpo.yaml"), f"model.pretrained={tmp_path}",
+    args = ["--config", str(REPO / "recipes/configs/vlm/qwen2vl_dpo.yaml"), f"model.pretrained={tmp_path}",
             f"data.path={pairs_jsonl}", *override.split()]
     with pytest.raises(ConfigError, match=key):
         _recipe().main(args)

@@ -10,10 +10,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[2]
-main = runpy.run_path(str(ROOT / "recipes" / "video.py"))["main"]
+from tests.helpers import REPO
 
-TOY = ROOT / "assets" / "videos" / "toy"
+main = runpy.run_path(str(REPO / "recipes" / "video.py"))["main"]
+
+TOY = REPO / "assets" / "videos" / "toy"
 SMALL = ["model.dtype=float32", 'train.mixed_precision="no"', "train.checkpoint_every=0", "train.grad_accum=1",
          "train.warmup_steps=0", "data.max_length=512", "train.progress_bar=false"]
 

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 from mmalign.cli import main
+from tests.helpers import REPO
 
-TOY = Path(__file__).resolve().parents[2] / "assets" / "videos" / "toy"
+TOY = REPO / "assets" / "videos" / "toy"
 
 
 def test_make_pairs(tmp_path, capsys):

@@ -18,16 +18,16 @@ import pytest
 import yaml
 
 from mmalign.cli import main as cli
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 SFT_STEPS = int(os.environ.get("MMALIGN_TOY_SFT_STEPS", "30"))
 DPO_STEPS = int(os.environ.get("MMALIGN_TOY_DPO_STEPS", "4"))
 
 
 @pytest.mark.slow
 def test_toy_sft_pairs_temple_curriculum(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    recipe = runpy.run_path(str(ROOT / "recipes" / "video.py"))["main"]
+    monkeypatch.chdir(REPO)
+    recipe = runpy.run_path(str(REPO / "recipes" / "video.py"))["main"]
     sft = recipe(["--config", "recipes/configs/video/toy_sft.yaml", f"output_dir={tmp_path / 'sft'}",
                   f"train.max_steps={SFT_STEPS}", "train.progress_bar=false"])
     history = sft["history"]
@@ -36,7 +36,7 @@ def test_toy_sft_pairs_temple_curriculum(tmp_path, capsys, monkeypatch):
     rows = [json.loads(x) for x in Path("assets/videos/toy/direction_train.jsonl").read_text().splitlines()]
     subset = [r for d in ("left", "right", "up", "down") for r in rows if r["answer"] == d][::6]  # 3 per direction
     subset_file = tmp_path / "subset.jsonl"
-    subset_file.write_text("".join(json.dumps({**r, "video": str(ROOT / "assets/videos/toy" / r["video"])}) + "\n"
+    subset_file.write_text("".join(json.dumps({**r, "video": str(REPO / "assets/videos/toy" / r["video"])}) + "\n"
                                    for r in subset))
     pairs = tmp_path / "pairs"
     assert cli(["temple", "make-pairs", "--model", str(tmp_path / "sft" / "model"), "--videos", str(subset_file),

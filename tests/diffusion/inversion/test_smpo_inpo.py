@@ -8,7 +8,6 @@ loss = -logsig(-(beta/2) kappa ((e_w - e_l) - (e_ref_w - e_ref_l))) with kappa =
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +28,7 @@ from mmalign.diffusion.steps.smpo import order_and_kappa, smpo_step, swap_pairs
 from mmalign.lora_config import diffusion_lora
 from mmalign.objectives import preference_loss
 from mmalign.objectives.smoothed import smpo_kappa
+from tests.helpers import REPO
 
 from .official_ddim020 import DDIMInverseScheduler020, batched_loop
 
@@ -259,7 +259,7 @@ def test_smpo_labels_command_scores_every_pair(pairs_path, tmp_path, capsys):
 
     from mmalign.cli import main
 
-    config = str(Path(__file__).resolve().parents[2] / "recipes" / "configs" / "diffusion" / "toy_smpo.yaml")
+    config = str(REPO / "recipes" / "configs" / "diffusion" / "toy_smpo.yaml")
     labels = tmp_path / "labels.json"
     assert main(["smpo-labels", "--config", config, "--device", "cpu", f"data.path={pairs_path}",
                  f"output_dir={tmp_path / 'out'}", f"method.smpo.labels={labels}",
