@@ -30,11 +30,12 @@ from mmalign.mllm.video_build import (
     load_video_llm,
     lora_for,
     stage_train_config,
-    toy_accuracy,
 )
 from mmalign.mllm.video_config import StageConfig, VideoRecipeConfig
 from mmalign.recipe_entry import run_recipe
 from mmalign.run_lock import lock_run_folder
+from mmalign.testing.placeholders import resolve_placeholders
+from mmalign.toy.video_eval import toy_accuracy
 from mmalign.train import make_accelerator, train, write_summary
 
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if note := lock_run_folder(output_dir):  # one run per output folder
         print(f"NOTE: {note}")
     accelerator = make_accelerator(cfg.train, output_dir)
+    with accelerator.main_process_first():  # `tiny:` placeholders: other ranks reuse what the main process wrote
+        for note in resolve_placeholders(cfg, output_dir / "tiny_inputs"):
+            accelerator.print(f"NOTE: {note}")
 
     # 2. Model and processor (pad token set, dropout off), the collator, the toy metric of the base.
     model, processor = load_video_llm(cfg.model)

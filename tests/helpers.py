@@ -38,3 +38,50 @@ def run_diffusion_recipe(config: str, model_dir: str | os.PathLike, data_path: s
             f"model.pretrained={model_dir}", f"data.path={data_path}", f"output_dir={output_dir}",
             f"data.cache_dir={cache_dir}", *overrides]
     return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
+
+
+def perturb_lora(model: Any, *, scale: float, seed: int) -> None:
+    """Set every ``lora_B`` of ``model`` to seeded ``N(0, scale^2)`` noise: a "trained" adapter, so the policy
+    differs from its adapters-off reference (LoRA starts with B = 0)."""
+    import torch
+
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def max_change(a: Any, b: Any) -> float:
+    """The largest absolute difference between the parameters of two modules of the same architecture."""
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def lora_step_setup(model_dir: str, method: Any, *, pairs: int = 2, perturb: bool = True,
+                    image_keys: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """``(parts, ctx, batch)`` for calling a diffusion step directly: a tiny pipeline from ``model_dir`` with a
+    rank-4 LoRA (B perturbed so policy != reference unless ``perturb=False``), the reference = adapters off, and a
+    cached-latent batch of ``pairs`` pairs (``[winners ; losers]``, ``image_keys`` for the inversion methods)."""
+    import torch
+
+    from mmalign.diffusion.adapter import load_parts
+    from mmalign.diffusion.inputs import InputBuilder
+    from mmalign.diffusion.lora import add_lora
+    from mmalign.diffusion.methods import StepContext
+    from mmalign.diffusion.reference import ReferenceProvider
+    from mmalign.lora_config import diffusion_lora
+
+    parts = load_parts(model_dir)
+    add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
+    if perturb:
+        perturb_lora(parts.unet, scale=0.05, seed=1)
+    inputs = InputBuilder(parts, resolution=32, latent_sample="mean")
+    ctx = StepContext(parts, inputs, ReferenceProvider("lora"), method, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "latent_mean": torch.randn(2 * pairs, 4, 16, 16, generator=g), "latent_std": torch.ones(2 * pairs, 4, 16, 16),
+        "prompt_embeds": torch.randn(2 * pairs, 77, 32, generator=g), "groups": pairs, "group_size": 2,
+    }
+    if image_keys:
+        batch["image_keys"] = [f"w{i}" for i in range(pairs)] + [f"l{i}" for i in range(pairs)]
+    return parts, ctx, batch

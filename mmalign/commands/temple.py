@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.chosen == "answer":
         raise ValueError("--chosen answer needs --questions with an 'answer' per video")
 
-    model, processor = _load(args.model, args.trust_remote_code)
+    model, processor = _load(args.model, args.trust_remote_code, args.out)
     model = model.to(resolve_device(args.device))
     by_m, report = make_pairs(
         model, processor, videos, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
@@ -115,10 +115,17 @@ def _closing(out: str, n_videos: int, skipped, report) -> str:
     return text
 
 
-def _load(model: str, trust_remote_code: bool):
-    """The one loader (:func:`mmalign.mllm.vlm_model.load_vlm`) in inference mode, the checkpoint's own dtype."""
+def _load(model: str, trust_remote_code: bool, out: str):
+    """The one loader (:func:`mmalign.mllm.vlm_model.load_vlm`) in inference mode, the checkpoint's own dtype
+    (``tiny:<family>``: saved under ``<out>/tiny_inputs`` first, as the recipes do)."""
+    from pathlib import Path
+
     from mmalign.mllm.vlm_config import VLMModelConfig
     from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.testing.placeholders import PREFIX, tiny_model_folder
+
+    if model.startswith(PREFIX):
+        model = str(tiny_model_folder(model[len(PREFIX):], Path(out) / "tiny_inputs"))
 
     return load_vlm(VLMModelConfig(pretrained=model, dtype="auto", trust_remote_code=trust_remote_code,
                                    attn_implementation=None), train_safe=False)

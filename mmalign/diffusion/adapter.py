@@ -28,28 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-FLOW_FAMILIES = ("sd3", "flux")
-FLOW_DEFAULT_MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
-"""T5 tokens when ``model.max_sequence_length`` is null: the pipelines' own ``__call__`` defaults, so that validation
-grids, toy evaluation and ``mmalign label`` (which call the pipeline) condition as training did (diffusers'
-``train_dreambooth_lora_sd3.py`` trains with 77 and validates with 256; FLUX: 512 both)."""
-
-
-@dataclass
-class FlowOptions:
-    """Flow-matching training settings (``model.*`` of the config; diffusers SD3 / FLUX training-script names)."""
-
-    weighting_scheme: str = "logit_normal"
-    """Timestep density (``compute_density_for_timestep_sampling``): logit_normal | mode | uniform (any other name
-    of diffusers: uniform); the loss weight is ``compute_loss_weighting_for_sd3`` of the same scheme (1 except
-    sigma_sqrt / cosmap)."""
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-    guidance: float = 3.5
-    """FLUX guidance-embedding value in training (only for ``guidance_embeds`` checkpoints: FLUX.1-dev)."""
-    max_sequence_length: int | None = None
-    """T5 tokens (null: :data:`FLOW_DEFAULT_MAX_SEQUENCE_LENGTH`)."""
+from mmalign.diffusion.flow_options import FLOW_DEFAULT_MAX_SEQUENCE_LENGTH, FLOW_FAMILIES, FlowOptions
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config import MISSING
+from mmalign.diffusion.flow_options import FlowOptions
 from mmalign.diffusion.registry import (
     DATA_KINDS,
     METHODS,
@@ -27,7 +28,10 @@ __all__ = ["METHODS", "MethodConfig", "DiffusionRecipeConfig"]
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(FlowOptions):
+    """The ``model:`` block; the SD3 / FLUX keys (``weighting_scheme``, ``logit_mean``, ``logit_std``, ``mode_scale``,
+    ``guidance``, ``max_sequence_length``) come from :class:`~mmalign.diffusion.flow_options.FlowOptions`."""
+
     pretrained: str = MISSING
     """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL, SD3/SD3.5, FLUX.1)."""
     revision: str | None = None
@@ -44,19 +48,6 @@ class ModelConfig:
     """Use channels-last memory format for the UNet (faster convolutions on GPU)."""
     vae_dtype: str = "float32"
     """dtype of the VAE when encoding (the SDXL VAE produces NaNs in fp16; keep float32 unless fp16-fixed)."""
-    weighting_scheme: str = "logit_normal"
-    """SD3/FLUX: timestep density and loss weight as diffusers' SD3/FLUX scripts (compute_density_for_timestep_
-    sampling / compute_loss_weighting_for_sd3): logit_normal | mode | uniform | sigma_sqrt | cosmap."""
-    logit_mean: float = 0.0
-    """SD3/FLUX logit_normal mean."""
-    logit_std: float = 1.0
-    """SD3/FLUX logit_normal std."""
-    mode_scale: float = 1.29
-    """SD3/FLUX ``mode`` scheme scale."""
-    guidance: float = 3.5
-    """FLUX guidance-distilled checkpoints (FLUX.1-dev): guidance-embedding value in training."""
-    max_sequence_length: int | None = None
-    """SD3/FLUX T5 tokens (null: 256 SD3, 512 FLUX: the pipelines' defaults, what validation sampling uses)."""
 
 
 @dataclass

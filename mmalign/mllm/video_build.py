@@ -14,9 +14,10 @@ import torch
 
 from mmalign.config import ConfigError, require_paths
 from mmalign.data.skipping import SkipCounter
-from mmalign.data.video_rows import METHODS, VideoPreferenceDataset, read_records
+from mmalign.data.video_rows import METHODS, read_records
 from mmalign.mllm.curriculum import StageAdapter
 from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
+from mmalign.mllm.video_dataset import VideoPreferenceDataset
 from mmalign.mllm.video_steps import StepFn, make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
 from mmalign.reference import frozen_copy
@@ -37,8 +38,8 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
 
 
 def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (``tiny:<family>``
-    builds a tiny random-weight model in-process; pad token and dropout off either way)."""
+    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (pad token set,
+    dropout off)."""
     from mmalign.mllm.vlm_config import VLMModelConfig
     from mmalign.mllm.vlm_model import load_vlm
 
@@ -125,19 +126,6 @@ def stage_train_config(cfg: VideoRecipeConfig, stage: StageConfig, n_items: int)
     """``cfg.train`` with the stage's step count and learning rate."""
     return dataclasses.replace(cfg.train, max_steps=steps_for(stage, n_items, cfg.train),
                                lr=stage.lr if stage.lr is not None else cfg.train.lr)
-
-
-def toy_accuracy(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any) -> float | None:
-    """Forced-choice direction accuracy on ``eval.toy_manifest`` (None when no manifest is set)."""
-    if not cfg.eval.toy_manifest:
-        return None
-    from mmalign.mllm.video_io import read_video
-    from mmalign.toy.video_eval import direction_accuracy
-    from mmalign.toy.videos import load_manifest
-
-    rows = load_manifest(cfg.eval.toy_manifest, cfg.eval.split)
-    clips = [(read_video(r["video"], cfg.video).frames, r["questions"][0]["question"]) for r in rows]
-    return direction_accuracy(model, processor, clips, [r["direction"] for r in rows])
 
 
 def export_run(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any, accelerator: Any,

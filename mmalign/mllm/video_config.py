@@ -19,7 +19,8 @@ from mmalign.validate import OneOf, Range, output_dir_problem, register, registe
 class ModelConfig:
     pretrained: str = MISSING
     """Local folder or hub id of an ``AutoModelForImageTextToText`` + processor; ``tiny:qwen2vl`` /
-    ``tiny:qwen25vl`` builds a tiny random-weight model in-process (smoke tests); ``tiny:qwen2vl-toy`` is the
+    ``tiny:qwen25vl`` / ``tiny:llavaov``: a tiny random-weight model saved under ``<output_dir>/tiny_inputs`` (smoke
+    tests, :mod:`mmalign.testing.placeholders`); ``tiny:qwen2vl-toy`` is the
     variant the toy video configs train (M-RoPE base 10, :data:`mmalign.testing.tiny_video.TOY_VARIANT`)."""
     family: str = "qwen25vl"
     """Model family for RRPO's per-model alpha/beta defaults: llava_video, longvu, videochat2 (others: default)."""

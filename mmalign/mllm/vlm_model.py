@@ -19,25 +19,22 @@ _DTYPES: dict[str, Any] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
 def load_vlm(cfg: VLMModelConfig, *, device: torch.device | str | None = None,
              train_safe: bool = True) -> tuple[torch.nn.Module, Any]:
     """The one VLM / video LLM loader: ``(model, processor)`` from a hub id or local folder
-    (``AutoModelForImageTextToText`` / ``AutoProcessor``), or ``tiny:<family>`` (a tiny random-weight model built
-    in-process, :func:`mmalign.testing.tiny_video.build_tiny_video_llm`). ``train_safe``: a pad token and dropout off
+    (``AutoModelForImageTextToText`` / ``AutoProcessor``; a ``tiny:<family>`` placeholder is saved as such a
+    folder by the recipe first, :mod:`mmalign.testing.placeholders`). ``train_safe``: a pad token and dropout off
     (:func:`make_train_safe`, for training); otherwise the model is put in ``eval()`` (inference: PPD user
     embeddings, TEMPLE pair generation). ``device``: where the model goes (None: where it was loaded)."""
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
     if cfg.pretrained.startswith("tiny:"):
-        from mmalign.testing.tiny_video import build_tiny_video_llm
+        raise ValueError(f"model.pretrained={cfg.pretrained}: a tiny: placeholder is saved as a folder first "
+                         "(mmalign.testing.placeholders.resolve_placeholders, which every recipe calls)")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        model, processor = build_tiny_video_llm(cfg.pretrained.split(":", 1)[1])
-    else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
-        if cfg.attn_implementation:
-            kwargs["attn_implementation"] = cfg.attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
-        processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained,
-                                                  trust_remote_code=cfg.trust_remote_code)
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
+    processor = AutoProcessor.from_pretrained(cfg.processor or cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
     if device is not None:
         model.to(device)
     if train_safe:

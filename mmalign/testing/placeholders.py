@@ -1,8 +1,10 @@
 """``tiny:`` placeholders for ``model.pretrained`` and ``data.path``: runnable without any download.
 
 * ``model.pretrained: tiny:sd15 | tiny:sd2v | tiny:sdxl | tiny:sd3 | tiny:flux`` — a tiny random-weight pipeline
-  of that family (:mod:`mmalign.testing.tiny_diffusion`; SD3 / FLUX: :mod:`mmalign.testing.tiny_flow`), saved once under ``<output_dir>/tiny_inputs/`` and loaded with
-  ``from_pretrained`` like any checkpoint;
+  of that family (:mod:`mmalign.testing.tiny_diffusion`; SD3 / FLUX: :mod:`mmalign.testing.tiny_flow`);
+  ``tiny:qwen2vl | tiny:qwen25vl | tiny:llavaov`` (and ``tiny:qwen2vl-toy``) — a tiny random-weight video LLM
+  with its processor (:mod:`mmalign.testing.tiny_video`). Either is saved once under ``<output_dir>/tiny_inputs/``
+  and loaded with ``from_pretrained`` like any checkpoint (so ``model.dtype`` applies as to a real one);
 * ``data.path: tiny:pairs | tiny:dual | tiny:ranked | tiny:unpaired`` — a small generated preference set of
   colored squares (caption "a {color} square"; the square of the caption's color is preferred), written with the
   data package's jsonl writers.
@@ -59,20 +61,35 @@ def write_tiny_data(kind: str, out_dir: str | Path, n: int = 16, size: int = 64)
     return writer(rows, path)
 
 
+def tiny_model_folder(kind: str, workdir: str | Path) -> Path:
+    """The folder of the tiny model ``tiny:<kind>`` under ``workdir``, saved there on first use: a diffusion
+    pipeline (``model_index.json``) or a video LLM + processor (``config.json``)."""
+    from mmalign.testing.tiny_diffusion import TINY_KINDS, save_tiny_pipeline
+    from mmalign.testing.tiny_video import FAMILIES, write_tiny_video_llm
+
+    path = Path(workdir) / f"model_{kind}"
+    if kind in TINY_KINDS:
+        if not (path / "model_index.json").is_file():
+            save_tiny_pipeline(kind, path)
+    elif kind.partition("-")[0] in FAMILIES:
+        if not (path / "config.json").is_file():
+            write_tiny_video_llm(kind, path)
+    else:
+        known = ", ".join([*TINY_KINDS, *FAMILIES, "qwen2vl-toy"])
+        raise ValueError(f"model.pretrained: unknown placeholder 'tiny:{kind}' ({known})")
+    return path
+
+
 def resolve_placeholders(cfg, workdir: str | Path) -> list[str]:
     """Replace ``tiny:`` values of ``cfg.model.pretrained`` / ``cfg.data.path`` by generated folders (in place);
-    returns notices to print."""
-    from mmalign.testing.tiny_diffusion import save_tiny_pipeline
-
+    returns notices to print. The same for every recipe: call it under ``accelerator.main_process_first()``."""
     notes, workdir = [], Path(workdir)
     if str(cfg.model.pretrained).startswith(PREFIX):
         kind = cfg.model.pretrained[len(PREFIX):]
-        path = workdir / f"model_{kind}"
-        if not (path / "model_index.json").is_file():
-            save_tiny_pipeline(kind, path)
+        path = tiny_model_folder(kind, workdir)
         cfg.model.pretrained = str(path)
-        notes.append(f"model.pretrained=tiny:{kind}: a tiny RANDOM-WEIGHT pipeline ({path}); outputs are not meaningful")
-    if str(cfg.data.path).startswith(PREFIX):
+        notes.append(f"model.pretrained=tiny:{kind}: a tiny RANDOM-WEIGHT model ({path}); outputs are not meaningful")
+    if str(getattr(cfg.data, "path", None)).startswith(PREFIX):
         kind = cfg.data.path[len(PREFIX):]
         path = workdir / f"data_{kind}"
         jsonl = path / f"{kind}.jsonl"

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from mmalign.testing.tiny_clip import tiny_clip_text_encoder
+
 TINY_KINDS = ("sd15", "sd2v", "sdxl", "sd3", "flux")  # sd3 / flux: mmalign.testing.tiny_flow
 
 # Stable Diffusion's noise schedule (scaled_linear 0.00085 → 0.012, 1000 steps).
@@ -38,21 +40,6 @@ def _scheduler(prediction_type: str):
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(prediction_type=prediction_type, **_SCHEDULE)
-
-
-def _tiny_text_encoder(with_projection: bool = False, hidden: int = 32, seed: int = 0):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from mmalign.clip_tokenizer import MODEL_MAX_LENGTH
-
-    config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH, projection_dim=hidden,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu",
-    )
-    torch.manual_seed(seed)
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return cls(config).eval()
 
 
 def _tiny_vae(scaling_factor: float, seed: int = 0):
@@ -97,7 +84,7 @@ def tiny_sd15_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
     from mmalign.clip_tokenizer import load_clip_tokenizer
 
     return StableDiffusionPipeline(
-        vae=_tiny_vae(0.18215, seed), text_encoder=_tiny_text_encoder(seed=seed + 1),
+        vae=_tiny_vae(0.18215, seed), text_encoder=tiny_clip_text_encoder(seed=seed + 1),
         tokenizer=load_clip_tokenizer(), unet=_tiny_unet(tiny_unet_config(), seed + 2),
         scheduler=_scheduler(prediction_type), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
@@ -118,8 +105,8 @@ def tiny_sdxl_pipeline(seed: int = 0):
 
     tokenizer = load_clip_tokenizer()
     return StableDiffusionXLPipeline(
-        vae=_tiny_vae(0.13025, seed), text_encoder=_tiny_text_encoder(seed=seed + 1),
-        text_encoder_2=_tiny_text_encoder(with_projection=True, seed=seed + 3), tokenizer=tokenizer,
+        vae=_tiny_vae(0.13025, seed), text_encoder=tiny_clip_text_encoder(seed=seed + 1),
+        text_encoder_2=tiny_clip_text_encoder(with_projection=True, seed=seed + 3), tokenizer=tokenizer,
         tokenizer_2=tokenizer, unet=_tiny_unet(tiny_unet_config(cross_attention_dim=64, sdxl=True), seed + 2),
         scheduler=_scheduler("epsilon"), force_zeros_for_empty_prompt=True,
     )

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from mmalign.testing.tiny_clip import tiny_clip_text_encoder
+
 T5_WORDS = ("a small large red green blue yellow purple orange circle square triangle on the left right at top "
             "bottom in center photo of an and with").split()
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
@@ -51,9 +53,7 @@ def _t5(vocab_size: int, d_model: int, seed: int):
 
 
 def _clip(with_projection: bool, seed: int, hidden: int = 32):
-    from mmalign.testing.tiny_diffusion import _tiny_text_encoder
-
-    return _tiny_text_encoder(with_projection=with_projection, hidden=hidden, seed=seed)
+    return tiny_clip_text_encoder(with_projection=with_projection, hidden=hidden, seed=seed)
 
 
 def _vae(scaling_factor: float, shift_factor: float, seed: int):

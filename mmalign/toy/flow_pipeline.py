@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import paths
-from .captions import ATTRIBUTES, all_captions, perturb_caption
-from .train_diffusion import _lr_lambda, encode_latents, random_renders
+from .captions import all_captions
+from .train_diffusion import _lr_lambda, descend, draw_condition_ids, encode_latents, random_renders
 
 TRANSFORMER = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=16,
                    num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=64, pooled_projection_dim=64,
@@ -79,29 +79,14 @@ def train_transformer(pipe, *, images: int = 4096, steps: int = 1600, batch_size
     for step in (bar := tqdm(range(steps), desc="toy SD3 transformer", mininterval=5)):
         idx = torch.randint(len(mean), (batch_size,), generator=g)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
-        cond = []
-        for i in idx.tolist():
-            u = rng.random()
-            if u < uncond_prob:
-                cond.append(uncond)
-            elif u < uncond_prob + caption_noise:
-                cond.append(index[perturb_caption(captions[i], ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))], rng)])
-            else:
-                cond.append(index[captions[i]])
-        cond_t = torch.tensor(cond)
+        cond_t = torch.tensor(draw_condition_ids(idx, captions, index, uncond, uncond_prob, caption_noise, rng))
         noise = torch.randn(x0.shape, generator=g)
         u = torch.sigmoid(torch.randn(batch_size, generator=g))
         t = timesteps[(u * 1000).long().clamp(max=999)]
         sigma = (t / 1000).view(-1, 1, 1, 1)
         pred = model(hidden_states=(1 - sigma) * x0 + sigma * noise, timestep=t, encoder_hidden_states=embeds[cond_t],
                      pooled_projections=pooled[cond_t]).sample
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = descend(torch.nn.functional.mse_loss(pred, noise - x0), model, opt, sched, ema)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
     model.eval()

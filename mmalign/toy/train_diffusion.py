@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,13 +64,7 @@ def train_vae(vae, images: np.ndarray, *, steps: int, batch_size: int, lr: float
         recon = vae.decode(posterior.sample(generator=g)).sample
         mse = torch.nn.functional.mse_loss(recon, x)
         kl = posterior.kl().mean() / x[0].numel()
-        loss = mse + kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema_mse = mse.item() if ema_mse is None else 0.95 * ema_mse + 0.05 * mse.item()
+        ema_mse = descend(mse + kl_weight * kl, vae, opt, sched, ema_mse, tracked=mse, decay=0.95)
         if step % 50 == 0:
             bar.set_postfix(mse=f"{ema_mse:.4f}")
     vae.eval()
@@ -120,6 +115,36 @@ def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
     return text_encoder(ids)[0]
 
 
+def draw_condition_ids(idx: torch.Tensor, captions: list[str], index: dict[str, int], uncond_id: int,
+                       uncond_prob: float, caption_noise: float, rng: np.random.Generator) -> list[int]:
+    """The caption id each drawn image is trained on: the empty prompt with ``uncond_prob``, a caption with one
+    attribute changed with ``caption_noise`` (the toy world's label noise), else its own caption."""
+    cond = []
+    for i in idx.tolist():
+        u = rng.random()
+        if u < uncond_prob:
+            cond.append(uncond_id)
+        elif u < uncond_prob + caption_noise:
+            attribute = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
+            cond.append(index[perturb_caption(captions[i], attribute, rng)])
+        else:
+            cond.append(index[captions[i]])
+    return cond
+
+
+def descend(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, ema: float | None,
+            *, tracked: torch.Tensor | None = None, decay: float = 0.98) -> float:
+    """One optimizer step of the toy pre-training (gradient norm clipped at 1); returns the running mean of
+    ``tracked`` (default: the loss) for the progress bar and the log."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    value = (loss if tracked is None else tracked).item()
+    return value if ema is None else decay * ema + round(1 - decay, 12) * value  # 0.02, not 0.020000000000000018
+
+
 def train_unet(unet, vae, text_encoder, tokenizer, noise_scheduler, captions: list[str], images: np.ndarray, *,
                steps: int, batch_size: int, lr: float, caption_noise: float, uncond_prob: float, seed: int,
                log: Callable[[str], None] = print) -> dict[str, float]:
@@ -142,28 +167,13 @@ def train_unet(unet, vae, text_encoder, tokenizer, noise_scheduler, captions: li
     for step in (bar := tqdm(range(steps), desc="toy UNet", mininterval=5)):
         idx = torch.randint(len(mean), (batch_size,), generator=g)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
-        cond = []
-        for i in idx.tolist():
-            u = rng.random()
-            if u < uncond_prob:
-                cond.append(uncond_id)
-            elif u < uncond_prob + caption_noise:
-                attribute = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
-                cond.append(index[perturb_caption(captions[i], attribute, rng)])
-            else:
-                cond.append(index[captions[i]])
+        cond = draw_condition_ids(idx, captions, index, uncond_id, uncond_prob, caption_noise, rng)
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, table[torch.tensor(cond)]).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = descend(torch.nn.functional.mse_loss(pred, noise), unet, opt, sched, ema)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
     unet.eval()

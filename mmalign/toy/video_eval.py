@@ -9,13 +9,15 @@ forced-choice accuracy, chance = 0.25. Greedy generation is available through
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, score_logits
+from mmalign.mllm.video_io import read_video
 from mmalign.mllm.vlm_forward import forward_logits
-from mmalign.toy.videos import DIRECTIONS
+from mmalign.toy.videos import DIRECTIONS, load_manifest
 
 
 @torch.no_grad()
@@ -45,3 +47,13 @@ def direction_accuracy(model: torch.nn.Module, processor, clips: Sequence[tuple[
     """Fraction of clips whose preferred answer equals the truth."""
     answers = direction_choices(model, processor, clips, collate=collate)
     return float(np.mean([a == t for a, t in zip(answers, truths)]))
+
+
+def toy_accuracy(cfg: Any, model: torch.nn.Module, processor: Any) -> float | None:
+    """``recipes/video.py``'s toy metric: forced-choice direction accuracy on ``cfg.eval.toy_manifest`` (clips read
+    with ``cfg.video``); None when no manifest is set."""
+    if not cfg.eval.toy_manifest:
+        return None
+    rows = load_manifest(cfg.eval.toy_manifest, cfg.eval.split)
+    clips = [(read_video(r["video"], cfg.video).frames, r["questions"][0]["question"]) for r in rows]
+    return direction_accuracy(model, processor, clips, [r["direction"] for r in rows])

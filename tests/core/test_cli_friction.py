@@ -207,7 +207,8 @@ def test_temple_drops_duplicate_perturbations_and_reports_skips(tmp_path, capsys
     orders = [(r["videos"][0], tuple(r["frame_indices"])) for r in rows]
     assert len(orders) == len(set(orders))
     closing = err.splitlines()[-1]
-    assert bars == ["temple make-pairs"]
+    # one bar of ours; transformers' own bars of saving the tiny placeholder and loading it, as for any checkpoint
+    assert [b for b in bars if b not in ("Writing model shards", "Loading weights")] == ["temple make-pairs"]
     assert closing.startswith("mmalign temple make-pairs: kept") and "skipped 1 unreadable video(s)" in closing
     assert str(broken) in closing and json.loads(stdout)["unreadable_files"] == [str(broken)]
 

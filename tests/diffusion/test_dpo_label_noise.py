@@ -17,7 +17,7 @@ from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.registry import DpoOptions, MethodConfig, method_spec
 from mmalign.lora_config import diffusion_lora
-from tests.helpers import REPO
+from tests.helpers import REPO, perturb_lora
 
 CONFIG = REPO / "recipes" / "configs" / "diffusion" / "sd15_dpo_robust.yaml"
 B, EPS, BETA = 3, 0.2, 5000.0
@@ -27,11 +27,7 @@ B, EPS, BETA = 3, 0.2, 5000.0
 def test_label_noise_loss_matches_its_formula_on_official_errors(tiny_model_dirs, loss_type):
     parts = load_parts(tiny_model_dirs["sd15"])
     add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
-    with torch.no_grad():  # policy != reference
-        g = torch.Generator().manual_seed(1)
-        for name, p in parts.unet.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_lora(parts.unet, scale=0.05, seed=1)  # policy != reference
     method = MethodConfig(name="dpo", beta=BETA, dpo=DpoOptions(loss_type=loss_type, label_smoothing=EPS))
     ctx = StepContext(parts, InputBuilder(parts, resolution=32, latent_sample="mean"), ReferenceProvider("lora"),
                       method, torch.device("cpu"))

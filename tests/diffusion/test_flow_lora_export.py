@@ -12,6 +12,7 @@ from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.lora import LORA_WEIGHT_NAME, add_lora, merge_lora, save_lora
 from mmalign.lora_config import diffusion_lora
 from mmalign.testing.tiny_diffusion import load_pipeline
+from tests.helpers import perturb_lora
 
 TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
            "attn.add_v_proj", "attn.to_add_out"]
@@ -38,11 +39,7 @@ def test_flow_lora_roundtrip_is_exact(tiny_model_dirs, tmp_path, kind, rank, alp
                                                                                      target_modules=targets)
     model = parts.denoiser
     add_lora(model, settings)
-    with torch.no_grad():  # "trained" adapter: B != 0
-        g = torch.Generator().manual_seed(3)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb_lora(model, scale=0.1, seed=3)  # "trained" adapter: B != 0
     path = save_lora(model, parts.pipeline_class, tmp_path)
     assert path == tmp_path / LORA_WEIGHT_NAME
     with safe_open(str(path), "pt") as f:

@@ -15,7 +15,7 @@ from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.scores import training_timesteps_and_noise
 from mmalign.lora_config import diffusion_lora
-from tests.helpers import LOG2
+from tests.helpers import LOG2, perturb_lora
 
 from .conftest import square
 
@@ -112,11 +112,7 @@ def test_dpo_loss_equals_flow_formula(tiny_model_dirs, monkeypatch, kind):
     loss0, metrics0 = dpo_step(ctx, model, batch)
     assert float(loss0) == pytest.approx(LOG2, abs=1e-6)  # LoRA B = 0: policy == reference
 
-    with torch.no_grad():  # a "trained" adapter
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    perturb_lora(model, scale=0.3, seed=1)  # a "trained" adapter
     torch.manual_seed(1)
     loss, metrics = dpo_step(ctx, model, batch)
     t, noise = drawn["t"], drawn["noise"]

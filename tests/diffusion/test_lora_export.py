@@ -11,6 +11,7 @@ from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.lora import LORA_WEIGHT_NAME, add_lora, merge_lora, save_lora
 from mmalign.lora_config import diffusion_lora
 from mmalign.testing.tiny_diffusion import load_pipeline
+from tests.helpers import perturb_lora
 
 
 def _inputs(family: str):
@@ -26,11 +27,7 @@ def _inputs(family: str):
 def test_lora_roundtrip_is_exact(tiny_model_dirs, tmp_path, kind, rank, alpha):
     parts = load_parts(tiny_model_dirs[kind])
     add_lora(parts.unet, diffusion_lora(rank=rank, alpha=alpha))
-    with torch.no_grad():  # "trained" adapter: B != 0
-        g = torch.Generator().manual_seed(3)
-        for name, p in parts.unet.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb_lora(parts.unet, scale=0.1, seed=3)  # "trained" adapter: B != 0
     path = save_lora(parts.unet, parts.pipeline_class, tmp_path)
     assert path == tmp_path / LORA_WEIGHT_NAME
     with safe_open(str(path), "pt") as f:

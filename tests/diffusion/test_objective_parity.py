@@ -12,39 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.config import MethodConfig
-from mmalign.diffusion.inputs import InputBuilder
-from mmalign.diffusion.lora import add_lora
-from mmalign.diffusion.methods import StepContext
-from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.registry import DpoOptions, KtoOptions, MapoOptions
 from mmalign.diffusion.scores import per_sample_error, sample_shared_timesteps_and_noise
 from mmalign.diffusion.steps.dpo import dpo_step
 from mmalign.diffusion.steps.kto import kto_step
 from mmalign.diffusion.steps.mapo import mapo_step
-from mmalign.lora_config import diffusion_lora
+from tests.helpers import lora_step_setup
 
 B = 2
 
 
 def _setup(model_dir: str, method: MethodConfig, perturb: bool = True):
-    parts = load_parts(model_dir)
-    add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
-    if perturb:  # make policy != reference (LoRA B starts at zero)
-        with torch.no_grad():
-            g = torch.Generator().manual_seed(1)
-            for name, p in parts.unet.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    inputs = InputBuilder(parts, resolution=32, latent_sample="mean")
-    ctx = StepContext(parts, inputs, ReferenceProvider("lora"), method, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "latent_mean": torch.randn(2 * B, 4, 16, 16, generator=g), "latent_std": torch.ones(2 * B, 4, 16, 16),
-        "prompt_embeds": torch.randn(2 * B, 77, 32, generator=g), "groups": B, "group_size": 2,
-    }
-    return parts, ctx, batch
+    return lora_step_setup(model_dir, method, pairs=B, perturb=perturb)
 
 
 def _official_errors(unet, scheduler, x0, cond, t, noise, prediction_type):

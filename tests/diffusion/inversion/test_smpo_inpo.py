@@ -14,21 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.config import MethodConfig
-from mmalign.diffusion.inputs import InputBuilder
-from mmalign.diffusion.lora import add_lora
-from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.noise_providers import NoiseConfig
-from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.registry import InpoOptions
 from mmalign.diffusion.soft_labels import SmpoConfig, SoftLabels, write_soft_labels
 from mmalign.diffusion.steps.inpo import inpo_step
 from mmalign.diffusion.steps.smpo import order_and_kappa, smpo_step, swap_pairs
-from mmalign.lora_config import diffusion_lora
 from mmalign.objectives import preference_loss
 from mmalign.objectives.smoothed import smpo_kappa
-from tests.helpers import REPO
+from tests.helpers import REPO, lora_step_setup
 
 from .official_ddim020 import DDIMInverseScheduler020, batched_loop
 
@@ -109,22 +103,7 @@ def test_swap_pairs():
 
 
 def _setup(model_dir: str, method: MethodConfig):
-    parts = load_parts(model_dir)
-    add_lora(parts.unet, diffusion_lora(rank=4, alpha=8))
-    with torch.no_grad():  # policy != reference
-        g = torch.Generator().manual_seed(1)
-        for name, p in parts.unet.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    inputs = InputBuilder(parts, resolution=32, latent_sample="mean")
-    ctx = StepContext(parts, inputs, ReferenceProvider("lora"), method, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "latent_mean": torch.randn(2 * B, 4, 16, 16, generator=g), "latent_std": torch.ones(2 * B, 4, 16, 16),
-        "prompt_embeds": torch.randn(2 * B, 77, 32, generator=g), "groups": B, "group_size": 2,
-        "image_keys": [f"w{i}" for i in range(B)] + [f"l{i}" for i in range(B)],
-    }
-    return parts, ctx, batch
+    return lora_step_setup(model_dir, method, pairs=B, image_keys=True)
 
 
 def _eps(unet, latent, tau, cond):

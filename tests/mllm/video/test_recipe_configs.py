@@ -86,3 +86,17 @@ def test_temple_schedule_from_one_file(data, tmp_path):
         assert (out / f"{i:02d}-{s['name']}" / "adapter" / "adapter_model.safetensors").is_file()
     first = summary["stages"][0]["final"]
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6) and "sft_loss" in first  # fresh reference
+
+
+@pytest.mark.slow
+def test_tiny_placeholder_is_a_saved_folder_trained_in_the_configs_dtype(data, tmp_path):
+    """``tiny:<family>`` means what it means in diffusion: a folder under ``<output_dir>/tiny_inputs`` loaded with
+    ``from_pretrained``, so a bf16 config trains bf16 weights (built in-process it stayed fp32 whatever the YAML
+    said, and the shipped bf16 video configs were never run in bf16)."""
+    out = tmp_path / "bf16"
+    summary = main(["--config", "recipes/configs/video/qwen25vl_rrpo.yaml", "model.pretrained=tiny:qwen25vl",
+                    f"data.path={data['rrpo']}", f"output_dir={out}", "train.max_steps=1", "train.batch_size=2",
+                    *SMALL, "model.dtype=bfloat16"])
+    assert (out / "tiny_inputs" / "model_qwen25vl" / "config.json").is_file()
+    assert {p.dtype for p in summary["model"].parameters()} == {torch.bfloat16}
+    assert torch.isfinite(torch.tensor(summary["final"]["loss"]))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from mmalign.data.vlm_rows import VLMRow
 from mmalign.testing.tiny_vlm import write_tiny_vlm
+from tests.helpers import perturb_lora
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
 
@@ -80,8 +81,6 @@ def pairs_writer():
 def lora_policy(folder, *, seed: int = 0, scale: float = 0.5):
     """Tiny model from ``folder`` with vision frozen and a LoRA adapter whose B matrices are random (so that
     policy != reference); returns ``(peft_model, processor)``."""
-    import torch
-
     from mmalign.lora_config import LoraConfig
     from mmalign.mllm.vlm_config import VLMModelConfig
     from mmalign.mllm.vlm_model import load_vlm, prepare_policy
@@ -89,11 +88,7 @@ def lora_policy(folder, *, seed: int = 0, scale: float = 0.5):
     model, processor = load_vlm(VLMModelConfig(pretrained=str(folder)))
     policy, _ = prepare_policy(model, VLMModelConfig(pretrained=str(folder)), LoraConfig(rank=4, alpha=8),
                                needs_reference=True)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    perturb_lora(policy, scale=scale, seed=seed)
     return policy, processor
 
 

@@ -1,0 +1,109 @@
+"""The video training set: :class:`~mmalign.data.video_rows.VideoRecord` rows → items of
+:class:`~mmalign.mllm.video_batch.VideoRow` tuples, one shape per method.
+
+``sft`` → ``(row,)``; ``dpo`` → ``(chosen, rejected)`` on the same video; ``vdpo`` → ``(response | clean video,
+response | perturbed video)``; ``rrpo`` → ``(chosen, rejected)`` with phrase ids (pairs without phrase tokens on
+either side are dropped and counted). Unreadable videos are skipped and counted (:class:`SkipCounter`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from mmalign.data.errors import TooManyBadSamplesError
+from mmalign.data.skipping import SkipCounter
+from mmalign.data.video_rows import METHODS, VideoRecord
+from mmalign.mllm.rrpo_phrases import filter_pairs, phrase_ids_from_diff, phrase_ids_from_tags
+from mmalign.mllm.temporal import perturb_frames
+from mmalign.mllm.video_batch import VideoRow
+from mmalign.mllm.video_io import VideoDecodeError, VideoSampling, read_video
+
+
+@dataclass
+class DataReport:
+    """Rows dropped while building a dataset (``row id`` → reason)."""
+
+    total: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)
+
+
+class VideoPreferenceDataset(Dataset):
+    """Items of :class:`VideoRow` tuples for one method (see module docstring). Decoded frames are cached."""
+
+    def __init__(self, records: Sequence[VideoRecord], method: str, sampling: VideoSampling, *,
+                 tokenizer=None, perturbations: Sequence[str] = ("reverse", "shuffle"), magnitude: int = 16,
+                 frames_per_clip: int = 2, seed: int = 0, skips: SkipCounter | None = None) -> None:
+        """``skips`` counts rows whose video does not decode (:class:`mmalign.data.skipping.SkipCounter`: its
+        ``on_bad_row`` and ``max_bad_fraction``); default: the first one is an error."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got '{method}'")
+        self.method, self.sampling = method, sampling
+        self.perturbations, self.magnitude, self.frames_per_clip, self.seed = perturbations, magnitude, frames_per_clip, seed
+        self.report = DataReport(total=len(records))
+        self.skips = skips if skips is not None else SkipCounter(len(records), 0.0, "error", what="rows")
+        self._frames: dict[str, np.ndarray] = {}
+        kept = []
+        for rec in records:
+            if method in ("dpo", "rrpo") and not rec.rejected:
+                raise ValueError(f"{rec.row_id}: missing field 'rejected' (or 'rejected_response' / 'pred')")
+            try:
+                self._frames[rec.video] = read_video(rec.video, sampling).frames
+            except VideoDecodeError as exc:
+                try:
+                    self.skips.skip(rec.row_id, f"{rec.row_id}: {exc}")
+                except TooManyBadSamplesError as stop:
+                    raise ValueError(str(stop)) from exc
+                self.report.dropped[rec.row_id] = str(exc)
+                continue
+            kept.append(rec)
+        self.phrases: list[tuple[list[int], list[int]] | None] = [None] * len(kept)
+        if method == "rrpo":
+            if tokenizer is None:
+                raise ValueError("method 'rrpo' needs the tokenizer to compute phrase ids")
+            kept = self._attach_phrases(kept, tokenizer)
+        self.skips.note_dropped([f"{k}: {v}" for k, v in self.report.dropped.items() if k not in self.skips.bad_ids])
+        if not kept:
+            raise ValueError(f"no usable rows ({len(self.report.dropped)} dropped: {list(self.report.dropped.items())[:3]})")
+        self.records = kept
+
+    def _attach_phrases(self, records: list[VideoRecord], tokenizer) -> list[VideoRecord]:
+        pairs = []
+        for rec in records:
+            if rec.chosen_masked and rec.rejected_masked:
+                _, c = phrase_ids_from_tags(tokenizer, rec.chosen_masked, rec.chosen)
+                _, r = phrase_ids_from_tags(tokenizer, rec.rejected_masked, rec.rejected)
+            else:
+                c, r = phrase_ids_from_diff(tokenizer(rec.chosen, add_special_tokens=False)["input_ids"],
+                                            tokenizer(rec.rejected, add_special_tokens=False)["input_ids"])
+            pairs.append((c, r))
+        keep, report = filter_pairs(pairs)
+        for i, why in report.dropped.items():
+            self.report.dropped[records[i].row_id] = why
+        self.phrases = [pairs[i] for i in keep]
+        return [records[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[VideoRow, ...]:
+        rec = self.records[i]
+        frames = self._frames[rec.video]
+        row = VideoRow(frames, rec.question, rec.chosen, row_id=rec.row_id)
+        if self.method == "sft":
+            return (row,)
+        if self.method == "vdpo":
+            rng = random.Random(self.seed * 1_000_003 + i)
+            kind = rng.choice(list(self.perturbations))
+            pert, _ = perturb_frames(frames, kind, self.magnitude, rng, frames_per_clip=self.frames_per_clip,
+                                     avoid_identity=True)
+            return row, VideoRow(pert, rec.question, rec.chosen, row_id=rec.row_id)
+        rejected = VideoRow(frames, rec.question, rec.rejected or "", row_id=rec.row_id)
+        if self.method == "rrpo":
+            c, r = self.phrases[i]
+            row.phrase_ids, rejected.phrase_ids = c, r
+        return row, rejected
