@@ -11,10 +11,6 @@ default, the jsonl file's folder):
   "answer": chosen, "pred": rejected, "answer_masked": ..., "pred_masked": ...}`` — the code reads
   ``media_path`` while DATA.md shows ``video``; both are accepted;
 * SFT / VDPO: ``{"video": path, "question": Q, "response" | "answer": ...}``.
-
-What one item holds depends on the method: ``sft`` → ``(row,)``; ``dpo`` → ``(chosen, rejected)`` on the same
-video; ``vdpo`` → ``(response | clean video, response | perturbed video)``; ``rrpo`` → ``(chosen, rejected)``
-with phrase ids (pairs without phrase tokens on either side are dropped and counted).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def load_vlm(cfg: VLMModelConfig, *, device: torch.device | str | None = None,
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
     if cfg.pretrained.startswith("tiny:"):
         raise ValueError(f"model.pretrained={cfg.pretrained}: a tiny: placeholder is saved as a folder first "
-                         "(mmalign.testing.placeholders.resolve_placeholders, which every recipe calls)")
+                         "(mmalign.testing.placeholders: the diffusion and video recipes and `mmalign temple` do that)")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}

@@ -50,6 +50,10 @@ class VLMMethod:
     def requires_extra_image(self) -> bool:
         return self.extra_image == "row"
 
+    @property
+    def scores_extra_image(self) -> bool:
+        return self.extra_image != "none"
+
     def collator_extra(self, extra_image_field: str | None) -> str:
         """The :class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator` ``extra`` mode for this data set."""
         if self.extra_image == "row_or_crop":
@@ -114,7 +118,7 @@ def _all_scores(model, batch, method, features, extra_features) -> dict[str, tor
                                noisy_from=n_pairs if noisy else None)
     out = {"chosen": scores[:n_pairs], "rejected": scores[n_pairs:],
            "chosen_len": n_tokens[:n_pairs], "rejected_len": n_tokens[n_pairs:]}
-    if METHODS[method.name].extra_image != "none":
+    if METHODS[method.name].scores_extra_image:
         extra, _ = _scores(model, batch["extra"], batch["extra_vision"], extra_features, times=1,
                            noisy_from=0 if noisy else None)
         out["chosen_extra"] = extra
@@ -140,7 +144,7 @@ def preference_step(
     if not batch["row_ids"]:  # every row had an unreadable image: nothing to learn, keep the graph valid
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return zero, {"data/bad_images": float(batch.get("n_bad", 0)), "data/overlong_dropped": 0.0}
-    has_extra = METHODS[method.name].extra_image != "none"
+    has_extra = METHODS[method.name].scores_extra_image
     features = encode_images(model, batch["vision"]) if share_features else None
     extra_features = encode_images(model, batch["extra_vision"]) if share_features and has_extra else None
 

@@ -82,7 +82,7 @@ def tiny_model_folder(kind: str, workdir: str | Path) -> Path:
 
 def resolve_placeholders(cfg, workdir: str | Path) -> list[str]:
     """Replace ``tiny:`` values of ``cfg.model.pretrained`` / ``cfg.data.path`` by generated folders (in place);
-    returns notices to print. The same for every recipe: call it under ``accelerator.main_process_first()``."""
+    returns notices to print. The diffusion and video recipes call it under ``accelerator.main_process_first()``."""
     notes, workdir = [], Path(workdir)
     if str(cfg.model.pretrained).startswith(PREFIX):
         kind = cfg.model.pretrained[len(PREFIX):]
