@@ -33,8 +33,14 @@ def _load_imagereward(card, checkpoint, **kwargs):
     return load_imagereward(card, checkpoint, **kwargs)
 
 
+def _load_hpsv3(card, checkpoint, **kwargs):
+    from scorers.hpsv3 import load_hpsv3
+
+    return load_hpsv3(card, checkpoint, **kwargs)
+
+
 # Scorers that are not a CLIP backbone + formula: their own model class, dispatched by the card's backbone.
-MODEL_SCORERS: dict[str, Callable[..., Any]] = {"blip": _load_imagereward}
+MODEL_SCORERS: dict[str, Callable[..., Any]] = {"blip": _load_imagereward, "qwen2_vl": _load_hpsv3}
 
 
 def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",

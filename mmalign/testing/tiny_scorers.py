@@ -168,3 +168,36 @@ def save_tiny_imagereward(out_dir: str | Path, seed: int = 0) -> dict:
                      "text": {**TINY_IMAGEREWARD["text"], "vocab_size": tiny_bert_vocab_size(vocab),
                               "bos_token_id": tiny_bert_vocab_size(vocab) - 2, "sep_token_id": 3}},
             "image_size": TINY_IMAGEREWARD["vision"]["image_size"]}
+
+
+# ---------------------------------------------------------------------------------------------- HPSv3
+def save_tiny_hpsv3(out_dir: str | Path, seed: int = 0, pixels: int = 2 * 28 * 28) -> dict:
+    """A tiny Qwen2-VL base folder (:mod:`mmalign.testing.tiny_vlm`) and ``HPSv3.safetensors`` in the official
+    layout (transformers 4.45 ``Qwen2VLRewardModelBT`` keys: ``model.*`` decoder, ``visual.*``, ``lm_head``,
+    ``rm_head.{0,3,5}``; embeddings resized to the tokenizer with ``<|Reward|>``); returns the
+    ``load_scorer("hpsv3", **kwargs)`` keyword arguments (``pixels`` within the tiny processor's 784..3136)."""
+    from safetensors.torch import save_file
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from mmalign.testing.tiny_vlm import write_tiny_vlm
+
+    out = Path(out_dir)
+    base = write_tiny_vlm("qwen2vl", out / "qwen2vl-base", seed=seed)
+    processor = AutoProcessor.from_pretrained(str(base))
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["<|Reward|>"]})
+    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base))
+    model.resize_token_embeddings(len(processor.tokenizer))
+    torch.manual_seed(seed + 1)
+    hidden = model.config.text_config.hidden_size
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, 1024), torch.nn.ReLU(), torch.nn.Dropout(0.05),
+                               torch.nn.Linear(1024, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    sd = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.language_model."):
+            key = "model." + key[len("model.language_model."):]
+        elif key.startswith("model.visual."):
+            key = key[len("model."):]
+        sd[key] = value.contiguous().clone()
+    sd.update({f"rm_head.{k}": v for k, v in head.state_dict().items()})
+    save_file(sd, str(out / "HPSv3.safetensors"))
+    return {"checkpoint": str(out / "HPSv3.safetensors"), "backbone_checkpoint": str(base), "pixels": pixels}
