@@ -39,8 +39,15 @@ def _load_hpsv3(card, checkpoint, **kwargs):
     return load_hpsv3(card, checkpoint, **kwargs)
 
 
+def _load_vlm_judge(card, checkpoint, **kwargs):
+    from scorers.vlm_judge import load_vlm_judge
+
+    return load_vlm_judge(card, checkpoint, **kwargs)
+
+
 # Scorers that are not a CLIP backbone + formula: their own model class, dispatched by the card's backbone.
-MODEL_SCORERS: dict[str, Callable[..., Any]] = {"blip": _load_imagereward, "qwen2_vl": _load_hpsv3}
+MODEL_SCORERS: dict[str, Callable[..., Any]] = {"blip": _load_imagereward, "qwen2_vl": _load_hpsv3,
+                                                "image_text_to_text": _load_vlm_judge}
 
 
 def load_scorer(name: str, checkpoint: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
