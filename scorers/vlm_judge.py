@@ -16,7 +16,8 @@ Pairwise mode (:meth:`VLMJudgeScorer.compare`, for labelling): the ``pair_questi
 q(B, A)) / 2`` (both orders averaged, so position bias cancels; ``compare(A, B) + compare(B, A) = 1``).
 
 One forward per batch reads every single-token answer at the last context position; each multi-token answer
-(e.g. ``10`` for tokenizers that split digits) adds one forward with that answer appended. Padding is on the right.
+(e.g. ``10`` for tokenizers that split digits) adds one forward with that answer appended. Contexts are padded on
+the left (so they end together) and only the last positions' logits are computed (``logits_to_keep``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class VLMJudgeScorer:
         self.processor = processor
         self.device = torch.device(device)
         tokenizer = processor.tokenizer
-        tokenizer.padding_side = "right"
+        tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.lead = response_slot(processor, self._messages("x", 1, card.question)).lead
@@ -86,49 +87,44 @@ class VLMJudgeScorer:
         return {k: v for k, v in enc.items() if torch.is_tensor(v)}
 
     @staticmethod
-    def _extend(enc: dict[str, torch.Tensor], suffix: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-        """``enc`` with ``suffix`` appended after each row's last real token (right padding kept)."""
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        lengths = mask.sum(-1)
-        total = int(lengths.max()) + len(suffix)
-        out = {k: v for k, v in enc.items() if not (v.ndim == 2 and v.shape == ids.shape)}
-        for key in [k for k, v in enc.items() if v.ndim == 2 and v.shape == ids.shape]:
-            fill = pad_id if key == "input_ids" else 0
-            new = torch.full((ids.shape[0], total), fill, dtype=enc[key].dtype)
-            for i, n in enumerate(lengths.tolist()):
-                new[i, :n] = enc[key][i, :n]
-                if key == "input_ids":
-                    new[i, n:n + len(suffix)] = torch.tensor(suffix, dtype=new.dtype)
-                elif key == "attention_mask":
-                    new[i, n:n + len(suffix)] = 1
-            out[key] = new
+    def _extend(enc: dict[str, torch.Tensor], suffix: list[int]) -> dict[str, torch.Tensor]:
+        """``enc`` (left-padded) with ``suffix`` appended to every row (``[B, L]`` side inputs padded with 0)."""
+        ids = enc["input_ids"]
+        out = {}
+        for key, value in enc.items():
+            if value.ndim == 2 and value.shape == ids.shape:
+                tail = (torch.tensor(suffix, dtype=value.dtype) if key == "input_ids" else
+                        torch.ones(len(suffix), dtype=value.dtype) if key == "attention_mask" else
+                        torch.zeros(len(suffix), dtype=value.dtype))
+                value = torch.cat([value, tail.expand(ids.shape[0], -1)], dim=1)
+            out[key] = value
         return out
 
-    def _forward_logps(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _last_logps(self, enc: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+        """Log-softmax ``[B, keep, V]`` (float32, CPU) of the last ``keep`` positions (``logits_to_keep``: the
+        full ``[B, L, V]`` logits are never materialised)."""
         inputs = {k: v.to(self.device) for k, v in enc.items()}
         if "pixel_values" in inputs and torch.is_floating_point(inputs["pixel_values"]):
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return torch.log_softmax(self.model(**inputs).logits.float(), dim=-1).cpu()
+        logits = self.model(**inputs, logits_to_keep=keep).logits[:, -keep:]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
 
     @torch.no_grad()
     def answer_logprobs(self, rows: list[list[Any]], prompts: list[str], question: str,
                         answers: Sequence[str]) -> torch.Tensor:
         """``[B, K]``: ``log p(answer_k | context)`` for rows of images (each row one context) and prompts."""
         contexts = [self.context(p, len(row), question) for row, p in zip(rows, prompts)]
-        enc = self._encode(contexts, [im for row in rows for im in row])
-        ends = enc["attention_mask"].sum(-1) - 1  # position whose logits predict the answer's first token
-        rows_idx = torch.arange(len(rows))
-        pad_id = self.processor.tokenizer.pad_token_id
+        enc = self._encode(contexts, [im for row in rows for im in row])  # left padding: contexts end together
         ids = self.answer_ids(answers)
         out = torch.zeros(len(rows), len(ids), dtype=torch.float64)
-        first = self._forward_logps(enc)[rows_idx, ends]  # [B, V]
+        first = self._last_logps(enc, 1)[:, 0]  # [B, V]: predicts every answer's first token
         for k, a in enumerate(ids):
             if len(a) == 1:
                 out[:, k] = first[:, a[0]].double()
                 continue
-            logps = self._forward_logps(self._extend(enc, a, pad_id))
+            logps = self._last_logps(self._extend(enc, a), len(a) + 1)  # positions predicting a_0 ... a_{n-1}
             for j, token in enumerate(a):
-                out[:, k] += logps[rows_idx, ends + j, token].double()
+                out[:, k] += logps[:, j, token].double()
         return out
 
     # ------------------------------------------------------------------------------------------ public

@@ -313,3 +313,19 @@ def test_bad_checkpoint_and_tokenizer_are_clear_errors(tiny_ir, tmp_path):
         scorers.load_scorer("imagereward", **{**kwargs, "tokenizer": str(tmp_path / "no-such-tokenizer")})
     with pytest.raises(ValueError, match="autocast"):
         scorers.load_scorer("imagereward", autocast="bf16", **kwargs)
+
+
+def test_weighted_reward_with_imagereward_and_hpsv2(tiny_ir, hps_checkpoint):
+    """The reward object (scorers.reward) sums ImageReward with a CLIP scorer: total = sum_i w_i s_i."""
+    from mmalign.testing.tiny_scorers import TINY_OPEN_CLIP
+    from scorers.reward import load_reward
+
+    kwargs, _ = tiny_ir
+    reward = load_reward({"imagereward": 1.0, "hpsv2": 0.5}, checkpoints={"hpsv2": str(hps_checkpoint[0])},
+                         scorer_args={"imagereward": kwargs, "hpsv2": {"arch": TINY_OPEN_CLIP}})
+    images = _images()
+    out = reward(images, PROMPTS)
+    ir = scorers.load_scorer("imagereward", **kwargs).score(images, PROMPTS)
+    hps = scorers.load_scorer("hpsv2", checkpoint=hps_checkpoint[0], arch=TINY_OPEN_CLIP).score(images, PROMPTS)
+    torch.testing.assert_close(out.terms["imagereward"], ir)
+    torch.testing.assert_close(out.total, ir + 0.5 * hps, atol=1e-5, rtol=1e-6)
