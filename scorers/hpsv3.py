@@ -162,6 +162,41 @@ class HPSv3Scorer:
         """mu ``[B]`` (float32, CPU); ``raw`` is accepted for API symmetry (mu is the raw output)."""
         return self.predict(images, prompts, batch_size=batch_size)[:, 0]
 
+    def _patches(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Differentiable Qwen2-VL image processing of float ``[B, 3, H, W]`` in [0, 1]: bicubic (antialiased)
+        resize to the smart-resize size, the processor's mean/std, the processor's patch layout (each image
+        repeated over the temporal patch, ``(t, h/m, w/m, m, m)`` patch order) -> ``[B * grid, C * t * p * p]``."""
+        import torch.nn.functional as F
+
+        ip = self.processor.image_processor
+        patch, merge, temporal = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
+        x = F.interpolate(pixels, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+        mean = torch.tensor(ip.image_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        gh, gw = height // patch, width // patch
+        out = []
+        for image in x:
+            t = image.unsqueeze(0).expand(temporal, -1, -1, -1)
+            t = t.reshape(1, temporal, t.shape[1], gh // merge, merge, patch, gw // merge, merge, patch)
+            out.append(t.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, -1))
+        return torch.cat(out)
+
+    def score_tensor(self, pixels: torch.Tensor, prompts: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Differentiable mu ``[B]`` (float32, scorer device) from float pixels ``[B, 3, H, W]`` in [0, 1] (torch
+        resize and patching instead of PIL + the processor; the official ``differentiable=True`` path resizes
+        bilinearly without antialiasing, here bicubic with antialiasing to stay close to ``score()``)."""
+        if not torch.is_tensor(pixels) or not torch.is_floating_point(pixels) or pixels.ndim != 4:
+            raise ValueError(f"score_tensor expects float pixels [B, 3, H, W] in [0, 1], got "
+                             f"{getattr(pixels, 'shape', pixels)}")
+        texts = broadcast_prompts(prompts, pixels.shape[0])
+        height, width = smart_resize(pixels.shape[-2], pixels.shape[-1], FACTOR, self.pixels, self.pixels)
+        blank = [Image.new("RGB", (width, height)) for _ in texts]  # text ids, masks and grids of that size
+        enc = self.batch(blank, texts)
+        patches = self._patches(pixels.to(self.device).float(), height, width)
+        return self.model(enc["input_ids"], enc["attention_mask"], patches, enc["image_grid_thw"],
+                          self.reward_token_id)[:, 0]
+
     def __repr__(self) -> str:
         return f"HPSv3Scorer(name={self.name!r}, device={self.device}, dtype={self.dtype}, pixels={self.pixels})"
 

@@ -183,3 +183,21 @@ def test_tiny_builder_loads(tmp_path):
     s = scorers.load_scorer("hpsv3", dtype="bfloat16", **kwargs)
     mu = s.score(_images()[:2], "a red circle")
     assert mu.shape == (2,) and mu.dtype == torch.float32 and torch.isfinite(mu).all()
+
+
+def test_score_tensor_matches_the_processor_path_and_has_gradients(tiny_hpsv3):
+    """At the smart-resize size no resampling happens, so the torch patching must equal the Qwen2-VL processor's
+    (up to the uint8 rounding of the PIL path); gradients reach the pixels."""
+    kwargs, _ = tiny_hpsv3
+    scorer = scorers.load_scorer("hpsv3", **kwargs)
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.randint(0, 256, (2, 3, 28, 56), generator=g).float() / 255).requires_grad_(True)  # 1568 px
+    from scorers.images import to_pil_list
+
+    processor_patches = scorer.batch(to_pil_list(pixels.detach()), ["a", "b"])["pixel_values"]
+    torch.testing.assert_close(scorer._patches(pixels.detach(), 28, 56), processor_patches, atol=1e-5, rtol=0)
+    mu = scorer.score_tensor(pixels, ["a red circle", "a cat"])
+    ref = scorer.score(list(pixels.detach()), ["a red circle", "a cat"])
+    torch.testing.assert_close(mu.detach().cpu(), ref, atol=2e-5, rtol=0)
+    mu.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
