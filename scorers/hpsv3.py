@@ -216,8 +216,6 @@ def load_hpsv3(card: ScorerCard, checkpoint: str | None, *, device: str | torch.
     base = resolve_checkpoint(card.backbone_checkpoint, f"{card.name} base model folder (backbone_checkpoint)")
     path = resolve_checkpoint(checkpoint or card.default_checkpoint, f"{card.name} checkpoint")
     sd, source = read_folder_state_dict(path) if path.is_dir() else (read_state_dict(Path(path)), path)
-    if isinstance(sd.get("model"), dict):  # inference.py l.46-47
-        sd = sd["model"]
     sd = hpsv3_to_hf_state_dict(sd)
     processor = AutoProcessor.from_pretrained(str(base), padding_side="right")
     processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})

@@ -31,6 +31,7 @@ here :func:`imagereward_to_hf_state_dict` renames it and the load is strict (onl
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -201,4 +202,7 @@ def load_imagereward(card: ScorerCard, checkpoint: str | None, *, device: str | 
         raise ValueError(f"imagereward tokenizer {card.tokenizer} has {len(tokenizer)} tokens with [DEC]/[ENC], more "
                          f"than the text encoder's vocabulary ({vocab})")
     load_strict(model, imagereward_to_hf_state_dict(read_state_dict(path)), path)
+    size = int(model.vision_model.config.image_size)
+    if size != card.image_size:  # the vision tower fixes the input size (as for the CLIP scorers)
+        card = dataclasses.replace(card, image_size=size)
     return ImageRewardScorer(card, model, tokenizer, device=device, dtype=dtype)

@@ -166,8 +166,7 @@ def save_tiny_imagereward(out_dir: str | Path, seed: int = 0) -> dict:
     return {"checkpoint": str(out / "ImageReward.pt"), "tokenizer": str(vocab),
             "arch": {"vision": TINY_IMAGEREWARD["vision"],
                      "text": {**TINY_IMAGEREWARD["text"], "vocab_size": tiny_bert_vocab_size(vocab),
-                              "bos_token_id": tiny_bert_vocab_size(vocab) - 2, "sep_token_id": 3}},
-            "image_size": TINY_IMAGEREWARD["vision"]["image_size"]}
+                              "bos_token_id": tiny_bert_vocab_size(vocab) - 2, "sep_token_id": 3}}}
 
 
 # ---------------------------------------------------------------------------------------------- HPSv3
