@@ -3,11 +3,11 @@
 Official code: PyPI ``hpsv3`` 1.0.0 (pins transformers 4.45.2; not a dependency), transcribed on today's
 transformers:
 
-* ``hpsv3/train.py`` ``create_model_and_processor`` l.29-110: the base processor with ``padding_side="right"``
+* ``hpsv3/train.py`` ``create_model_and_processor`` l.29-116: the base processor with ``padding_side="right"``
   and the added special token ``<|Reward|>``; ``resize_token_embeddings(len(tokenizer))``; weights in bf16 and
   the head in float32;
 * ``hpsv3/model/qwen2vl_trainer.py`` ``Qwen2VLRewardModelBT``: the ``ranknet`` head l.99-106 (Linear(hidden,
-  1024), ReLU, Dropout(0.05), Linear(1024, 16), ReLU, Linear(16, 2)); ``forward`` l.148-241: token embeddings,
+  1024), ReLU, Dropout(0.05), Linear(1024, 16), ReLU, Linear(16, 2)); ``forward`` l.148-247: token embeddings,
   the vision tower's merged features scattered into the image-pad positions, the **text decoder called without
   position ids** (transformers 4.45 ``Qwen2VLModel`` then uses ``arange(L)`` for all three M-RoPE sections: plain
   1-D positions, not the multimodal positions ``Qwen2VLForConditionalGeneration`` computes), the head in float32
@@ -128,7 +128,7 @@ class HPSv3Scorer:
         self.dtype = dtype
         self.pixels = int(card.pixels or 256 * 28 * 28)
         model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
-        model.rm_head.to(torch.float32)  # create_model_and_processor l.103: the head stays float32
+        model.rm_head.to(torch.float32)  # create_model_and_processor l.90: the head stays float32
         self.model = model
 
     def _resize(self, image: Image.Image) -> Image.Image:
@@ -228,7 +228,7 @@ def load_hpsv3(card: ScorerCard, checkpoint: str | None, *, device: str | torch.
     if reward_id >= embed.shape[0]:
         raise ValueError(f"{REWARD_TOKEN} has id {reward_id} but {source} embeds only {embed.shape[0]} tokens: the "
                          f"processor of {base} is not the base model HPSv3 was trained from")
-    config.text_config.vocab_size = int(embed.shape[0])  # resize_token_embeddings(len(tokenizer)) (train.py l.93)
+    config.text_config.vocab_size = int(embed.shape[0])  # resize_token_embeddings(len(tokenizer)) (train.py l.83)
     with init_empty_weights():
         model = HPSv3Model(config)
     load_strict(model, sd, source, assign=True)

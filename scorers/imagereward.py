@@ -1,9 +1,9 @@
 """ImageReward (Xu et al. 2023, arXiv 2304.05977) on transformers' BLIP classes, loaded from the official checkpoint.
 
 Official code: PyPI ``image-reward`` 1.5 (= THUDM/ImageReward @ c1392c6), ``ImageReward/ImageReward.py``
-(``_transform`` l.30-37, ``MLP`` l.40-66, ``ImageReward.__init__`` l.71-81, ``score`` l.103-137) and
-``ImageReward/models/BLIP/`` (``blip_pretrain.py`` l.13-43, ``blip.py`` ``init_tokenizer`` l.17-22 /
-``create_vit`` l.25-40, ``vit.py``, ``med.py``). Spec: shared/spec/scorers.md §4.
+(``_transform`` l.30-37, ``MLP`` l.40-68, ``ImageReward.__init__`` l.72-81, ``score`` l.103-137) and
+``ImageReward/models/BLIP/`` (``blip_pretrain.py`` l.13-43, ``blip.py`` ``init_tokenizer`` l.16-21 /
+``create_vit`` l.24-40, ``vit.py``, ``med.py``). Spec: shared/spec/scorers.md §4.
 
 * image: BLIP ViT-L/16 (``vit.py`` ``VisionTransformer``: pre-LN blocks, fused qkv, LayerNorm eps 1e-6, final norm
   on every token) = transformers ``BlipVisionModel`` (``last_hidden_state`` is the post-layernorm of all tokens);
@@ -46,7 +46,7 @@ from scorers.heads import AestheticMLP
 from scorers.images import broadcast_prompts, to_pil_list
 from scorers.preprocess import pil_to_pixels, tensor_to_pixels
 
-# BLIP ViT-L/16 (blip.py create_vit 'large' l.33-37; vit.py l.115-141: mlp_ratio 4, qkv_bias True, eps 1e-6)
+# BLIP ViT-L/16 (blip.py create_vit 'large' l.33-38; vit.py VisionTransformer l.109-159: mlp 4, qkv bias, eps 1e-6)
 VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                      image_size=224, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu")
 # med_config.json (train/src/config/med_config.json) with encoder_width set to the vision width (blip_pretrain l.35)
@@ -99,7 +99,7 @@ class ImageRewardModel(nn.Module):
                              f"the vision hidden_size {vision['hidden_size']}")
         self.vision_model = BlipVisionModel(BlipVisionConfig(**vision))
         self.text_encoder = BlipTextModel(text_cfg, add_pooling_layer=False)
-        self.mlp = AestheticMLP(text_cfg.hidden_size)  # ImageReward.py MLP l.40-66: the same Linear/Dropout stack
+        self.mlp = AestheticMLP(text_cfg.hidden_size)  # ImageReward.py MLP l.40-68: the same stack
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw head outputs ``[B]`` (float32) before the mean/std standardisation."""
@@ -112,7 +112,7 @@ class ImageRewardModel(nn.Module):
 
 
 def blip_tokenizer(source: str) -> Any:
-    """``init_tokenizer`` (blip.py l.17-22): the BERT tokenizer of ``source`` plus ``[DEC]`` (bos) and ``[ENC]``."""
+    """``init_tokenizer`` (blip.py l.16-21): the BERT tokenizer of ``source`` plus ``[DEC]`` (bos) and ``[ENC]``."""
     from transformers import BertTokenizer
 
     try:

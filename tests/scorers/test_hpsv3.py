@@ -3,10 +3,10 @@ a tiny random-weight Qwen2-VL saved in the official ``HPSv3.safetensors`` layout
 
 Reference (PyPI ``hpsv3`` 1.0.0 wheel, pins transformers 4.45.2), transcribed on today's transformers:
 
-* ``hpsv3/train.py`` ``create_model_and_processor`` l.29-110: ``AutoProcessor.from_pretrained(base,
+* ``hpsv3/train.py`` ``create_model_and_processor`` l.29-116: ``AutoProcessor.from_pretrained(base,
   padding_side="right")``, ``add_special_tokens({"additional_special_tokens": ["<|Reward|>"]})``,
   ``resize_token_embeddings(len(tokenizer))``, ``rm_head`` in float32;
-* ``hpsv3/model/qwen2vl_trainer.py`` ``Qwen2VLRewardModelBT``: ranknet head l.99-106, ``forward`` l.148-241
+* ``hpsv3/model/qwen2vl_trainer.py`` ``Qwen2VLRewardModelBT``: ranknet head l.99-106, ``forward`` l.148-247
   (4.45 ``self.model.embed_tokens`` = today's ``model.language_model.embed_tokens``; 4.45 ``self.visual(...)``
   returned the merged features = today's ``.pooler_output``; 4.45 ``self.model(inputs_embeds, position_ids=None)``
   = today's ``Qwen2VLTextModel`` with ``position_ids=None``: ``arange(L)`` in all three sections);

@@ -5,14 +5,14 @@ Reference: PyPI ``image-reward`` 1.5 (wheel ``image_reward-1.5-py3-none-any.whl`
 c1392c6 except an ``isfile`` check), transcribed below without timm / fairscale:
 
 * ``ImageReward/ImageReward.py``: ``_transform`` l.30-37 (Resize bicubic, CenterCrop, RGB, ToTensor, Normalize),
-  ``MLP`` l.40-66, ``ImageReward.__init__`` l.71-81 (mean 0.16717362830052426, std 1.0333394966054072), ``score``
+  ``MLP`` l.40-68, ``ImageReward.__init__`` l.72-81 (mean 0.16717362830052426, std 1.0333394966054072), ``score``
   l.103-137 (tokenise max_length 35, ViT, all-ones image mask, BERT cross-attention, ``[:, 0, :]``, MLP, standardise);
-* ``ImageReward/models/BLIP/blip.py`` ``init_tokenizer`` l.17-22 ([DEC] bos, [ENC] additional);
-* ``ImageReward/models/BLIP/vit.py``: ``Mlp`` l.19-36, ``Attention`` l.39-79, ``Block`` l.82-104,
-  ``VisionTransformer.forward`` l.171-186 (timm ``PatchEmbed`` = Conv2d(patch, stride patch), flatten, transpose);
+* ``ImageReward/models/BLIP/blip.py`` ``init_tokenizer`` l.16-21 ([DEC] bos, [ENC] additional);
+* ``ImageReward/models/BLIP/vit.py``: ``Mlp`` l.19-37, ``Attention`` l.40-82, ``Block`` l.85-106,
+  ``VisionTransformer.forward`` l.176-189 (timm ``PatchEmbed`` = Conv2d(patch, stride patch), flatten, transpose);
 * ``ImageReward/models/BLIP/med.py``: ``BertEmbeddings`` l.44-86 (no token types), ``BertSelfAttention``
   l.89-217, ``BertSelfOutput`` l.220-231, ``BertLayer`` l.312-375 (cross-attention in ``mode='multimodal'``),
-  ``get_extended_attention_mask`` l.601-660 (-10000 for padding), ``BertModel.forward`` l.662-800
+  ``get_extended_attention_mask`` l.601-660 (-10000 for padding), ``BertModel.forward`` l.662-801
   (``invert_attention_mask`` of transformers for the image mask).
 """
 
