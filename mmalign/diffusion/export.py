@@ -81,6 +81,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     run_dir, ckpt_dir = _find_run(Path(checkpoint))
     cfg = load_config(DiffusionRecipeConfig, run_dir / RUN_CONFIG)
+    if ckpt_dir is not None:
+        ckpt.check_trainable_file(ckpt_dir)  # one line naming the file, before the base pipeline loads
     from mmalign.diffusion.adapter import pipeline_load_kwargs
 
     pipe = DiffusionPipeline.from_pretrained(cfg.model.pretrained, **pipeline_load_kwargs(cfg.model.pretrained))

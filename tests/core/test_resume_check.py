@@ -1,0 +1,60 @@
+"""Issue 26: which recorded config values a resume compares (mmalign.resume_check.shape_differences); the
+recipes' one-line refusals are tested as subprocesses in tests/diffusion/test_resume_errors.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmalign import checkpoint as ckpt
+from mmalign.config import ConfigError
+from mmalign.resume_check import check_resume, shape_differences
+
+RECORDED = {"model": {"pretrained": "/runs/a/tiny_inputs/model_sd15", "freeze_vision": True},
+            "method": {"name": "dpo", "beta": 5000}, "lora": {"rank": 8, "alpha": None,
+                                                             "target_modules": ["to_q", "to_k"], "dropout": 0.0},
+            "train": {"lr": 1e-4}}
+
+
+def _now(**changes):
+    import copy
+
+    now = copy.deepcopy(RECORDED)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        now[section][key] = value
+    return now
+
+
+def test_same_config_and_settings_that_do_not_shape_the_weights_pass():
+    assert shape_differences(RECORDED, RECORDED) == []
+    assert shape_differences(RECORDED, _now(train__lr=1.0, method__beta=1, lora__dropout=0.1)) == []
+    assert shape_differences(RECORDED, _now(lora__alpha=8)) == []  # null alpha is alpha = rank
+    assert shape_differences(RECORDED, _now(lora__target_modules=["to_k", "to_q"])) == []  # order is not a shape
+    assert shape_differences(RECORDED, _now(model__pretrained="tiny:sd15")) == []  # what tiny:sd15 resolved to
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"lora__rank": 4}, "lora.rank"), ({"lora__rank": 0}, "lora.rank"), ({"lora__alpha": 16}, "lora.alpha"),
+    ({"lora__target_modules": ["to_q"]}, "lora.target_modules"), ({"method__name": "kto"}, "method.name"),
+    ({"model__pretrained": "tiny:sdxl"}, "model.pretrained"), ({"model__freeze_vision": False}, "model.freeze_vision"),
+])
+def test_each_shape_key_is_compared(change, key):
+    assert shape_differences(RECORDED, _now(**change))[0][0] == key  # the first differing key is named
+
+
+def test_keys_missing_from_the_record_are_not_compared():
+    assert shape_differences({"lora": {"rank": 8}}, _now(lora__alpha=64, method__name="kto")) == []
+
+
+def test_no_resume_and_latest_without_checkpoints_are_fresh_starts(tmp_path):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(train=SimpleNamespace(resume=None, resume_require_rng_state=True))
+    assert check_resume(cfg, tmp_path) is None
+    cfg.train.resume = "latest"
+    assert check_resume(cfg, tmp_path) is None
+    cfg.train.resume = str(tmp_path)
+    (ckpt.final_path(tmp_path, 3)).mkdir(parents=True)
+    ckpt.write_state(ckpt.final_path(tmp_path, 3), {"step": 3, "micro_batches": 3})
+    with pytest.raises(ConfigError, match=f"{tmp_path} is not a complete checkpoint .*its newest is .*checkpoint-3"):
+        check_resume(cfg, tmp_path)
