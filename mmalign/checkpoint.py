@@ -80,17 +80,21 @@ def save_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:
 def check_trainable_file(folder: str | os.PathLike) -> None:
     """``ConfigError`` naming ``<folder>/trainable.safetensors`` when it is not a safetensors file (reads the header
     only; a missing file is not checked here: sharded checkpoints have none)."""
+    path = Path(folder) / TRAINABLE_FILE
+    if path.is_file():
+        check_safetensors_file(path, "the checkpoint is damaged: use another checkpoint")
+
+
+def check_safetensors_file(path: str | os.PathLike, advice: str = "the file is damaged") -> None:
+    """``ConfigError`` naming ``path`` when its header is not a safetensors header (nothing but the header is read)."""
     from safetensors import safe_open
 
-    path = Path(folder) / TRAINABLE_FILE
-    if not path.is_file():
-        return
     try:
         with safe_open(str(path), framework="pt") as fh:
             fh.keys()
     except Exception as exc:  # SafetensorError (header too large / invalid) or OSError: the file is not usable
         raise ConfigError(f"{path} is not a safetensors file ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
-                          "the checkpoint is damaged: use another checkpoint") from None
+                          f"{advice}") from None
 
 
 def load_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:

@@ -5,7 +5,8 @@ run folder touched.
 written). It refuses, as a :class:`~mmalign.config.ConfigError`:
 
 * a ``train.resume`` path that is not a complete checkpoint (no ``trainer_state.json``);
-* a checkpoint whose files cannot be read safely: ``trainable.safetensors`` that is not a safetensors file, an
+* a checkpoint whose files cannot be read safely: a ``trainer_state.json`` that is not a trainer state,
+  ``trainable.safetensors`` that is not a safetensors file, an
   optimizer / scheduler / sampler / scaler state that weights-only loading refuses (a pickle with code in it is
   never executed), an unusable RNG state (unless ``train.resume_require_rng_state=false``);
 * a config whose shape-defining keys (:data:`SHAPE_KEYS`: model, method, LoRA rank / alpha / targets, full vs LoRA,
@@ -60,6 +61,11 @@ def check_resume(cfg: Any, output_dir: str | os.PathLike) -> Path | None:
 
 def check_state_files(checkpoint: Path, require_rng: bool = True) -> None:
     """Every state file of ``checkpoint`` loads the way ``load_state`` will load it (one line naming the file)."""
+    try:
+        ckpt.load_loop_state(checkpoint)
+    except (OSError, ValueError, TypeError) as exc:  # not JSON, not a mapping, missing counters, unknown types
+        raise ConfigError(f"train.resume: {checkpoint / ckpt.STATE_FILE} is not a usable trainer state "
+                          f"({_one_line(exc)}); resume from another checkpoint") from None
     ckpt.check_trainable_file(checkpoint)
     for path in sorted(checkpoint.iterdir()):
         if STATE_FILES.match(path.name):

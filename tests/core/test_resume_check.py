@@ -58,3 +58,15 @@ def test_no_resume_and_latest_without_checkpoints_are_fresh_starts(tmp_path):
     ckpt.write_state(ckpt.final_path(tmp_path, 3), {"step": 3, "micro_batches": 3})
     with pytest.raises(ConfigError, match=f"{tmp_path} is not a complete checkpoint .*its newest is .*checkpoint-3"):
         check_resume(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"step": 2}'])
+def test_a_trainer_state_that_is_not_one_is_named(tmp_path, content):
+    from types import SimpleNamespace
+
+    folder = ckpt.final_path(tmp_path, 2)
+    folder.mkdir(parents=True)
+    (folder / ckpt.STATE_FILE).write_text(content)
+    cfg = SimpleNamespace(train=SimpleNamespace(resume="latest", resume_require_rng_state=True))
+    with pytest.raises(ConfigError, match=f"train.resume: {folder / ckpt.STATE_FILE} is not a usable trainer state"):
+        check_resume(cfg, tmp_path)

@@ -139,3 +139,14 @@ def test_resume_refuses_a_trainable_file_that_is_not_safetensors(trained, run_co
     before = _snapshot(run_copy)
     _one_line_error(_resume(trained, run_copy, "train.resume=latest"), f"{bad} is not a safetensors file")
     assert _snapshot(run_copy) == before
+
+
+def test_export_of_a_vlm_adapter_that_is_not_safetensors(tmp_path):
+    """The VLM side of ``mmalign export`` (found on the way): a damaged adapter file is named before the base
+    model (here: one that does not exist) would load."""
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nowhere", "peft_type": "LORA"}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    proc = _run(["-m", "mmalign", "export", str(tmp_path / "run"), "--merge", "--out", str(tmp_path / "merged")])
+    _one_line_error(proc, f"{adapter / 'adapter_model.safetensors'} is not a safetensors file")

@@ -15,8 +15,8 @@ from tests.helpers import REPO, SMALL_DIFFUSION_RUN
 pytestmark = pytest.mark.slow
 
 VLM_RUN = ("train.batch_size=2", "train.grad_accum=1", "train.mixed_precision='no'", "model.dtype=float32",
-           "train.warmup_steps=0", "train.lr=1e-2", "train.progress_bar=false", "train.checkpoint_every=0",
-           "train.checkpoint_at_end=true")
+           "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-2", "train.progress_bar=false",
+           "train.checkpoint_every=0", "train.checkpoint_at_end=true")
 VIDEO_RUN = ("train.batch_size=2", "train.grad_accum=1", "train.mixed_precision='no'", "model.dtype=float32",
              "train.warmup_steps=0", "train.progress_bar=false", "train.checkpoint_every=0",
              "train.checkpoint_at_end=true", "data.max_length=512")
