@@ -3,6 +3,8 @@ recipes' one-line refusals are tested as subprocesses in tests/diffusion/test_re
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mmalign import checkpoint as ckpt
@@ -70,3 +72,33 @@ def test_a_trainer_state_that_is_not_one_is_named(tmp_path, content):
     cfg = SimpleNamespace(train=SimpleNamespace(resume="latest", resume_require_rng_state=True))
     with pytest.raises(ConfigError, match=f"train.resume: {folder / ckpt.STATE_FILE} is not a usable trainer state"):
         check_resume(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(("family", "config", "override", "key"), [
+    ("vlm", "vlm/qwen2vl_dpo.yaml", "lora.rank=0", "lora.rank is 0 (full fine-tuning) in this config but 16"),
+    ("vlm", "vlm/qwen2vl_dpo.yaml", "model.freeze_vision=false", "model.freeze_vision is false"),
+    ("video", "video/qwen25vl_rrpo.yaml", "lora.rank=8", "lora.rank is 8 in this config but 128"),
+    ("video", "video/qwen25vl_rrpo.yaml", "method.name=sft", "method.name is 'sft' in this config but 'rrpo'"),
+])
+def test_vlm_and_video_recipes_check_the_resume_before_the_model_loads(tmp_path, family, config, override, key):
+    """The recipes call check_resume first: the model folder here is empty, so any load would fail otherwise."""
+    from mmalign.config import load_config, to_dict
+    from mmalign.mllm.video_config import VideoRecipeConfig
+    from mmalign.mllm.vlm_config import VLMRecipeConfig
+    from mmalign.recipe_entry import run_recipe_file
+    from tests.helpers import REPO
+
+    model, data, out = tmp_path / "model", tmp_path / "rows.jsonl", tmp_path / "run"
+    model.mkdir()
+    data.write_text("{}\n")
+    path = REPO / "recipes" / "configs" / config
+    common = [f"model.pretrained={model}", f"data.path={data}", f"output_dir={out}"]
+    schema = VLMRecipeConfig if family == "vlm" else VideoRecipeConfig
+    folder = ckpt.final_path(out, 2)
+    folder.mkdir(parents=True)
+    ckpt.write_state(folder, {"step": 2, "micro_batches": 2})
+    ckpt.save_run_config(folder, to_dict(load_config(schema, path, common)))
+    with pytest.raises(ConfigError, match=re.escape(f"train.resume: {key}")):
+        run_recipe_file(REPO / "recipes" / f"{family}.py", ["--config", str(path), *common, override,
+                                                             "train.resume=latest", "train.resume_require_rng_state=false"])
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing written (not even the lock)
