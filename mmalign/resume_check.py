@@ -45,7 +45,6 @@ def check_resume(cfg: Any, output_dir: str | os.PathLike) -> Path | None:
     checkpoint = ckpt.resolve_resume(train.resume, output_dir)
     if checkpoint is None:
         return None
-    check_state_files(checkpoint, require_rng=train.resume_require_rng_state)
     recorded, source = recorded_run_config(checkpoint)
     if recorded is not None:
         differences = shape_differences(recorded, _as_dict(cfg))
@@ -56,6 +55,7 @@ def check_resume(cfg: Any, output_dir: str | os.PathLike) -> Path | None:
                 f"wrote {checkpoint} ({source}); its weights only fit that setting: resume with {key}={_plain(saved)} "
                 "or train into a new output_dir"
             )
+    check_state_files(checkpoint, require_rng=train.resume_require_rng_state)
     return checkpoint
 
 
@@ -67,6 +67,9 @@ def check_state_files(checkpoint: Path, require_rng: bool = True) -> None:
         raise ConfigError(f"train.resume: {checkpoint / ckpt.STATE_FILE} is not a usable trainer state "
                           f"({_one_line(exc)}); resume from another checkpoint") from None
     ckpt.check_trainable_file(checkpoint)
+    if not (checkpoint / ckpt.TRAINABLE_FILE).is_file() and not _sharded(checkpoint):
+        raise ConfigError(f"train.resume: {checkpoint / ckpt.TRAINABLE_FILE} is missing (the trained weights); the "
+                          "checkpoint is incomplete: resume from another checkpoint")
     for path in sorted(checkpoint.iterdir()):
         if STATE_FILES.match(path.name):
             problem = _weights_only_problem(path)
@@ -79,6 +82,11 @@ def check_state_files(checkpoint: Path, require_rng: bool = True) -> None:
             raise ConfigError(f"train.resume: checkpoint {checkpoint} cannot restore the random state: {problem}; "
                               "set train.resume_require_rng_state=false to resume anyway (randomness then differs "
                               "from an uninterrupted run)")
+
+
+def _sharded(checkpoint: Path) -> bool:
+    """A DeepSpeed / FSDP checkpoint (accelerate saved the model itself: no ``trainable.safetensors``)."""
+    return (checkpoint / "latest").is_file() or any(p.name.startswith("pytorch_model") for p in checkpoint.iterdir())
 
 
 def _weights_only_problem(path: Path) -> str | None:
@@ -163,12 +171,35 @@ def _value(config: dict[str, Any], key: str) -> Any:
     return node
 
 
+MODEL_CONFIG_FILES = ("model_index.json", "config.json")
+"""What identifies a local model folder (diffusers pipeline / transformers model) without loading it."""
+
+
 def _same_model(saved: Any, now: Any) -> bool:
-    """``tiny:<kind>`` (not resolved yet) names the folder ``.../model_<kind>`` it resolves to (the recorded value)."""
+    """Whether ``model.pretrained`` still names the model the checkpoint was trained on.
+
+    ``tiny:<kind>`` (not resolved yet) is the folder ``.../model_<kind>`` it resolves to. Two existing local folders
+    are the same model when their ``model_index.json`` / ``config.json`` are identical (a folder moved or copied to
+    another machine). A hub id and a local folder, or a recorded folder that no longer exists here, cannot be told
+    apart without loading (or the network): not refused here (a real shape change still fails when the weights
+    load). Two different hub ids are different models."""
     saved, now = str(saved), str(now)
+    if saved == now:
+        return True
     if now.startswith(TINY) and not saved.startswith(TINY):
         return Path(saved).name == f"model_{now[len(TINY):]}"
-    return saved == now
+    saved_dir, now_dir = Path(saved).is_dir(), Path(now).is_dir()
+    if saved_dir and now_dir:
+        return any((Path(saved) / name).is_file() and (Path(now) / name).is_file()
+                   and (Path(saved) / name).read_bytes() == (Path(now) / name).read_bytes()
+                   for name in MODEL_CONFIG_FILES)
+    local = [saved_dir, now_dir, _looks_like_path(saved), _looks_like_path(now)]
+    return any(local)  # at least one side is local: cannot tell; two different hub ids: different models
+
+
+def _looks_like_path(value: str) -> bool:
+    """A local path (absolute, ``./``, ``~``, or deeper than a hub id's ``org/name``) rather than a hub id."""
+    return value.startswith(("/", ".", "~")) or value.count("/") > 1
 
 
 def _show(key: str, value: Any) -> str:

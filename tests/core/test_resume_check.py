@@ -102,3 +102,30 @@ def test_vlm_and_video_recipes_check_the_resume_before_the_model_loads(tmp_path,
         run_recipe_file(REPO / "recipes" / f"{family}.py", ["--config", str(path), *common, override,
                                                              "train.resume=latest", "train.resume_require_rng_state=false"])
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing written (not even the lock)
+
+
+def test_a_checkpoint_without_its_trained_weights_is_named(tmp_path):
+    from types import SimpleNamespace
+
+    folder = ckpt.final_path(tmp_path, 2)
+    folder.mkdir(parents=True)
+    ckpt.write_state(folder, {"step": 2, "micro_batches": 2})
+    cfg = SimpleNamespace(train=SimpleNamespace(resume="latest", resume_require_rng_state=False))
+    with pytest.raises(ConfigError, match=re.escape(f"train.resume: {folder / ckpt.TRAINABLE_FILE} is missing")):
+        check_resume(cfg, tmp_path)
+    (folder / "pytorch_model_fsdp_0").mkdir()  # FSDP / DeepSpeed: accelerate saved the (sharded) model itself
+    assert check_resume(cfg, tmp_path) == folder
+
+
+def test_model_pretrained_is_compared_where_it_can_be_without_loading(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "moved", tmp_path / "other"
+    for folder, text in ((a, '{"_class_name": "StableDiffusionPipeline"}'), (b, '{"_class_name": "StableDiffusionPipeline"}'),
+                         (c, '{"_class_name": "StableDiffusionXLPipeline"}')):
+        folder.mkdir()
+        (folder / "model_index.json").write_text(text)
+    record = {"model": {"pretrained": str(a)}}
+    assert shape_differences(record, {"model": {"pretrained": str(b)}}) == []  # the same folder moved / copied
+    assert shape_differences(record, {"model": {"pretrained": str(c)}})[0][0] == "model.pretrained"
+    hub = {"model": {"pretrained": "org/model-a"}}
+    assert shape_differences(hub, {"model": {"pretrained": "org/model-b"}})[0][0] == "model.pretrained"
+    assert shape_differences(hub, {"model": {"pretrained": str(a)}}) == []  # a download of it? cannot tell offline
