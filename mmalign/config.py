@@ -116,10 +116,13 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
         given.update(_flatten(data))
     context = _with_overrides(OmegaConf.to_container(merged), overrides)  # what renames may depend on
+    config_lora = OmegaConf.to_container(merged).get("lora")  # before the command line: rank_override_note
+    cli_keys: set[str] = set()
     for raw_item in parse_overrides(overrides):
         for item in _migrate_override(schema_cls, _rename_override(schema_cls, raw_item, context)):
             key = item.split("=", 1)[0]
             given.add(key)
+            cli_keys.add(key)
             _check_key_path(schema_cls, key, merged)
             try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
                 merged.merge_with_dotlist([item])
@@ -138,7 +141,22 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
     check_values(obj)  # ranges and choices registered by the schema modules (mmalign.validate)
     if (check_given := getattr(schema_cls, "check_given", None)) is not None:
         check_given(obj, given)  # e.g. options of another method than method.name
+    _note_lora_scale(config_lora, obj, cli_keys)
     return obj  # type: ignore[return-value]
+
+
+def _note_lora_scale(config_lora: Any, obj: Any, cli_keys: set[str]) -> None:
+    """Print :func:`mmalign.lora_config.rank_override_note` when a command-line rank changes the LoRA scale."""
+    from mmalign.lora_config import LoraConfig, rank_override_note
+
+    lora = getattr(obj, "lora", None)
+    if not isinstance(lora, LoraConfig) or not isinstance(config_lora, dict) or "lora.rank" not in cli_keys:
+        return
+    note = rank_override_note(config_lora.get("rank"), config_lora.get("alpha"), lora, "lora.alpha" in cli_keys)
+    if note:
+        import sys
+
+        print(note, file=sys.stderr)
 
 
 def _renamer(schema_cls: type) -> RenameFn | None:

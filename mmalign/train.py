@@ -194,6 +194,7 @@ def train(
     check_values(cfg, "train.")  # ConfigError naming the key (load_config already checked recipe configs)
     accelerator = accelerator or make_accelerator(cfg, output_dir)
     run = _prepare(cfg, accelerator, Path(output_dir), model, dataset, collate_fn, sample_weights)
+    run.run_config = run_config  # recorded in every checkpoint (run_config.json: what mmalign.resume_check compares)
     _resume(run)
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
@@ -239,13 +240,15 @@ class _Run:
     sampler: EpochSampler
     loader_rng: torch.Generator
     state: ckpt.LoopState
+    run_config: dict[str, Any] | None = None
 
     def checkpoint_due(self) -> bool:
         """Whether ``checkpoint_every`` writes a checkpoint at the current step."""
         return bool(self.cfg.checkpoint_every) and self.state.step % self.cfg.checkpoint_every == 0
 
     def save(self) -> None:
-        _write_checkpoint(self.accelerator, self.output_dir, self.state.step, self.cfg.keep_checkpoints, self.state)
+        _write_checkpoint(self.accelerator, self.output_dir, self.state.step, self.cfg.keep_checkpoints, self.state,
+                          self.run_config)
 
 
 @dataclass
@@ -575,7 +578,7 @@ def _load_hook(model: torch.nn.Module, models: list, folder: str) -> None:
 
 
 def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int,
-                      state: ckpt.LoopState) -> None:
+                      state: ckpt.LoopState, run_config: dict[str, Any] | None = None) -> None:
     tmp = ckpt.temp_path(output_dir, step)
 
     def survivor() -> str:
@@ -589,6 +592,8 @@ def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, kee
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt.save_loop_state(tmp, state)
+            if run_config is not None:
+                ckpt.save_run_config(tmp, run_config)
             ckpt.commit(output_dir, step, keep)
         accelerator.wait_for_everyone()
 

@@ -179,7 +179,8 @@ def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
                 p.data = p.data.float()
     else:
         unet.to(device).requires_grad_(True)
-    reference = ReferenceProvider.for_training(unet, use_lora, needs_reference, weight_dtype).to(device)
+    # Full fine-tuning: the frozen copy keeps the policy's dtype (not weight_dtype), see ReferenceProvider.for_training
+    reference = ReferenceProvider.for_training(unet, use_lora, needs_reference).to(device)
     vae_dtype = torch.float32 if cfg.model.vae_dtype == "float32" else weight_dtype
     parts.vae.to(device, vae_dtype)
     for encoder in parts.text_encoders:
