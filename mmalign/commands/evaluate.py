@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap draws")
     parser.add_argument("--grid-size", type=int, default=24, help="base | aligned pairs in the sample grid")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.epilog = ("--scorer takes every card name above plus toy-judge (the toy world's judge, the ground truth "
+                     "toy_eval reports). Under accelerate launch / torchrun the images are split across processes; "
+                     "a second run into the same --out reuses the saved images.")
 
 
 def _seeds(text: str) -> list[int]:

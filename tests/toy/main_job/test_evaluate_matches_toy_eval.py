@@ -40,6 +40,7 @@ def test_evaluate_toy_judge_equals_the_runs_toy_eval(run_recipe, tiny_inputs, tm
     row = ev["scorers"]["toy-judge"]
     assert (row["wins"], row["ties"], row["losses"]) == (toy["wins"], toy["ties"], toy["losses"])
     assert row["win_rate"] == toy["win_rate"]
+    assert row["win_rate_ci95"] == toy["win_rate_ci95"]  # the same paired bootstrap over captions
     assert row["base"]["mean"] == pytest.approx(toy["base_mean"], abs=1e-6)
     assert row["aligned"]["mean"] == pytest.approx(toy["aligned_mean"], abs=1e-6)
     assert row["gain"]["mean"] == pytest.approx(toy["mean_gain"], abs=1e-6)
