@@ -8,8 +8,9 @@ On the main process, after the training loop, the recipe calls :func:`run_toy_ev
    or for full fine-tuning the frozen reference copy (re-read from ``model.pretrained`` when the method is
    reference-free and none was built);
 3. both models sample every (caption, seed) with the same per-image generators and are scored by the toy judge
-   through :func:`mmalign.toy.evaluate.evaluate_pipeline` / :func:`~mmalign.toy.evaluate.compare` (the judge is not
-   re-implemented here);
+   through :func:`mmalign.toy.evaluate.evaluate_pipeline` / :func:`~mmalign.toy.evaluate.compare` — the plan,
+   sampler, ``toy-judge`` scorer, win counts and bootstrap of ``mmalign evaluate`` (:mod:`mmalign.evaluation`), so
+   ``mmalign evaluate <output_dir> --scorer toy-judge`` on the same captions / seeds / sampler reports these numbers;
 4. a short table is printed, ``summary.json["toy_eval"]`` gets base / aligned means, the gain, the win rate of
    aligned over base (ties count half), the std over sampling seeds and the number of images; the side-by-side grid
    (base | aligned) goes to ``<output_dir>/toy_eval/side_by_side.png``, the per-image scores to
