@@ -161,7 +161,7 @@ def _migrate_override(schema_cls: type, item: str) -> list[str]:
     key, value = item.split("=", 1)
     data: dict = {}
     try:
-        parsed = yaml.safe_load(value) if value else value
+        parsed = yaml.load(value, Loader=_BoundedSafeLoader) if value else value
     except yaml.YAMLError:
         parsed = value
     _put(data, key, parsed, overwrite=True)
@@ -270,8 +270,58 @@ def _rename_override(schema_cls: type, item: str, context: dict) -> str:
     return f"{new}={value}"
 
 
-class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key repeated in one mapping (plain safe_load keeps the last)."""
+MAX_YAML_NODES = 100_000
+"""The most nodes a config may hold with every alias expanded. A config is a few hundred; nested aliases (an
+"alias bomb": 1.7 KB expanding to billions of nodes) would otherwise exhaust memory in the deep copies of OmegaConf."""
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand past :data:`MAX_YAML_NODES` nodes, or that
+    refers to itself, before any Python object is built (composing keeps an alias as one shared node: linear)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, self.name)
+        return super().construct_document(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Size of ``root`` with aliases expanded (memoised per shared node, so linear in the file), capped."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_YAML_NODES:
+                line = node.start_mark.line + 1
+                raise ConfigError(
+                    f"{source}: line {line}: the YAML expands to more than {MAX_YAML_NODES} values through nested "
+                    "aliases (&anchor / *alias); refused (a config holds a few hundred: an alias bomb?)")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError(f"{source}: line {node.start_mark.line + 1}: a YAML alias refers to a value that "
+                              "contains it (a recursive structure); refused")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+class _UniqueKeySafeLoader(_BoundedSafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping (plain safe_load keeps the last) and alias
+    bombs (:class:`_BoundedSafeLoader`)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
