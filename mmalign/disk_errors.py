@@ -23,6 +23,9 @@ _STREAM_MESSAGES = ("iostream error", "unexpected pos", "file write failed", "no
 class DiskFullError(OSError):
     """The disk filled up while writing; the message names the path and what is left to recover from."""
 
+    path: str | None = None
+    """The file or folder being written."""
+
 
 def free_bytes(path: str | os.PathLike) -> int | None:
     probe = Path(path)
@@ -66,5 +69,7 @@ def writing(path: str | os.PathLike, survivor: Callable[[], str], cleanup: Calla
         if cleanup is not None:
             cleanup()
         if is_disk_full(exc, path):
-            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}; {survivor()}") from exc
+            error = DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}; {survivor()}")
+            error.path = str(path)
+            raise error from exc
         raise

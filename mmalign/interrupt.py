@@ -83,3 +83,43 @@ def say(text: str) -> None:
         os.write(2, text.encode())
     except OSError:
         pass
+
+
+class StopAfterTraining(BaseException):
+    """A stop signal after the training loop (final validation, export): raised at once where the program is, so
+    that :mod:`mmalign.keep_weights` writes the trained weights. A ``BaseException``, as ``KeyboardInterrupt``: an
+    ``except Exception`` on the way does not swallow it."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class RaiseOnStop:
+    """Context manager: SIGINT / SIGTERM / SIGHUP raise :class:`StopAfterTraining` in the main thread (an inherited
+    ignored SIGINT or SIGHUP stays ignored); the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> RaiseOnStop:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in StopRequest.SIGNALS:
+            previous = signal.getsignal(sig)
+            if sig in StopRequest.KEEP_IGNORED and previous == signal.SIG_IGN:
+                continue
+            self._previous[sig] = previous
+            signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        say(f"\n{name} received: writing the trained weights, then stopping\n")
+        raise StopAfterTraining(name)
