@@ -107,6 +107,7 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
             raise ConfigError(_yaml_error(path, exc)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        _refuse_nul(data, str(path))
         data = _rename_yaml_keys(schema_cls, data, overrides, str(path))
         _migrate(schema_cls, data, str(path))
         try:
@@ -115,6 +116,8 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
             raise ConfigError(f"{path}: {exc}") from None
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
         given.update(_flatten(data))
+    for item in overrides:
+        _refuse_nul(item, "command line")
     context = _with_overrides(OmegaConf.to_container(merged), overrides)  # what renames may depend on
     for raw_item in parse_overrides(overrides):
         for item in _migrate_override(schema_cls, _rename_override(schema_cls, raw_item, context)):
@@ -139,6 +142,20 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
     if (check_given := getattr(schema_cls, "check_given", None)) is not None:
         check_given(obj, given)  # e.g. options of another method than method.name
     return obj  # type: ignore[return-value]
+
+
+def _refuse_nul(value: Any, source: str, key: str = "") -> None:
+    """A NUL character fits no path or name (``open`` raises "embedded null byte" deep in a run): refuse it here."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_nul(k, source, key)
+            _refuse_nul(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_nul(v, source, f"{key}.{i}")
+    elif isinstance(value, str) and "\x00" in value:
+        where = f"config key '{key}'" if key else f"'{value.split('=', 1)[0]}'"
+        raise ConfigError(f"{source}: {where} contains a NUL character, which no path or name can hold: {value!r}")
 
 
 def _renamer(schema_cls: type) -> RenameFn | None:

@@ -102,3 +102,13 @@ def test_bomb_is_refused_by_a_real_process_in_bounded_time_and_memory(entry, tmp
     assert code == 2, err[-3000:]
     assert "Traceback" not in err and "the YAML expands to more than 100000 values through nested aliases" in err
     assert seconds < 120 and peak_gib < 3.0, (seconds, peak_gib)
+
+
+def test_a_nul_character_in_a_value_is_a_config_error_naming_the_key(tmp_path):
+    """Before: ``ValueError: embedded null byte`` from ``os.path.realpath`` with a traceback (issue 28)."""
+    path = tmp_path / "nul.yaml"
+    path.write_text('model: {pretrained: "base\\0dir"}\n')
+    with pytest.raises(ConfigError, match=r"nul.yaml: config key 'model.pretrained' contains a NUL character"):
+        load_config(_Recipe, path)
+    with pytest.raises(ConfigError, match=r"command line: 'note' contains a NUL character"):
+        load_config(_Recipe, None, ["model.pretrained=x", "note=[a\0b]"])
