@@ -110,7 +110,7 @@ class KeptWeights:
             error_class = disk_errors.DiskFullError
             if phase == "the export":
                 from mmalign.safe_export import ExportDiskFullError as error_class  # type: ignore[assignment]
-            error = error_class(28, f"no space left on device {where} during {phase}; {kept}")
+            error = error_class(28, f"{disk_errors.reason(exc)} {where} during {phase}; {kept}")
             error.path = what
             return error
         if phase == "the export":

@@ -184,3 +184,30 @@ def test_disk_full_at_the_export_keeps_the_weights_elsewhere(tiny, straight, sma
     kept = Path(found.group(1))
     assert kept.is_relative_to(rescue)
     _trainable_equal(kept, straight)
+
+
+def test_the_file_size_limit_at_the_export_keeps_a_checkpoint(tiny, straight, tmp_path):
+    """``ulimit -f`` (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it raises EFBIG): the export's large file
+    fails, the checkpoint (each file under the limit) is written, and the message says which limit was hit."""
+    import resource
+
+    out = tmp_path / "run"
+    limit = 2 * 2**20
+
+    def cap() -> None:
+        for s in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, str(tiny.__file__), str(out), json.dumps(RUN), "--noise", "--recipe-entry", "--export",
+         f"--export-pad={4 * limit}"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=cap)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    kept = ckpt.final_path(out, 6)
+    assert re.search(r"error: \[Errno 28\] file size limit reached \(ulimit -f\) .*File too large.* during the "
+                     f"export; the trained weights of step 6/6 are kept in checkpoint {re.escape(str(kept))}; ",
+                     output), output[-3000:]
+    _trainable_equal(kept / ckpt.TRAINABLE_FILE, straight)
