@@ -211,3 +211,21 @@ def test_the_file_size_limit_at_the_export_keeps_a_checkpoint(tiny, straight, tm
                      f"export; the trained weights of step 6/6 are kept in checkpoint {re.escape(str(kept))}; ",
                      output), output[-3000:]
     _trainable_equal(kept / ckpt.TRAINABLE_FILE, straight)
+
+
+def test_a_full_cache_disk_is_one_clear_error(small_disk):
+    """The latent / text cache on a full disk (before: a raw ``SafetensorError`` with a traceback and a half-written
+    file left behind): a :class:`~mmalign.disk_errors.DiskFullError` naming the cache and the way out."""
+    import torch
+
+    from mmalign.diffusion.cache import LatentTextCache
+    from mmalign.disk_errors import DiskFullError
+
+    cache = LatentTextCache(small_disk / "cache", "vae", "text", 64)
+    cache.put_prompt("a first prompt", {"embeds": torch.ones(4, 8)})
+    _fill(small_disk)
+    with pytest.raises(DiskFullError, match=r"no space left on device while writing .*cache.*; nothing trained is "
+                                            r"lost .* set data.cache_dir to a disk with room"):
+        cache.put_prompt("a second prompt", {"embeds": torch.ones(256, 1024)})
+    assert not list((small_disk / "cache").rglob("*.tmp"))
+    assert cache.has_prompt("a first prompt") and not cache.has_prompt("a second prompt")
