@@ -1,6 +1,7 @@
-"""YAML alias bombs (issue 28): nested aliases that expand to billions of values are refused in bounded time and
-memory, by the recipe and by ``mmalign export`` of a foreign run folder (which reads its ``mmalign_config.yaml``);
-before, both hung until memory ran out."""
+"""Hostile configs (issue 28). YAML alias bombs: nested aliases that expand to billions of values are refused in
+bounded time and memory, by the recipe and by ``mmalign export`` of a foreign run folder (which reads its
+``mmalign_config.yaml``); before, both hung until memory ran out. A NUL character in a value, an absurd resolution:
+a config error naming the key, not a traceback or a MemoryError."""
 
 from __future__ import annotations
 
@@ -112,3 +113,12 @@ def test_a_nul_character_in_a_value_is_a_config_error_naming_the_key(tmp_path):
         load_config(_Recipe, path)
     with pytest.raises(ConfigError, match=r"command line: 'note' contains a NUL character"):
         load_config(_Recipe, None, ["model.pretrained=x", "note=[a\0b]"])
+
+
+def test_an_absurd_resolution_is_refused_with_its_range():
+    from mmalign.diffusion.config import DiffusionRecipeConfig
+
+    config = REPO / "recipes" / "configs" / "diffusion" / "toy_dpo.yaml"
+    for key in ("data.resolution", "validation.height"):
+        with pytest.raises(ConfigError, match=rf"{key}.*100000.*<= 4096"):
+            load_config(DiffusionRecipeConfig, config, [f"{key}=100000"])
