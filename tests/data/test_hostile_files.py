@@ -1,4 +1,4 @@
-"""A byte-order mark at the start of a csv / jsonl file (Excel's "CSV UTF-8", Notepad) is not part of the first
+"""Hostile data files (issue 28). A byte-order mark at the start of a csv / jsonl file (Excel's "CSV UTF-8", Notepad) is not part of the first
 column name or row (issue 28: the csv's first column became '\\ufefffile_path' and the file was refused)."""
 
 from __future__ import annotations
@@ -26,3 +26,18 @@ def test_csv_and_jsonl_with_a_bom_load_as_without(tmp_path):
     (tmp_path / "bom.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8-sig")
     pairs = load_preference_data(tmp_path / "bom.jsonl")
     assert len(pairs) == 1 and pairs[0]["prompt"] == "a red one"
+
+
+def test_a_nul_character_in_an_image_path_names_file_line_and_field(tmp_path):
+    """Before: ``ValueError: embedded null byte`` from ``os.path.realpath`` with a traceback (issue 28)."""
+    import pytest
+
+    from mmalign.data.errors import DataFormatError
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "imgs" / "0.png")
+    rows = [{"prompt": "a", "chosen": "imgs/0.png", "rejected": "imgs/0.png"},
+            {"prompt": "b", "chosen": "imgs/0.png", "rejected": "imgs/\0.png"}]
+    (tmp_path / "nul.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataFormatError, match=r"nul.jsonl, line 2, field 'rejected'.*contains a NUL character"):
+        load_preference_data(tmp_path / "nul.jsonl")
