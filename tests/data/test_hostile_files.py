@@ -1,5 +1,6 @@
-"""Hostile data files (issue 28). A byte-order mark at the start of a csv / jsonl file (Excel's "CSV UTF-8", Notepad) is not part of the first
-column name or row (issue 28: the csv's first column became '\\ufefffile_path' and the file was refused)."""
+"""Hostile data files (issue 28): a byte-order mark at the start of a csv / jsonl file (Excel's "CSV UTF-8",
+Notepad) is not part of the first column name or row (the csv's first column became '\\ufefffile_path' and the
+file was refused); a NUL character in an image path is an error naming file, line and field."""
 
 from __future__ import annotations
 
