@@ -34,6 +34,7 @@ from mmalign import checkpoint as ckpt
 from mmalign import disk_errors
 from mmalign.config import ConfigError
 from mmalign.interrupt import StopRequest, TrainingInterrupted
+from mmalign.keep_weights import KeptWeights
 from mmalign.run_lock import lock_run_folder
 from mmalign.train_config import LR_SCHEDULERS, OPTIMIZER_EXTRAS, OPTIMIZERS, TrainConfig
 from mmalign.validate import check_values
@@ -200,7 +201,10 @@ def train(
         accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
     meter, validation = _Meter(cfg.max_steps, run.state.step, cfg.progress_bar and accelerator.is_local_main_process), {}
     run.model.train()
-    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 (mmalign.interrupt)
+    kept = KeptWeights(accelerator, cfg, run.output_dir, run.state, accelerator.unwrap_model(run.model))
+    # Ctrl-C / SIGTERM / SIGHUP: finish the step, checkpoint, exit 130 (mmalign.interrupt); a full disk anywhere
+    # in the loop: the weights are written in the largest form that fits, and the error says where (keep_weights)
+    with StopRequest() as stop, kept.during("training", signals=False, any_error=False):
         for batch in _micro_batches(run):
             with accelerator.accumulate(run.model):
                 _micro_step(run, meter, step_fn, batch)
@@ -217,11 +221,13 @@ def train(
             if step >= cfg.max_steps:
                 break
     meter.progress.close()
-    if cfg.checkpoint_at_end and not run.checkpoint_due():
-        run.save()
-    if validate_fn is not None:
-        validation = _run_validation(accelerator, run.model, validate_fn, run.state.step)
-    return _finish(run, meter, validation)
+    kept.register()  # the weights are in memory only: the export keeps them (mmalign.safe_export)
+    with kept.during("the end of training (final checkpoint, validation, summary)"):  # Ctrl-C / full disk / error
+        if cfg.checkpoint_at_end and not run.checkpoint_due():
+            run.save()
+        if validate_fn is not None:
+            validation = _run_validation(accelerator, run.model, validate_fn, run.state.step)
+        return _finish(run, meter, validation)
 
 
 @dataclass
