@@ -14,7 +14,7 @@ def test_video_recipe_is_short_and_holds_no_dataclass():
     assert len(text.splitlines()) <= 100
     tree = ast.parse(text)
     classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
-    assert classes == [], f"recipes/video.py defines classes {classes}: schemas belong in mmalign/mllm/video_config.py"
+    assert classes == [], f"recipes/video.py defines classes {classes}: schemas belong in mmalign/mllm/video/config.py"
     assert "dataclass" not in text and "register(" not in text
 
 
@@ -44,7 +44,7 @@ def _method_name_comparisons(tree: ast.AST) -> list[int]:
 
 
 def test_recipes_hold_no_method_branches():
-    """Method knowledge lives in the family's table (diffusion registry, vlm_objective.METHODS, video_build.STEPS)."""
+    """Method knowledge lives in the family's table (diffusion registry, vlm/objective.METHODS, video/build.STEPS)."""
     for name in RECIPES:
         tree = ast.parse((REPO / "recipes" / f"{name}.py").read_text())
         assert _method_name_comparisons(tree) == [], f"recipes/{name}.py branches on the method name"

@@ -1,4 +1,4 @@
-"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video_config.VideoRecipeConfig`: input checks,
+"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video.config.VideoRecipeConfig`: input checks,
 model + processor, the dataset and step function of a method, per-stage LoRA and train settings, the toy metric."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from mmalign.config import ConfigError, require_paths
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.video_rows import METHODS, read_records
-from mmalign.mllm.curriculum import StageAdapter
-from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
-from mmalign.mllm.video_dataset import VideoPreferenceDataset
-from mmalign.mllm.video_steps import StepFn, make_pair_step, make_rrpo_step, sft_step
+from mmalign.mllm.video.config import ModelConfig, StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.curriculum import StageAdapter
+from mmalign.mllm.video.dataset import VideoPreferenceDataset
+from mmalign.mllm.video.steps import StepFn, make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
 from mmalign.reference import frozen_copy
 from mmalign.train_config import TrainConfig
@@ -38,10 +38,10 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
 
 
 def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (pad token set,
+    """``(model, processor)`` through the one loader :func:`mmalign.mllm.model.load_vlm` (pad token set,
     dropout off)."""
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.mllm.model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
 
     return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                    attn_implementation=cfg.attn_implementation))
