@@ -62,7 +62,8 @@ def _sft(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
 
 def _pair(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
     beta = cfg.method.beta if cfg.method.beta is not None else 0.1
-    return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model)
+    return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model,
+                          label_smoothing=cfg.method.label_smoothing, gamma=cfg.method.gamma)
 
 
 def _rrpo(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:

@@ -117,6 +117,13 @@ class VLMRecipeConfig:
         """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list."""
         return migrate_lora_block(raw)
 
+    @staticmethod
+    def check_given(cfg: VLMRecipeConfig, given: set[str]) -> None:
+        """A ``method.*`` key ``method.name`` does not read is a ConfigError (:mod:`mmalign.mllm.vlm.methods`)."""
+        from mmalign.mllm.vlm.methods import check_method_keys
+
+        check_method_keys(cfg.method.name, given)
+
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
 
