@@ -3,12 +3,17 @@
 A key the user sets that no method of the run reads (``method.name``, or every stage's ``method`` for a
 curriculum) is a ConfigError naming the key and the method (:func:`check_method_keys`), where main accepted it
 silently (``method.alpha`` on dpo, ``method.magnitude`` on rrpo, ...). Light: no torch, read by the schema.
-The step builders are :data:`mmalign.mllm.video.build.STEPS` (a test keeps the names equal).
+It is also the one list of video methods: each entry names how an item of its data is built
+(``item``, :mod:`mmalign.mllm.video.dataset`), its step builder (``step``, :mod:`mmalign.mllm.video.build`), both
+``"module:function"`` imported on first use, and whether it scores against a reference.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 from mmalign.config_error import ConfigError
 from mmalign.method_registry import MethodSpecBase, check_given_keys
@@ -21,17 +26,38 @@ _PERTURB = ("perturbations", "magnitude", "frames_per_clip")
 class VideoMethodSpec(MethodSpecBase):
     name: str
     uses: tuple[str, ...]
+    item: str
+    """``module:function`` ``(dataset, i, record, frames, row) -> tuple[VideoRow, ...]``: one item of its data."""
+    step: str
+    """``module:function`` ``(cfg, ref_model) -> step_fn``."""
+    needs_reference: bool = True
+    needs_rejected: bool = False
+    """Rows must carry a rejected answer."""
+    phrases: bool = False
+    """Items carry RRPO phrase ids (needs the tokenizer)."""
     summary: str = ""
     options: type | None = None
     ignores: tuple[str, ...] = ()
 
+    def hook(self, name: str) -> Callable[..., Any]:
+        """The callable of ``item`` or ``step``."""
+        module, function = getattr(self, name).split(":")
+        return getattr(importlib.import_module(module), function)
 
+
+_DATA, _BUILD = "mmalign.mllm.video.dataset", "mmalign.mllm.video.build"
 SPECS: dict[str, VideoMethodSpec] = {s.name: s for s in (
-    VideoMethodSpec("sft", (), "token-mean NLL of the responses"),
-    VideoMethodSpec("dpo", _PAIR, "DPO family on chosen / rejected answers to the same video (TEMPLE stages)"),
-    VideoMethodSpec("vdpo", _PAIR + _PERTURB, "DPO family, rejected = the answer on a temporally perturbed video"),
-    VideoMethodSpec("rrpo", ("beta", "alpha", "kl_chunk_size"), "RRPO: phrase-level ratios + token KL"),
+    VideoMethodSpec("sft", (), f"{_DATA}:response_item", f"{_BUILD}:sft_builder", needs_reference=False,
+                    summary="token-mean NLL of the responses"),
+    VideoMethodSpec("dpo", _PAIR, f"{_DATA}:pair_item", f"{_BUILD}:pair_builder", needs_rejected=True,
+                    summary="DPO family on chosen / rejected answers to the same video (TEMPLE stages)"),
+    VideoMethodSpec("vdpo", _PAIR + _PERTURB, f"{_DATA}:perturbed_item", f"{_BUILD}:pair_builder",
+                    summary="DPO family, rejected = the answer on a temporally perturbed video"),
+    VideoMethodSpec("rrpo", ("beta", "alpha", "kl_chunk_size"), f"{_DATA}:pair_item", f"{_BUILD}:rrpo_builder",
+                    needs_rejected=True, phrases=True, summary="RRPO: phrase-level ratios + token KL"),
 )}
+METHODS = tuple(SPECS)
+"""The video ``method.name`` values (the schema validates against them)."""
 
 
 def shared_keys() -> tuple[str, ...]:
