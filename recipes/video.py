@@ -6,7 +6,7 @@ Steps: parse and check the config (before any model loads) → load model and pr
 method → the shared training loop → export → toy metric → summary.json. With ``stages`` the run is a curriculum
 (TEMPLE): each stage merges the previous LoRA, starts a fresh one (so the reference resets to the previous stage's
 policy) and trains on its own file; finished stages are skipped on restart. Formulas: ``spec/vlm_video_objectives.md``
-§2 (RRPO), §3 (TEMPLE), §7 (VDPO); code in :mod:`mmalign.objectives.rrpo`, :mod:`mmalign.mllm.video_steps`.
+§2 (RRPO), §3 (TEMPLE), §7 (VDPO); code in :mod:`mmalign.objectives.rrpo`, :mod:`mmalign.mllm.video.steps`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import torch
 from accelerate.utils import set_seed
 
 from mmalign.config import load_config, to_dict
-from mmalign.mllm.curriculum import fresh_adapter, run_stages
-from mmalign.mllm.video_batch import VideoRowCollator
-from mmalign.mllm.video_build import (
+from mmalign.mllm.video.batch import VideoRowCollator
+from mmalign.mllm.video.build import (
     build_dataset,
     build_reference,
     build_step,
@@ -32,7 +31,8 @@ from mmalign.mllm.video_build import (
     lora_for,
     stage_train_config,
 )
-from mmalign.mllm.video_config import StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.config import StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.curriculum import fresh_adapter, run_stages
 from mmalign.recipe_entry import run_recipe
 from mmalign.resume_check import check_resume
 from mmalign.run_lock import lock_run_folder

@@ -4,7 +4,7 @@
 
 Reads top to bottom: config → model + processor (LoRA or full fine-tuning, vision side frozen) → rows →
 collator → step function (policy/reference scores → mmalign.objectives) → the shared training loop → export
-(peft adapter folder, optionally merged). Formulas: mmalign/mllm/vlm_objective.py.
+(peft adapter folder, optionally merged). Formulas: mmalign/mllm/vlm/objective.py.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from mmalign.config import load_config, require_paths, to_dict
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.vlm_rows import VLMPreferenceDataset
 from mmalign.mllm.export import merge_adapter_folder, save_trained
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-from mmalign.mllm.vlm_config import VLMRecipeConfig
-from mmalign.mllm.vlm_model import load_vlm, prepare_policy
-from mmalign.mllm.vlm_objective import check_method, needs_reference, preference_step, vlm_method
+from mmalign.mllm.model import load_vlm, prepare_policy
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+from mmalign.mllm.vlm.config import VLMRecipeConfig
+from mmalign.mllm.vlm.objective import check_method, needs_reference, preference_step, vlm_method
 from mmalign.recipe_entry import run_recipe
 from mmalign.resume_check import check_resume
 from mmalign.run_lock import lock_run_folder
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
     method = cfg.method
     check_method(method)
-    spec = vlm_method(method.name)  # what the method needs of the data: mmalign/mllm/vlm_objective.py METHODS
+    spec = vlm_method(method.name)  # what the method needs of the data: mmalign/mllm/vlm/objective.py METHODS
     check_resume(cfg, cfg.output_dir)  # train.resume: the checkpoint's files and recorded shape keys
     if note := lock_run_folder(cfg.output_dir):  # one run per output folder
         print(f"NOTE: {note}")

@@ -1,5 +1,5 @@
 """VLM-as-judge scorer: any local image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL, LLaVA ... as loaded by
-:func:`mmalign.mllm.vlm_model.load_vlm`) answers the card's question; the score is read from the answer tokens'
+:func:`mmalign.mllm.model.load_vlm`) answers the card's question; the score is read from the answer tokens'
 log-probabilities (teacher forcing, no sampling).
 
 For one image and its prompt the context is the chat template of one user turn ``[image, question.format(prompt)]``
@@ -170,8 +170,8 @@ class VLMJudgeScorer:
 def load_vlm_judge(card: ScorerCard, checkpoint: str | None, *, device: str | torch.device,
                    dtype: torch.dtype) -> VLMJudgeScorer:
     """The judge model through the one VLM loader (``AutoModelForImageTextToText`` + ``AutoProcessor``)."""
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
+    from mmalign.mllm.model import load_vlm
 
     ref = checkpoint or card.default_checkpoint
     if ref is None:

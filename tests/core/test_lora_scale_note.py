@@ -9,8 +9,8 @@ import pytest
 from mmalign.config import load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.lora_config import LoraConfig, rank_override_note
-from mmalign.mllm.video_config import VideoRecipeConfig
-from mmalign.mllm.vlm_config import VLMRecipeConfig
+from mmalign.mllm.video.config import VideoRecipeConfig
+from mmalign.mllm.vlm.config import VLMRecipeConfig
 from tests.helpers import REPO
 
 CONFIGS = REPO / "recipes" / "configs"

@@ -83,8 +83,8 @@ def test_a_trainer_state_that_is_not_one_is_named(tmp_path, content):
 def test_vlm_and_video_recipes_check_the_resume_before_the_model_loads(tmp_path, family, config, override, key):
     """The recipes call check_resume first: the model folder here is empty, so any load would fail otherwise."""
     from mmalign.config import load_config, to_dict
-    from mmalign.mllm.video_config import VideoRecipeConfig
-    from mmalign.mllm.vlm_config import VLMRecipeConfig
+    from mmalign.mllm.video.config import VideoRecipeConfig
+    from mmalign.mllm.vlm.config import VLMRecipeConfig
     from mmalign.recipe_entry import run_recipe_file
     from tests.helpers import REPO
 
