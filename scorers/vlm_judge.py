@@ -170,8 +170,8 @@ class VLMJudgeScorer:
 def load_vlm_judge(card: ScorerCard, checkpoint: str | None, *, device: str | torch.device,
                    dtype: torch.dtype) -> VLMJudgeScorer:
     """The judge model through the one VLM loader (``AutoModelForImageTextToText`` + ``AutoProcessor``)."""
-    from mmalign.mllm.model_config import VLMModelConfig
     from mmalign.mllm.model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
 
     ref = checkpoint or card.default_checkpoint
     if ref is None:
