@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config import MISSING
+from mmalign.config_blocks import ExportConfig
 from mmalign.diffusion.flow_options import FlowOptions
 from mmalign.diffusion.registry import (
     DATA_KINDS,
@@ -102,9 +103,10 @@ class ValidationConfig:
 
 
 @dataclass
-class ExportConfig:
-    enabled: bool = True
-    """Write the final model into output_dir (LoRA: pytorch_lora_weights.safetensors; full FT: a pipeline)."""
+class DiffusionExportConfig(ExportConfig):
+    """The ``export:`` block: LoRA → ``<output_dir>/pytorch_lora_weights.safetensors``; full fine-tuning → a
+    pipeline folder in ``output_dir``."""
+
     ema: bool = False
     """Full fine-tuning: keep an EMA of the UNet and export it."""
     ema_decay: float = 0.9999
@@ -149,7 +151,7 @@ class DiffusionRecipeConfig:
     """The shared LoRA block (:mod:`mmalign.lora_config`): rank 0 = full fine-tuning of the UNet."""
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    export: DiffusionExportConfig = field(default_factory=DiffusionExportConfig)
     toy_eval: ToyEvalConfig = field(default_factory=ToyEvalConfig)
     """Optional toy-world evaluation of base vs aligned on held-out captions (the main job's quality report)."""
     output_dir: str = "outputs/diffusion"
@@ -189,7 +191,7 @@ register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, multiple=8),
          limit=Range(1))
 register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0), seed=Range(0),
          height=Range(8, multiple=8))
-register(ExportConfig, ema_decay=_FRACTION)
+register(DiffusionExportConfig, ema_decay=_FRACTION)
 register(ToyEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
          batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))
 register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir))

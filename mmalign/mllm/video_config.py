@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from mmalign.choices import ON_BAD_ROW, PREFERENCE_KINDS
 from mmalign.choices import VIDEO_METHODS as METHODS
 from mmalign.config import MISSING
+from mmalign.config_blocks import ExportConfig
 from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
 from mmalign.mllm.temporal import KINDS
 from mmalign.mllm.video_io import VideoSampling
@@ -116,6 +117,9 @@ class VideoRecipeConfig:
     stages: list[StageConfig] = field(default_factory=list)
     """Curriculum stages, run in order (empty: one run of ``method`` on ``data.path``)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """The adapter (LoRA), the full model (full fine-tuning) or a curriculum's merged stages, with the processor,
+    written into ``output_dir``: a folder loadable as ``model.pretrained``."""
 
     @staticmethod
     def renamed_key(old: str, raw: dict) -> str | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config import MISSING
+from mmalign.config_blocks import ExportConfig
 from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
@@ -98,11 +99,9 @@ class VLMDataConfig:
 
 
 @dataclass
-class VLMExportConfig:
-    """The ``export:`` block."""
+class VLMExportConfig(ExportConfig):
+    """The ``export:`` block: the peft adapter (LoRA) or the full model, with the processor, in ``output_dir``."""
 
-    adapter_dir: str = "adapter"
-    """Sub-folder of output_dir for the peft adapter (LoRA) or the full model (full fine-tuning)."""
     merge: bool = False
     """Also write ``merged/``: the base model with the adapter merged in (a plain transformers folder)."""
 
@@ -112,7 +111,8 @@ class VLMRecipeConfig:
     """``recipes/vlm.py`` configuration."""
 
     output_dir: str = "outputs/vlm"
-    """Run folder: checkpoints/, logs/ (TensorBoard), summary.json, adapter/ (and merged/)."""
+    """Run folder: checkpoints/, logs/ (TensorBoard), summary.json, mmalign_config.yaml, the exported adapter or
+    model (and merged/)."""
     model: VLMModelConfig = field(default_factory=VLMModelConfig)
     """Model, dtype, vision freezing."""
     lora: LoraConfig = field(default_factory=vlm_lora)
@@ -133,11 +133,23 @@ class VLMRecipeConfig:
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
-        """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list."""
-        return migrate_lora_block(raw)
+        """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list;
+        ``export.adapter_dir`` dropped (the export is written into ``output_dir`` in every family)."""
+        return [*migrate_lora_block(raw), *drop_adapter_dir(raw)]
 
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
+
+
+def drop_adapter_dir(raw: dict) -> list[tuple[str, str]]:
+    """``export.adapter_dir`` (the export's sub-folder) is gone: the export goes into ``output_dir`` itself."""
+    export = raw.get("export")
+    if not isinstance(export, dict) or "adapter_dir" not in export:
+        return []
+    export.pop("adapter_dir")
+    if not export:
+        raw.pop("export")
+    return [("export.adapter_dir", "output_dir (the adapter or model is written into the run folder itself)")]
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss_type
