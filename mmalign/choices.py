@@ -1,7 +1,7 @@
 """The choice vocabularies config schemas check values against, in a module that imports nothing heavy.
 
 The modules that implement the choices (torch code) import them from here, so a schema such as
-:mod:`mmalign.mllm.video_config` validates ``method.loss_type`` without importing torch.
+:mod:`mmalign.mllm.video.config` validates ``method.loss_type`` without importing torch.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mmalign.validate import OneOf, Range, register
 
 ALL_LINEAR = "all-linear"
 """``target_modules: [all-linear]``: every ``nn.Linear`` of the language model (lm_head and, unless the vision side
-is trained, the vision tower and projector excluded): :func:`mmalign.mllm.vlm_model.lora_target_modules`."""
+is trained, the vision tower and projector excluded): :func:`mmalign.mllm.model.lora_target_modules`."""
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 """The diffusion default: the UNet's attention projections (the diffusers DPO scripts)."""
 

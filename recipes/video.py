@@ -4,7 +4,7 @@
 
 One run, or with ``stages`` a curriculum of LoRA stages. The steps (the same in every family):
 :mod:`mmalign.recipe`; what differs here: :class:`mmalign.families.video.Video`; the methods:
-:mod:`mmalign.mllm.video_build`.
+:mod:`mmalign.mllm.video.build`.
 """
 
 from mmalign.families.video import Video

@@ -4,7 +4,7 @@
 
 LoRA or full fine-tuning, vision side frozen by default. The steps (the same in every family):
 :mod:`mmalign.recipe`; what differs here: :class:`mmalign.families.vlm.VLM`; the methods:
-:mod:`mmalign.mllm.vlm_objective`.
+:mod:`mmalign.mllm.vlm.objective`.
 """
 
 from mmalign.families.vlm import VLM

@@ -44,6 +44,7 @@ none. Computed by ``python -c`` over 200k draws, diffusers 0.42 schedulers (SD3 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -84,10 +85,14 @@ def sample_shared_timesteps_and_noise(
 
 def unet_errors(
     unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
-    prediction_type: str, weight: TimestepWeight | None = None,
+    prediction_type: str, weight: TimestepWeight | None = None, model_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Per-sample errors of ``unet`` on ``x0`` (N, C, H, W) with conditioning ``cond`` (keys ``prompt_embeds``,
-    optional ``pooled`` and ``time_ids`` for SDXL), multiplied by the optional weight ``omega(t)``."""
+    optional ``pooled`` and ``time_ids`` for SDXL), multiplied by the optional weight ``omega(t)``.
+
+    Latents and conditioning are cast to the UNet's weight dtype (no autocast needed). ``model_kwargs`` go to the
+    model unchanged: inputs of a trainable part that owns its dtype (PPD's ``user_embeds``, cast by the
+    user-conditioned UNet to its float32 projection)."""
     x_t, target = noisy_input_and_target(scheduler, x0, noise, t, prediction_type)
     timestep = t.float() if prediction_type == "flow" else t
     added = None
@@ -96,7 +101,7 @@ def unet_errors(
     dtype = next(p.dtype for p in _params(unet))
     pred = unet(
         x_t.to(dtype), timestep, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
-        added_cond_kwargs=_cast(added, dtype),
+        added_cond_kwargs=_cast(added, dtype), **(model_kwargs or {}),
     ).sample
     errors = per_sample_error(pred, target)
     if weight is not None:

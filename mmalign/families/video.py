@@ -2,8 +2,8 @@
 
 With ``stages`` the run is a curriculum (TEMPLE): each stage merges the previous LoRA, starts a fresh one (so the
 reference resets to the previous stage's policy) and trains on its own file; finished stages are skipped on
-restart (:mod:`mmalign.mllm.curriculum`). Formulas: ``spec/vlm_video_objectives.md`` §2 (RRPO), §3 (TEMPLE), §7
-(VDPO); code in :mod:`mmalign.objectives.rrpo`, :mod:`mmalign.mllm.video_steps`.
+restart (:mod:`mmalign.mllm.video.curriculum`). Formulas: ``spec/vlm_video_objectives.md`` §2 (RRPO), §3 (TEMPLE), §7
+(VDPO); code in :mod:`mmalign.objectives.rrpo`, :mod:`mmalign.mllm.video.steps`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mmalign.mllm.video_config import VideoRecipeConfig
+from mmalign.mllm.video.config import VideoRecipeConfig
 from mmalign.recipe import Job, train_job
 
 
@@ -26,7 +26,7 @@ class Video:
         pass
 
     def check(self, cfg: VideoRecipeConfig) -> None:
-        from mmalign.mllm.video_build import check_inputs
+        from mmalign.mllm.video.build import check_inputs
 
         check_inputs(cfg)
 
@@ -41,7 +41,7 @@ class Video:
 
     def load_model(self, cfg: VideoRecipeConfig, data: Any, accelerator: Any) -> dict[str, Any]:
         """Model and processor (pad token set, dropout off); the toy metric of the base (main process)."""
-        from mmalign.mllm.video_build import load_video_llm
+        from mmalign.mllm.video.build import load_video_llm
         from mmalign.toy.video_eval import toy_accuracy
 
         model, processor = load_video_llm(cfg.model)
@@ -51,15 +51,15 @@ class Video:
     def make_job(self, cfg: VideoRecipeConfig, data: Any, built: dict[str, Any], accelerator: Any) -> Job:
         """The collator and, for a single run, the data set and step of the method (LoRA attached or a frozen
         reference copy made); a curriculum builds both per stage in :meth:`train`."""
-        from mmalign.mllm.curriculum import fresh_adapter
-        from mmalign.mllm.video_batch import VideoRowCollator
-        from mmalign.mllm.video_build import build_dataset, build_reference, build_step, lora_for
+        from mmalign.mllm.video.batch import VideoRowCollator
+        from mmalign.mllm.video.build import build_dataset, build_reference, build_step, lora_for
+        from mmalign.mllm.video.curriculum import fresh_adapter
 
         model, processor = built["model"], built["processor"]
         collate = VideoRowCollator(processor, cfg.data.max_length)
         if cfg.stages:
             return Job(model=model, dataset=None, step_fn=None, collate_fn=collate, parts=built)
-        dataset = build_dataset(cfg, cfg.method.name, cfg.data.path, processor)
+        dataset = build_dataset(cfg, cfg.method.name, cfg.data.path, processor, records=data)
         if cfg.lora.enabled:
             model = fresh_adapter(model, lora_for(cfg))
         step = build_step(cfg, cfg.method.name, build_reference(cfg, model, accelerator.device))
@@ -69,8 +69,8 @@ class Video:
     def train(self, cfg: VideoRecipeConfig, job: Job, accelerator: Any) -> dict[str, Any]:
         if not cfg.stages:
             return train_job(cfg, job, accelerator)
-        from mmalign.mllm.curriculum import run_stages
-        from mmalign.mllm.video_build import build_dataset, build_step, lora_for, stage_train_config
+        from mmalign.mllm.video.build import build_dataset, build_step, lora_for, stage_train_config
+        from mmalign.mllm.video.curriculum import run_stages
 
         processor = job.parts["processor"]
 

@@ -1,12 +1,12 @@
 """The VLM family of :func:`mmalign.recipe.run`: the DPO family, mDPO, rDPO and MM-DPO on any image-text-to-text
-model. What a method needs of the data and the collator comes from its table entry (``vlm_objective.METHODS``)."""
+model. What a method needs of the data and the collator comes from its table entry (``mllm/vlm/objective.py`` METHODS)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from mmalign.mllm.vlm_config import VLMRecipeConfig
+from mmalign.mllm.vlm.config import VLMRecipeConfig
 from mmalign.recipe import Job, train_job
 
 
@@ -19,7 +19,7 @@ class VLM:
 
     def prepare_config(self, cfg: VLMRecipeConfig) -> None:
         """Method, loss kind and beta mode known (before the output folder is locked)."""
-        from mmalign.mllm.vlm_objective import check_method
+        from mmalign.mllm.vlm.objective import check_method
 
         check_method(cfg.method)
 
@@ -31,7 +31,7 @@ class VLM:
     def load_data(self, cfg: VLMRecipeConfig, accelerator: Any) -> Any:
         """Rows (bad rows raise or are skipped and counted), read before the model so bad data fails fast."""
         from mmalign.data.vlm_rows import VLMPreferenceDataset
-        from mmalign.mllm.vlm_objective import vlm_method
+        from mmalign.mllm.vlm.objective import vlm_method
 
         data = cfg.data
         return VLMPreferenceDataset(
@@ -41,8 +41,8 @@ class VLM:
         )
 
     def load_model(self, cfg: VLMRecipeConfig, data: Any, accelerator: Any) -> dict[str, Any]:
-        from mmalign.mllm.vlm_model import load_vlm, prepare_policy
-        from mmalign.mllm.vlm_objective import needs_reference
+        from mmalign.mllm.model import load_vlm, prepare_policy
+        from mmalign.mllm.vlm.objective import needs_reference
 
         model, processor = load_vlm(cfg.model)
         policy, ref_model = prepare_policy(model, cfg.model, cfg.lora, needs_reference=needs_reference(cfg.method))
@@ -53,8 +53,8 @@ class VLM:
     def make_job(self, cfg: VLMRecipeConfig, data: Any, built: dict[str, Any], accelerator: Any) -> Job:
         """The collator (chat template, masks, extra image) and the step: policy/reference scores → objective."""
         from mmalign.data.skipping import SkipCounter
-        from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-        from mmalign.mllm.vlm_objective import preference_step, vlm_method
+        from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+        from mmalign.mllm.vlm.objective import preference_step, vlm_method
 
         method, ref_model = cfg.method, built["reference"]
         share_features = method.share_vision_features and cfg.model.freeze_vision

@@ -19,8 +19,8 @@ HEAVY = ("torch", "transformers", "diffusers", "accelerate")
 LIGHT_SCHEMAS = [
     "mmalign.train_config",
     "mmalign.choices",
-    "mmalign.mllm.vlm_config",
-    "mmalign.mllm.video_config",
+    "mmalign.mllm.vlm.config",
+    "mmalign.mllm.video.config",
     "mmalign.diffusion.config",
     "mmalign.diffusion.registry",
 ]
@@ -63,7 +63,7 @@ def test_video_methods_match_the_video_data_module():
     must agree."""
     from mmalign.choices import VIDEO_METHODS
     from mmalign.data.video_rows import METHODS
-    from mmalign.mllm.video_build import STEPS
+    from mmalign.mllm.video.build import STEPS
 
     assert METHODS == VIDEO_METHODS == tuple(STEPS)
 

@@ -9,9 +9,9 @@ from mmalign.choices import ON_BAD_ROW, PREFERENCE_KINDS
 from mmalign.choices import VIDEO_METHODS as METHODS
 from mmalign.config import MISSING
 from mmalign.config_blocks import ExportConfig
+from mmalign.data.video_io import VideoSampling
 from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
-from mmalign.mllm.temporal import KINDS
-from mmalign.mllm.video_io import VideoSampling
+from mmalign.mllm.video.temporal import KINDS
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from mmalign.mllm.logprobs import sequence_logps
-from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_forward import (
+from mmalign.mllm.forward import (
     completion_window,
     encode_images,
     forward_logits,
     noisy_sequence_logps,
     reference_mode,
 )
+from mmalign.mllm.logprobs import sequence_logps
+from mmalign.mllm.vlm.config import VLMMethodConfig
 from mmalign.objectives import REFERENCE_FREE_KINDS, preference_loss
 from mmalign.objectives.dynamic_beta import per_sample_beta
 
@@ -55,7 +55,7 @@ class VLMMethod:
         return self.extra_image != "none"
 
     def collator_extra(self, extra_image_field: str | None) -> str:
-        """The :class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator` ``extra`` mode for this data set."""
+        """The :class:`~mmalign.mllm.vlm.batch.VisionPreferenceCollator` ``extra`` mode for this data set."""
         if self.extra_image == "row_or_crop":
             return "row_or_crop" if extra_image_field else "crop"
         return self.extra_image
@@ -133,7 +133,7 @@ def preference_step(
     ref_model: torch.nn.Module | None = None,
     share_features: bool = True,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Loss (mean over pairs) and metrics of one collated batch (:class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator`).
+    """Loss (mean over pairs) and metrics of one collated batch (:class:`~mmalign.mllm.vlm.batch.VisionPreferenceCollator`).
 
     ``share_features``: encode each image once and reuse the features everywhere (valid only when the vision
     tower and projector are frozen and un-adapted; the recipe decides). ``ref_model=None`` with a peft

@@ -1,4 +1,4 @@
-"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video_config.VideoRecipeConfig`: input checks,
+"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video.config.VideoRecipeConfig`: input checks,
 model + processor, the dataset and step function of a method, per-stage LoRA and train settings, the toy metric."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,10 +14,10 @@ import torch
 from mmalign.config import ConfigError, require_paths
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.video_rows import METHODS, read_records
-from mmalign.mllm.curriculum import StageAdapter
-from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
-from mmalign.mllm.video_dataset import VideoPreferenceDataset
-from mmalign.mllm.video_steps import StepFn, make_pair_step, make_rrpo_step, sft_step
+from mmalign.mllm.video.config import ModelConfig, StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.curriculum import StageAdapter
+from mmalign.mllm.video.dataset import VideoPreferenceDataset
+from mmalign.mllm.video.steps import StepFn, make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
 from mmalign.reference import frozen_copy
 from mmalign.train_config import TrainConfig
@@ -38,17 +37,19 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
 
 
 def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (pad token set,
+    """``(model, processor)`` through the one loader :func:`mmalign.mllm.model.load_vlm` (pad token set,
     dropout off)."""
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.mllm.model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
 
     return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                    attn_implementation=cfg.attn_implementation))
 
 
-def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any) -> VideoPreferenceDataset:
-    records = read_records(path, cfg.data.video_root)
+def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any,
+                  records: list | None = None) -> VideoPreferenceDataset:
+    """The data set of ``method`` on the rows of ``path`` (``records``: those rows, already read)."""
+    records = read_records(path, cfg.data.video_root) if records is None else records
     return VideoPreferenceDataset(
         records, method, cfg.video, tokenizer=processor.tokenizer, perturbations=cfg.method.perturbations,
         magnitude=cfg.method.magnitude, frames_per_clip=cfg.method.frames_per_clip, seed=cfg.train.seed,
@@ -126,18 +127,3 @@ def stage_train_config(cfg: VideoRecipeConfig, stage: StageConfig, n_items: int)
     """``cfg.train`` with the stage's step count and learning rate."""
     return dataclasses.replace(cfg.train, max_steps=steps_for(stage, n_items, cfg.train),
                                lr=stage.lr if stage.lr is not None else cfg.train.lr)
-
-
-def export_run(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any, accelerator: Any,
-               summary: dict[str, Any]) -> torch.nn.Module:
-    """The main process writes ``adapter/`` (LoRA: peft folder + processor) or ``model/`` (full fine-tuning: a
-    folder loadable as ``model.pretrained``); a failed export keeps a checkpoint (:mod:`mmalign.safe_export`).
-    Returns the plain model (adapter merged) for the toy metric."""
-    from mmalign.mllm.export import merge_adapter, save_trained
-    from mmalign.safe_export import export_or_keep_checkpoint
-
-    if accelerator.is_main_process:
-        folder = Path(cfg.output_dir) / ("adapter" if cfg.lora.enabled else "model")
-        export_or_keep_checkpoint(lambda: save_trained(model, processor, folder), accelerator, cfg.train,
-                                  cfg.output_dir, summary)
-    return merge_adapter(model)

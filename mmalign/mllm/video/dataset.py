@@ -1,5 +1,5 @@
 """The video training set: :class:`~mmalign.data.video_rows.VideoRecord` rows → items of
-:class:`~mmalign.mllm.video_batch.VideoRow` tuples, one shape per method.
+:class:`~mmalign.mllm.video.batch.VideoRow` tuples, one shape per method.
 
 ``sft`` → ``(row,)``; ``dpo`` → ``(chosen, rejected)`` on the same video; ``vdpo`` → ``(response | clean video,
 response | perturbed video)``; ``rrpo`` → ``(chosen, rejected)`` with phrase ids (pairs without phrase tokens on
@@ -17,11 +17,11 @@ from torch.utils.data import Dataset
 
 from mmalign.data.errors import TooManyBadSamplesError
 from mmalign.data.skipping import SkipCounter
+from mmalign.data.video_io import VideoDecodeError, VideoSampling, read_video
 from mmalign.data.video_rows import METHODS, VideoRecord
-from mmalign.mllm.rrpo_phrases import filter_pairs, phrase_ids_from_diff, phrase_ids_from_tags
-from mmalign.mllm.temporal import perturb_frames
-from mmalign.mllm.video_batch import VideoRow
-from mmalign.mllm.video_io import VideoDecodeError, VideoSampling, read_video
+from mmalign.mllm.video.batch import VideoRow
+from mmalign.mllm.video.rrpo_phrases import filter_pairs, phrase_ids_from_diff, phrase_ids_from_tags
+from mmalign.mllm.video.temporal import perturb_frames
 
 
 @dataclass
