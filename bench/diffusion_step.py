@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, allocator, cudnn autotune)")
     p.add_argument("--compile", action="store_true", help="model.compile=true (torch.compile the UNet)")
     p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="model.attention")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="model.attn_implementation")
     p.add_argument("--gradient-checkpointing", action="store_true", help="model.gradient_checkpointing=true")
     p.add_argument("--full-ft-eager-ref-copy", action="store_true",
                    help="before each full-FT configuration, run the baseline: eager, no channels-last, SDPA, plain "
@@ -143,7 +143,7 @@ def recipe_config(args: argparse.Namespace, arch: str, mode: str, method: str, b
         f"train.batch_size={args.pairs}", "train.grad_accum=1", f"data.resolution={resolution(args, arch)}",
         "method.empty_prompt_prob=0.0", "validation.prompts=[]", f"train.seed={args.seed}",
         f"model.compile={args.compile and not baseline}", f"model.channels_last={args.channels_last and not baseline}",
-        f"model.attention={'sdpa' if baseline else args.attention}",
+        f"model.attn_implementation={'sdpa' if baseline else args.attention}",
         f"model.gradient_checkpointing={args.gradient_checkpointing}",
     ]
     if method == "mapo":

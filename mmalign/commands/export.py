@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
     from mmalign.run_config import copy_run_config
 
-    copy_run_config(args.checkpoint, out)  # the settings it was trained with travel with the export
+    copy_run_config(args.checkpoint, args.out)  # the settings it was trained with travel with the export
     print(f"wrote {out}")
     return 0

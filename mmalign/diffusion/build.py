@@ -44,6 +44,14 @@ def normalize_config(cfg: DiffusionRecipeConfig) -> None:
         raise ConfigError(f"config key 'train.mixed_precision': '{cfg.train.mixed_precision}' (no, fp16, bf16)")
 
 
+def frozen_dtype(cfg: DiffusionRecipeConfig) -> torch.dtype:
+    """dtype of the frozen weights (UNet under LoRA, text encoders, reference): ``model.dtype``, or the compute
+    dtype of ``train.mixed_precision`` when it is null."""
+    if cfg.model.dtype is not None:
+        return getattr(torch, cfg.model.dtype)
+    return WEIGHT_DTYPES[cfg.train.mixed_precision]
+
+
 def check_config(cfg: DiffusionRecipeConfig) -> str:
     """Validate names and paths before anything heavy is loaded; returns the data kind."""
     normalize_config(cfg)
@@ -58,6 +66,9 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
                           f"(data, {', '.join(REWARD_RANGES)})")
     if cfg.lora.rank < 0:
         raise ConfigError("config key 'lora.rank' must be >= 0 (0 = full fine-tuning)")
+    if cfg.data.media_root is not None:
+        raise ConfigError("config key 'data.media_root' is not read by the diffusion readers: image paths of "
+                          "jsonl/csv rows resolve against the data file's folder")
     if cfg.export.ema and cfg.lora.rank > 0:
         raise ConfigError("config key 'export.ema' is for full fine-tuning (lora.rank=0)")
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
@@ -96,7 +107,7 @@ def load_data(cfg: DiffusionRecipeConfig, kind: str):
     from mmalign.data import load_preference_data
 
     return load_preference_data(
-        cfg.data.path, kind=kind, max_bad_fraction=_fraction(cfg), max_items=cfg.data.limit,
+        cfg.data.path, kind=kind, max_bad_fraction=_fraction(cfg), max_items=cfg.data.max_rows,
         bad_image="drop" if cfg.data.cache else "replace", allow_outside_paths=cfg.data.allow_outside_paths,
     )
 
@@ -166,7 +177,7 @@ def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
     ``setup_model`` hook may need it.)"""
     check_family_options(cfg, parts.family)
     apply_model_options(parts, cfg.model)
-    weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
+    weight_dtype = frozen_dtype(cfg)
     device = accelerator.device
     unet = parts.denoiser
     use_lora = cfg.lora.rank > 0
@@ -185,7 +196,7 @@ def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
     for encoder in parts.text_encoders:
         encoder.to(device, weight_dtype)
     applied = apply_speed_options(
-        unet, attention=cfg.model.attention, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        unet, attention=cfg.model.attn_implementation, gradient_checkpointing=cfg.model.gradient_checkpointing,
         channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
     )
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)

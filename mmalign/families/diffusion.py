@@ -119,7 +119,7 @@ class Diffusion:
 
     def evaluate(self, cfg: DiffusionRecipeConfig, job: Job, accelerator: Any) -> dict[str, Any]:
         """The toy world's judge on base vs aligned (held-out captions), a table and a side-by-side grid."""
-        if not cfg.toy_eval.enabled:
+        if not cfg.eval.enabled:
             return {}
         from mmalign.toy.diffusion_eval import run_toy_eval
 

@@ -36,8 +36,11 @@ class Video:
         from mmalign.data.video_rows import read_records
 
         for stage in cfg.stages:
-            read_records(stage.data, cfg.data.video_root)
-        return None if cfg.stages else read_records(cfg.data.path, cfg.data.video_root)
+            read_records(stage.data, cfg.data.media_root)
+        if cfg.stages:
+            return None
+        records = read_records(cfg.data.path, cfg.data.media_root)
+        return records[:cfg.data.max_rows] if cfg.data.max_rows else records
 
     def load_model(self, cfg: VideoRecipeConfig, data: Any, accelerator: Any) -> dict[str, Any]:
         """Model and processor (pad token set, dropout off); the toy metric of the base (main process)."""

@@ -35,7 +35,7 @@ class VLM:
 
         data = cfg.data
         return VLMPreferenceDataset(
-            data.path, split=data.split, image_root=data.image_root, extra_image_field=data.extra_image_field,
+            data.path, split=data.split, image_root=data.media_root, extra_image_field=data.extra_image_field,
             require_extra_image=vlm_method(cfg.method.name).requires_extra_image, on_bad_row=data.on_bad_row,
             max_rows=data.max_rows, allow_outside_paths=data.allow_outside_paths,
         )

@@ -101,10 +101,10 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
            "train.batch_size=2", "train.grad_accum=1", "train.progress_bar=false", "validation.num_inference_steps=2"]
     pretrained = cfg["model"]["pretrained"]
     if pretrained.startswith("assets/"):  # the toy world: its own shipped model and data, fewer of them
-        limit = ["data.limit=12" if method == "ppd" else "data.limit=4"]  # PPD: one user, 4 shots + 8 pairs
+        limit = ["data.max_rows=12" if method == "ppd" else "data.max_rows=4"]  # PPD: one user, 4 shots + 8 pairs
         users = ["method.ppd.cache_dir=" + str(tmp / "users")] if method == "ppd" else []
-        return out + [*limit, "toy_eval.max_captions=2", "toy_eval.seeds=[0]", "toy_eval.batch_size=2",
-                      "toy_eval.num_inference_steps=2", *users]
+        return out + [*limit, "eval.max_captions=2", "eval.seeds=[0]", "eval.batch_size=2",
+                      "eval.num_inference_steps=2", *users]
     assert pretrained in TINY_DIFFUSION, f"add a tiny stand-in for {pretrained!r} to TINY_DIFFUSION"
     out += [f"model.pretrained={models[TINY_DIFFUSION[pretrained]]}",
             f"data.path={data['diffusion:' + diffusion_data(method)]}", "data.resolution=32"]

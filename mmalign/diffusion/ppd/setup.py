@@ -35,7 +35,7 @@ def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any
 
     ppd = cfg.method.ppd
     dataset = load_preference_data(
-        cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_bad_fraction, max_items=cfg.data.limit,
+        cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_bad_fraction, max_items=cfg.data.max_rows,
         bad_image="drop" if cfg.data.cache else "replace", extra_columns=("user_id",),
         allow_outside_paths=cfg.data.allow_outside_paths,
     )
@@ -71,7 +71,7 @@ def prepare_user_unet(cfg, parts: DiffusionParts, accelerator, user_shape: tuple
         encoder.to(device, WEIGHT_DTYPES[cfg.train.mixed_precision])
     parts.vae.to(device, torch.float32 if cfg.model.vae_dtype == "float32" else WEIGHT_DTYPES[cfg.train.mixed_precision])
     applied = apply_speed_options(  # before the user branch: switching the backend replaces every processor
-        unet, attention=cfg.model.attention, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        unet, attention=cfg.model.attn_implementation, gradient_checkpointing=cfg.model.gradient_checkpointing,
         channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
     )
     model = UserConditionedUNet.build(unet, user_shape, ppd.num_tokens, ppd.init, ppd.scale, ppd.seed)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
-from mmalign.config import MISSING
-from mmalign.config_blocks import ExportConfig
+from mmalign.config_blocks import DataConfig, ExportConfig, renamed_block_key
 from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
 from mmalign.mllm.model_config import VLMModelConfig
 from mmalign.train_config import TrainConfig
@@ -52,28 +51,19 @@ class VLMMethodConfig:
 
 
 @dataclass
-class VLMDataConfig:
-    """The ``data:`` block."""
+class VLMDataConfig(DataConfig):
+    """The ``data:`` block: the shared keys (:class:`mmalign.config_blocks.DataConfig`; ``path``: jsonl file, parquet
+    file/folder, ``save_to_disk`` folder or hub dataset id; ``media_root``: where relative image paths resolve) and
+    the VLM rows' own."""
 
-    path: str = MISSING
-    """jsonl file, parquet file/folder, ``save_to_disk`` folder or hub dataset id."""
     split: str | None = None
     """Split of a ``DatasetDict`` folder / hub dataset / split-named parquet folder (default: train)."""
-    image_root: str | None = None
-    """Folder that relative image paths resolve against (default: the data file's folder)."""
     extra_image_field: str | None = None
     """Row field holding the mDPO corrupted / rDPO retrieved image (mDPO crops on the fly when absent)."""
     max_length: int | None = 1024
     """Maximum tokens per row; completions are cut at the end, prompts (with visual tokens) never."""
     on_overlong: str = "error"
     """error | drop: a prompt that leaves no room for the completion."""
-    on_bad_row: str = "error"
-    """error | skip (the same key in every family): rows with missing fields, empty completions or missing image
-    files (found at load time) stop the run, or are dropped and reported in summary.json["data"]["skips"]."""
-    max_bad_fraction: float = 0.05
-    """Stop when unreadable images (found while training) exceed this fraction of the rows."""
-    max_rows: int | None = None
-    """Use only the first N rows."""
     allow_outside_paths: bool = False
     """Read image paths that resolve outside the image root (absolute paths, ``../``, symlinks out of it); false:
     such a row is a bad row (error, or skipped with on_bad_row=skip)."""
@@ -110,7 +100,7 @@ class VLMRecipeConfig:
     @staticmethod
     def renamed_key(old: str, raw: dict) -> str | None:
         """Keys renamed in the one-core release (read for one release)."""
-        return _RENAMED.get(old)
+        return _RENAMED.get(old) or renamed_block_key(old)
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
