@@ -14,7 +14,9 @@ An entry says what the recipe needs to know about a method and nothing else:
   null = the shared builders of :mod:`mmalign.diffusion.build` and :mod:`mmalign.diffusion.export`.
 
 Adding a method (docs/adding-a-method.md): an entry (+ options dataclass) here, a step module, a YAML under
-``recipes/configs/diffusion/``, a test. The recipe, the config schema, the CLI and the validation read this table.
+``recipes/configs/diffusion/``, a test. The diffusion family of the recipe skeleton
+(:class:`mmalign.families.diffusion.Diffusion`, run by :func:`mmalign.recipe.run`), the config schema, the data-kind
+and option checks, the CLI and the shipped-config matrix read this table; nothing else names a method.
 """
 
 from __future__ import annotations
