@@ -5,7 +5,7 @@ download) — or the tiny test pipelines with ``--tiny`` — and times **the rec
 is the recipe YAML (``recipes/configs/diffusion/<arch>_dpo[_full].yaml``, MaPO's method block from
 ``sdxl_mapo.yaml``) with the benchmark's overrides, the UNet is set up by ``mmalign.diffusion.build.prepare_unet``
 (LoRA / full fine-tuning, reference provider, dtypes, attention, checkpointing, channels-last, compile), the step
-is ``mmalign.diffusion.methods.make_step_fn(StepContext(...))`` and the optimizer is ``mmalign.train.build_optimizer``
+is ``mmalign.diffusion.step_fn.make_step_fn(StepContext(...))`` and the optimizer is ``mmalign.train.build_optimizer``
 — the objects ``recipes/diffusion.py`` builds. Latents and text embeddings are given (the cached-latent path:
 ``CachedDataset`` examples collated by ``collate_members`` and moved to the device once), so neither the VAE nor
 the text encoders nor the data loader run in the timed region.
@@ -232,7 +232,8 @@ class RecipeStep:
     def __init__(self, cfg, parts, accelerator) -> None:
         from mmalign.diffusion.build import prepare_unet
         from mmalign.diffusion.inputs import InputBuilder
-        from mmalign.diffusion.methods import StepContext, make_step_fn
+        from mmalign.diffusion.step_context import StepContext
+        from mmalign.diffusion.step_fn import make_step_fn
         from mmalign.train import build_optimizer
 
         self.cfg, self.parts, self.accelerator = cfg, parts, accelerator

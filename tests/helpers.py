@@ -67,8 +67,8 @@ def lora_step_setup(model_dir: str, method: Any, *, pairs: int = 2, perturb: boo
     from mmalign.diffusion.adapter import load_parts
     from mmalign.diffusion.inputs import InputBuilder
     from mmalign.diffusion.lora import add_lora
-    from mmalign.diffusion.methods import StepContext
     from mmalign.diffusion.reference import ReferenceProvider
+    from mmalign.diffusion.step_context import StepContext
     from mmalign.lora_config import diffusion_lora
 
     parts = load_parts(model_dir)

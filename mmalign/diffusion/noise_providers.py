@@ -74,7 +74,7 @@ def inversion_noise(
 class NoiseProvider:
     """``provider(step_ctx, policy, x0, t, cond, groups, group_size) -> noise`` for a method step.
 
-    ``step_ctx`` is a :class:`mmalign.diffusion.methods.StepContext` (parts, reference provider, autocast).
+    ``step_ctx`` is a :class:`mmalign.diffusion.step_context.StepContext` (parts, reference provider, autocast).
     """
 
     def __init__(self, cfg: NoiseConfig, method: str) -> None:

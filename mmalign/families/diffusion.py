@@ -61,7 +61,8 @@ class Diffusion:
         now (policy == base), the policy every ``validation.every`` steps and at the end."""
         from mmalign.diffusion.build import sampling_weights
         from mmalign.diffusion.inputs import InputBuilder
-        from mmalign.diffusion.methods import StepContext, make_step_fn
+        from mmalign.diffusion.step_context import StepContext
+        from mmalign.diffusion.step_fn import make_step_fn
         from mmalign.diffusion.validation import load_validation_scorer, render_grid
 
         parts, ema = built["parts"], built["ema"]
