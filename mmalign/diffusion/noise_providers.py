@@ -28,7 +28,7 @@ import torch
 
 from mmalign.diffusion.inversion import implied_noise, invert
 from mmalign.diffusion.inversion_plan import CONVENTIONS
-from mmalign.diffusion.noise_config import NoiseConfig
+from mmalign.diffusion.options import NoiseConfig
 from mmalign.diffusion.reference import unwrap
 
 PROVIDERS = ("forward", "ddim", "renoise")

@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmalign.config_error import ConfigError
-from mmalign.diffusion.noise_config import NoiseConfig
-from mmalign.diffusion.ppd.config import PpdConfig
-from mmalign.diffusion.smpo_config import SmpoConfig
+from mmalign.diffusion.options import NoiseConfig, PpdConfig, SmpoConfig
 from mmalign.validate import OneOf, Range, register, register_check
 
 SHARED_KEYS = ("beta", "timestep_weight", "empty_prompt_prob", "sdxl_time_ids")

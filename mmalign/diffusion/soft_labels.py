@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmalign.diffusion.smpo_config import SmpoConfig
+from mmalign.diffusion.options import SmpoConfig
 
 FORMAT = "mmalign.smpo_soft_labels/1"
 REWARD_RANGES: dict[str, tuple[float, float]] = {

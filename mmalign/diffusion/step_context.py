@@ -48,7 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -57,9 +57,6 @@ from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.reference import ReferenceProvider, unwrap
 from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, model_errors, training_timesteps_and_noise
-
-if TYPE_CHECKING:
-    from mmalign.diffusion.registry import MethodConfig
 
 Metrics = dict[str, Any]
 
@@ -72,7 +69,8 @@ class StepContext:
     parts: DiffusionParts
     inputs: InputBuilder
     reference: ReferenceProvider
-    method: MethodConfig
+    method: Any
+    """The ``method:`` block (:class:`mmalign.diffusion.registry.MethodConfig`)."""
     device: torch.device
     autocast: Callable[[], Any] = nullcontext
 

@@ -65,3 +65,20 @@ def test_the_reader_sees_every_kind_of_import(tmp_path):
     assert violations("objectives", RULES[0][1], tmp_path) == [
         "mmalign/objectives/bad.py:1 imports transformers", "mmalign/objectives/bad.py:2 imports mmalign.testing",
         "mmalign/objectives/bad.py:5 imports mmalign.diffusion", "mmalign/objectives/bad.py:6 imports peft"]
+
+
+FILE_RULES = [
+    ("diffusion/registry.py", ("mmalign.diffusion.ppd", "mmalign.diffusion.steps", "mmalign.diffusion.build"),
+     "the method registry names its methods' code as strings; importing a method package runs back up"),
+    ("diffusion/options.py", ("mmalign.diffusion.ppd", "torch"), "the options sections stay light"),
+    ("diffusion/step_context.py", ("mmalign.diffusion.registry", "mmalign.diffusion.ppd", "mmalign.diffusion.steps"),
+     "what every step builds on (PPD's step too) imports no dispatch"),
+]
+
+
+@pytest.mark.parametrize("file,forbidden,why", FILE_RULES, ids=[r[0] for r in FILE_RULES])
+def test_no_import_runs_back_up_in_diffusion(file, forbidden, why):
+    path = REPO / "mmalign" / file
+    hits = [f"{line} {module}" for line, module in imported_modules(path)
+            if any(module == f or module.startswith(f + ".") for f in forbidden)]
+    assert hits == [], why
