@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("sft", "dpo", "vdpo", "rrpo")
 _PLACEHOLDERS = ("<video>", "<image>")
 
 

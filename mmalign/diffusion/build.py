@@ -153,9 +153,10 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
 def sampling_weights(cfg: DiffusionRecipeConfig, train_set) -> list[float] | None:
     """Per-example sampling weights for the loop's sampler: Diffusion-KTO's desirable ratio
     (``method.kto.positive_ratio``, :mod:`mmalign.diffusion.kto_sampling`), else None (a permutation per epoch)."""
-    if cfg.method.name != "kto" or cfg.method.kto.positive_ratio is None:
+    ratio = getattr(getattr(cfg.method, cfg.method.name, None), "positive_ratio", None)  # an option of kto's
+    if ratio is None:
         return None
-    return positive_ratio_weights(training_labels(train_set), cfg.method.kto.positive_ratio)
+    return positive_ratio_weights(training_labels(train_set), ratio)
 
 
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,

@@ -18,6 +18,7 @@ from mmalign.diffusion.registry import (
     MethodConfig,
     check_method_keys,
     chosen_sections,
+    migrate_method_values,
     renamed_method_key,
 )
 from mmalign.lora_config import LoraConfig, diffusion_lora
@@ -154,9 +155,7 @@ class DiffusionRecipeConfig:
         """A plain dict of the config with only the chosen method's options section (the saved run config)."""
         from dataclasses import asdict
 
-        out = asdict(self)
-        out["method"] = chosen_sections(out["method"])
-        return out
+        return chosen_sections(asdict(self))
 
     @staticmethod
     def renamed_key(key: str, raw: dict) -> str | None:
@@ -165,6 +164,11 @@ class DiffusionRecipeConfig:
         shared blocks (``model.attention``, ``data.limit``, ``toy_eval``: :func:`mmalign.config_blocks.renamed_block_key`)."""
         return (renamed_method_key(key, raw) or {"data.max_skip_fraction": "data.max_bad_fraction"}.get(key)
                 or renamed_block_key(key))
+
+    @staticmethod
+    def migrate(raw: dict) -> list[tuple[str, str]]:
+        """Old values: ``method.beta`` of a MaPO / KTO YAML → ``method.<name>.beta`` (registry.py)."""
+        return migrate_method_values(raw)
 
     @staticmethod
     def check_given(cfg: DiffusionRecipeConfig, given: set[str]) -> None:

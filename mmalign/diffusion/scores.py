@@ -35,8 +35,8 @@ point, a velocity error is an ε error divided by ``(1 - sigma)^2`` (spec §0.4)
 logit-normal (median ``1/(1-sigma)^2`` = 16) and ~1250 for FLUX's unshifted one (median 4). Published flow DPO:
 beta 100 for SD3.5-M (yifan123/flow_grpo ``config/dpo.py``), the shipped SD3 default; for FLUX no published
 offline DPO setting exists (the flow_grpo maintainer advised 500-2000 for FLUX LoRA, 2000 when 500 spiked:
-flow_grpo#45/#47), the shipped FLUX default is 2000. Diffusion-KTO's beta transfers the same way (sd35m/flux
-configs: 100 / 2000); RankDPO uses the DPO value (its paper's SD3-M beta is unpublished); MaPO's beta weights its
+flow_grpo#45/#47), the shipped FLUX default is 2000. Diffusion-KTO's weight (``method.kto.beta``, 1000 for eps)
+transfers the same way (about 100 / 2000 on SD3 / FLUX); RankDPO uses the DPO value (its paper's SD3-M beta is unpublished); MaPO's beta weights its
 margin against the SFT term and does not transfer (official 0.1 kept; no flow-model MaPO reference); SFT has
 none. Computed by ``python -c`` over 200k draws, diffusers 0.42 schedulers (SD3 shift 3.0; FLUX dynamic shift).
 """

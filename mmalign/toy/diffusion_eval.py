@@ -29,6 +29,7 @@ import numpy as np
 from mmalign.config import ConfigError
 from mmalign.diffusion.config import DiffusionEvalConfig, DiffusionRecipeConfig
 from mmalign.diffusion.reference import ReferenceProvider, adapters_disabled, unwrap
+from mmalign.diffusion.registry import method_spec
 
 EVAL_DIR = "toy_eval"
 GRID_FILE = "side_by_side.png"
@@ -66,9 +67,10 @@ def check_toy_eval(cfg: DiffusionRecipeConfig) -> None:
     settings = cfg.eval
     if not settings.enabled:
         return
-    if cfg.method.name == "ppd":
-        raise ConfigError("config key 'eval.enabled': PPD has its own per-user evaluation "
-                          "(mmalign.diffusion.ppd); eval compares one base and one aligned model")
+    if method_spec(cfg.method.name).export is not None:  # e.g. PPD's user adapter: no one aligned model
+        raise ConfigError(f"config key 'eval.enabled': method '{cfg.method.name}' exports its own model "
+                          "(PPD: a user adapter, evaluated per user by mmalign.diffusion.ppd); eval compares "
+                          "one base and one aligned model")
     if not settings.seeds:
         raise ConfigError("config key 'eval.seeds' needs at least one seed")
     if settings.num_inference_steps < 1 or settings.grid_rows < 1 or settings.grid_columns < 1:

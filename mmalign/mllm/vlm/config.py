@@ -108,6 +108,13 @@ class VLMRecipeConfig:
         ``export.adapter_dir`` dropped (the export is written into ``output_dir`` in every family)."""
         return [*migrate_lora_block(raw), *drop_adapter_dir(raw)]
 
+    @staticmethod
+    def check_given(cfg: VLMRecipeConfig, given: set[str]) -> None:
+        """A ``method.*`` key ``method.name`` does not read is a ConfigError (:mod:`mmalign.mllm.vlm.methods`)."""
+        from mmalign.mllm.vlm.methods import check_method_keys
+
+        check_method_keys(cfg.method.name, given)
+
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
 
