@@ -3,7 +3,7 @@ curriculum + SFT), VDPO and plain SFT on video LLMs. Ranges and choices are chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from mmalign.choices import PREFERENCE_KINDS
 from mmalign.config import MISSING
@@ -17,7 +17,7 @@ from mmalign.config_blocks import (
 from mmalign.data.video_io import VideoSampling
 from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
 from mmalign.mllm.model_config import VLMModelConfig
-from mmalign.mllm.video.methods import METHODS
+from mmalign.mllm.video.methods import METHODS, check_method_keys
 from mmalign.mllm.video.temporal import KINDS
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
@@ -140,9 +140,8 @@ class VideoRecipeConfig:
     @staticmethod
     def check_given(cfg: VideoRecipeConfig, given: set[str]) -> None:
         """A ``method.*`` key no method of the run reads is a ConfigError (:mod:`mmalign.mllm.video.methods`)."""
-        from mmalign.mllm.video.methods import check_method_keys
-
-        check_method_keys([s.method for s in cfg.stages] or [cfg.method.name], given)
+        shared = tuple(f.name for f in fields(MethodConfig) if f.name != "name")
+        check_method_keys([s.method for s in cfg.stages] or [cfg.method.name], given, shared)
 
 
 _RENAMED = {"model.lora_r": "lora.rank", "model.lora_alpha": "lora.alpha", "model.lora_dropout": "lora.dropout",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from mmalign.config_error import ConfigError
@@ -60,17 +60,9 @@ METHODS = tuple(SPECS)
 """The video ``method.name`` values (the schema validates against them)."""
 
 
-def shared_keys() -> tuple[str, ...]:
-    """Every ``method.*`` key of the video schema but ``name``."""
-    from mmalign.mllm.video.config import MethodConfig
-
-    return tuple(f.name for f in fields(MethodConfig) if f.name != "name")
-
-
-def check_method_keys(methods: list[str], given: set[str]) -> None:
-    """``methods``: the methods of the run (``method.name``, or each stage's); a ``method.*`` key the user set that
-    none of them reads is a ConfigError naming the key and the method."""
-    shared = shared_keys()
+def check_method_keys(methods: list[str], given: set[str], shared: tuple[str, ...]) -> None:
+    """``methods``: the methods of the run (``method.name``, or each stage's); ``shared``: the schema's ``method.*``
+    keys; a ``method.*`` key the user set that none of the methods reads is a ConfigError naming key and method."""
     for key in sorted(k for k in given if k.startswith("method.") and k != "method.name"):
         errors = []
         for name in dict.fromkeys(methods):

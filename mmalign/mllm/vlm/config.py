@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config_blocks import DataConfig, ExportConfig, renamed_block_key
 from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
 from mmalign.mllm.model_config import VLMModelConfig
+from mmalign.mllm.vlm.methods import check_method_keys
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
@@ -111,9 +112,8 @@ class VLMRecipeConfig:
     @staticmethod
     def check_given(cfg: VLMRecipeConfig, given: set[str]) -> None:
         """A ``method.*`` key ``method.name`` does not read is a ConfigError (:mod:`mmalign.mllm.vlm.methods`)."""
-        from mmalign.mllm.vlm.methods import check_method_keys
-
-        check_method_keys(cfg.method.name, given)
+        shared = tuple(f.name for f in fields(VLMMethodConfig) if f.name != "name")
+        check_method_keys(cfg.method.name, given, shared)
 
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}

@@ -7,7 +7,7 @@ schema. The steps are :data:`mmalign.mllm.vlm.objective.METHODS` (a test keeps t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from mmalign.method_registry import MethodSpecBase, check_given_keys
 
@@ -32,10 +32,8 @@ SPECS: dict[str, VLMMethodSpec] = {s.name: s for s in (
 )}
 
 
-def check_method_keys(name: str, given: set[str]) -> None:
-    from mmalign.mllm.vlm.config import VLMMethodConfig
-
+def check_method_keys(name: str, given: set[str], shared: tuple[str, ...]) -> None:
+    """``shared``: the schema's ``method.*`` keys; a key ``name`` does not read is a ConfigError."""
     if name not in SPECS:
         return  # the unknown name is reported by mmalign.mllm.vlm.objective.check_method
-    shared = tuple(f.name for f in fields(VLMMethodConfig) if f.name != "name")
     check_given_keys(SPECS, name, given, shared)
