@@ -5,7 +5,7 @@ download) — or the tiny test pipelines with ``--tiny`` — and times **the rec
 is the recipe YAML (``recipes/configs/diffusion/<arch>_dpo[_full].yaml``, MaPO's method block from
 ``sdxl_mapo.yaml``) with the benchmark's overrides, the UNet is set up by ``mmalign.diffusion.build.prepare_unet``
 (LoRA / full fine-tuning, reference provider, dtypes, attention, checkpointing, channels-last, compile), the step
-is ``mmalign.diffusion.methods.make_step_fn(StepContext(...))`` and the optimizer is ``mmalign.train.build_optimizer``
+is ``mmalign.diffusion.step_fn.make_step_fn(StepContext(...))`` and the optimizer is ``mmalign.train.build_optimizer``
 — the objects ``recipes/diffusion.py`` builds. Latents and text embeddings are given (the cached-latent path:
 ``CachedDataset`` examples collated by ``collate_members`` and moved to the device once), so neither the VAE nor
 the text encoders nor the data loader run in the timed region.
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, allocator, cudnn autotune)")
     p.add_argument("--compile", action="store_true", help="model.compile=true (torch.compile the UNet)")
     p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="model.attention")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="model.attn_implementation")
     p.add_argument("--gradient-checkpointing", action="store_true", help="model.gradient_checkpointing=true")
     p.add_argument("--full-ft-eager-ref-copy", action="store_true",
                    help="before each full-FT configuration, run the baseline: eager, no channels-last, SDPA, plain "
@@ -160,7 +160,7 @@ def recipe_config(args: argparse.Namespace, arch: str, mode: str, method: str, b
         f"train.batch_size={args.pairs}", "train.grad_accum=1", f"data.resolution={resolution(args, arch)}",
         "method.empty_prompt_prob=0.0", "validation.prompts=[]", f"train.seed={args.seed}",
         f"model.compile={args.compile and not baseline}", f"model.channels_last={args.channels_last and not baseline}",
-        f"model.attention={'sdpa' if baseline else args.attention}",
+        f"model.attn_implementation={'sdpa' if baseline else args.attention}",
         f"model.gradient_checkpointing={args.gradient_checkpointing}",
     ]
     if method == "mapo":  # the DPO YAML without what MaPO does not read (method.beta), then MaPO's own options
@@ -249,7 +249,8 @@ class RecipeStep:
     def __init__(self, cfg, parts, accelerator) -> None:
         from mmalign.diffusion.build import prepare_unet
         from mmalign.diffusion.inputs import InputBuilder
-        from mmalign.diffusion.methods import StepContext, make_step_fn
+        from mmalign.diffusion.step_context import StepContext
+        from mmalign.diffusion.step_fn import make_step_fn
         from mmalign.train import build_optimizer
 
         self.cfg, self.parts, self.accelerator = cfg, parts, accelerator

@@ -69,7 +69,7 @@ def train(data: Path, seed: int, out: Path) -> tuple[Path, Path]:
                    out / f"ppd_seed{seed}.log")
     if not (dpo / "pytorch_lora_weights.safetensors").is_file():
         run_recipe("toy_dpo.yaml", [f"data.path={data}", f"train.seed={seed}", f"output_dir={dpo}",
-                                    f"data.cache_dir={out / 'cache_dpo'}", "toy_eval.enabled=false"],
+                                    f"data.cache_dir={out / 'cache_dpo'}", "eval.enabled=false"],
                    out / f"dpo_seed{seed}.log")
     return ppd, dpo
 

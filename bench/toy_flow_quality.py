@@ -69,7 +69,7 @@ def train(pipeline: Path, seed: int, args, out: Path) -> Path:
         f"model.pretrained={pipeline}", f"data.path={paths.data_dir() / 'pairs.parquet'}", "data.resolution=64",
         f"data.cache_dir={out / 'cache'}", f"train.max_steps={args.steps}", f"train.seed={seed}",
         f"method.beta={args.beta}", f"lora.target_modules={TARGETS}", f"output_dir={run_dir}",
-        "train.progress_bar=false", "train.log_every=20", "toy_eval.enabled=false", "validation.prompts=[]",
+        "train.progress_bar=false", "train.log_every=20", "eval.enabled=false", "validation.prompts=[]",
     ]
     cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config",
            str(REPO / "recipes" / "configs" / "diffusion" / "toy_dpo.yaml"), *overrides]

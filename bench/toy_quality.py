@@ -108,7 +108,7 @@ def train_one(spec: str, seed: int, args, out: Path) -> Path:
         "data.resolution=64", f"data.cache_dir={out / 'cache' / run_name(spec)}", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}", f"train.lr={args.lr}", "train.lr_scheduler=constant",
         f"train.seed={seed}", f"lora.rank={args.rank}", "validation.prompts=[]", f"output_dir={run_dir}",
-        "train.progress_bar=false", "train.log_every=50", "toy_eval.enabled=false",  # evaluated below instead
+        "train.progress_bar=false", "train.log_every=50", "eval.enabled=false",  # evaluated below instead
     ] + _flatten("method.", block) + variant_overrides
     from mmalign.diffusion.registry import switch_method  # toy_dpo.yaml without what the method does not read
 

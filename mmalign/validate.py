@@ -94,14 +94,18 @@ def register_check(cls: type, check: Check) -> None:
 
 
 def rules_for(cls: type) -> dict[str, Rule]:
-    return dict(_RULES.get(cls, {}))
+    """The rules of ``cls`` and of the blocks it extends (a subclass's rule for a key wins)."""
+    rules: dict[str, Rule] = {}
+    for base in reversed(cls.__mro__):
+        rules.update(_RULES.get(base, {}))
+    return rules
 
 
 def check_values(cfg: Any, prefix: str = "") -> None:
     """Raise :class:`ConfigError` for the first value outside its registered range (walks nested dataclasses)."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         return
-    rules = _RULES.get(type(cfg), {})
+    rules = rules_for(type(cfg))
     for f in dataclasses.fields(cfg):
         key, value = f"{prefix}{f.name}", getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):

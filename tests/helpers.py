@@ -20,7 +20,7 @@ LOG2 = math.log(2)
 SMALL_DIFFUSION_RUN = (
     "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
     "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-3",
-    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa",
+    "train.checkpoint_every=0", "train.progress_bar=false", "model.attn_implementation=sdpa",
     "model.gradient_checkpointing=false", "data.resolution=32", "validation.prompts=[]",
 )
 """Overrides that make a shipped diffusion config a two-step CPU run on tiny models."""
@@ -81,8 +81,8 @@ def lora_step_setup(model_dir: str, method: Any, *, pairs: int = 2, perturb: boo
     from mmalign.diffusion.adapter import load_parts
     from mmalign.diffusion.inputs import InputBuilder
     from mmalign.diffusion.lora import add_lora
-    from mmalign.diffusion.methods import StepContext
     from mmalign.diffusion.reference import ReferenceProvider
+    from mmalign.diffusion.step_context import StepContext
     from mmalign.lora_config import diffusion_lora
 
     parts = load_parts(model_dir)

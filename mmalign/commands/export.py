@@ -3,9 +3,11 @@
 Diffusion runs: without ``--merge`` the LoRA in diffusers format (``pytorch_lora_weights.safetensors`` with adapter
 metadata); with ``--merge`` (or for full fine-tuning) a complete pipeline folder with the LoRA folded into the UNet.
 
-VLM / video LLM runs (a peft adapter folder, or a ``recipes/vlm.py`` run folder with ``adapter/``): without
+VLM / video LLM runs (a peft adapter folder: a run's ``output_dir``): without
 ``--merge`` the adapter folder is copied; with ``--merge`` base + adapter are merged into a full transformers folder
 (``--base`` overrides the base model recorded in the adapter config).
+
+Every export also receives the run's ``mmalign_config.yaml`` (the resolved config it was trained with).
 """
 
 from __future__ import annotations
@@ -34,5 +36,8 @@ def run(args: argparse.Namespace) -> int:
         from mmalign.diffusion.export import export_checkpoint
 
         out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+    from mmalign.run_config import copy_run_config
+
+    copy_run_config(args.checkpoint, args.out)  # the settings it was trained with travel with the export
     print(f"wrote {out}")
     return 0

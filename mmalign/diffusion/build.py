@@ -44,6 +44,14 @@ def normalize_config(cfg: DiffusionRecipeConfig) -> None:
         raise ConfigError(f"config key 'train.mixed_precision': '{cfg.train.mixed_precision}' (no, fp16, bf16)")
 
 
+def frozen_dtype(cfg: DiffusionRecipeConfig) -> torch.dtype:
+    """dtype of the frozen weights (UNet under LoRA, text encoders, reference): ``model.dtype``, or the compute
+    dtype of ``train.mixed_precision`` when it is null."""
+    if cfg.model.dtype is not None:
+        return getattr(torch, cfg.model.dtype)
+    return WEIGHT_DTYPES[cfg.train.mixed_precision]
+
+
 def check_config(cfg: DiffusionRecipeConfig) -> str:
     """Validate names and paths before anything heavy is loaded; returns the data kind."""
     normalize_config(cfg)
@@ -58,6 +66,9 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
                           f"(data, {', '.join(REWARD_RANGES)})")
     if cfg.lora.rank < 0:
         raise ConfigError("config key 'lora.rank' must be >= 0 (0 = full fine-tuning)")
+    if cfg.data.media_root is not None:
+        raise ConfigError("config key 'data.media_root' is not read by the diffusion readers: image paths of "
+                          "jsonl/csv rows resolve against the data file's folder")
     if cfg.export.ema and cfg.lora.rank > 0:
         raise ConfigError("config key 'export.ema' is for full fine-tuning (lora.rank=0)")
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
@@ -92,12 +103,14 @@ def check_family_options(cfg: DiffusionRecipeConfig, family: str | None) -> None
 
 
 def load_data(cfg: DiffusionRecipeConfig, kind: str):
-    """Validated records with lazily decoded images (:func:`mmalign.data.load_preference_data`)."""
+    """Validated records with lazily decoded images (:func:`mmalign.data.load_preference_data`), with the row
+    fields the method reads besides its kind's (the registry's ``columns``: PPD's ``user_id``)."""
     from mmalign.data import load_preference_data
 
     return load_preference_data(
-        cfg.data.path, kind=kind, max_bad_fraction=_fraction(cfg), max_items=cfg.data.limit,
+        cfg.data.path, kind=kind, max_bad_fraction=_fraction(cfg), max_items=cfg.data.max_rows,
         bad_image="drop" if cfg.data.cache else "replace", allow_outside_paths=cfg.data.allow_outside_paths,
+        extra_columns=method_spec(cfg.method.name).columns,
     )
 
 
@@ -167,7 +180,7 @@ def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
     ``setup_model`` hook may need it.)"""
     check_family_options(cfg, parts.family)
     apply_model_options(parts, cfg.model)
-    weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
+    weight_dtype = frozen_dtype(cfg)
     device = accelerator.device
     unet = parts.denoiser
     use_lora = cfg.lora.rank > 0
@@ -182,18 +195,31 @@ def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
         unet.to(device).requires_grad_(True)
     # Full fine-tuning: the frozen copy keeps the policy's dtype (not weight_dtype), see ReferenceProvider.for_training
     reference = ReferenceProvider.for_training(unet, use_lora, needs_reference).to(device)
-    vae_dtype = torch.float32 if cfg.model.vae_dtype == "float32" else weight_dtype
-    parts.vae.to(device, vae_dtype)
-    for encoder in parts.text_encoders:
-        encoder.to(device, weight_dtype)
-    applied = apply_speed_options(
-        unet, attention=cfg.model.attention, gradient_checkpointing=cfg.model.gradient_checkpointing,
-        channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
-    )
+    place_frozen_parts(cfg, parts, device)
+    applied = speed_options(cfg, unet, device)
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     applied.update(mode="lora" if use_lora else "full", reference=reference.mode, trainable_params=trainable,
                    weight_dtype=str(weight_dtype).replace("torch.", ""))
     return unet, reference, applied
+
+
+def place_frozen_parts(cfg: DiffusionRecipeConfig, parts: DiffusionParts, device) -> torch.dtype:
+    """The VAE (``model.vae_dtype``) and text encoders (:func:`frozen_dtype`) on ``device``; returns the frozen
+    dtype. Every method's model setup calls it (the shared one and PPD's)."""
+    weight_dtype = frozen_dtype(cfg)
+    parts.vae.to(device, torch.float32 if cfg.model.vae_dtype == "float32" else weight_dtype)
+    for encoder in parts.text_encoders:
+        encoder.to(device, weight_dtype)
+    return weight_dtype
+
+
+def speed_options(cfg: DiffusionRecipeConfig, unet, device) -> dict[str, Any]:
+    """``model.attn_implementation``, ``gradient_checkpointing``, ``channels_last``, ``compile`` on ``unet``
+    (:func:`mmalign.diffusion.speed.apply_speed_options`); returns what was applied."""
+    return apply_speed_options(
+        unet, attention=cfg.model.attn_implementation, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
+    )
 
 
 class LazyEMA:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
-from mmalign.config import MISSING
+from mmalign.config_blocks import DTYPES, DataConfig, EvalConfig, ExportConfig, ModelConfig, renamed_block_key
 from mmalign.diffusion.flow_options import FlowOptions
 from mmalign.diffusion.registry import (
     DATA_KINDS,
@@ -29,20 +29,17 @@ __all__ = ["METHODS", "MethodConfig", "DiffusionRecipeConfig"]
 
 
 @dataclass
-class ModelConfig(FlowOptions):
-    """The ``model:`` block; the SD3 / FLUX keys (``weighting_scheme``, ``logit_mean``, ``logit_std``, ``mode_scale``,
-    ``guidance``, ``max_sequence_length``) come from :class:`~mmalign.diffusion.flow_options.FlowOptions`."""
+class DiffusionModelConfig(ModelConfig, FlowOptions):
+    """The ``model:`` block: the shared keys (:class:`mmalign.config_blocks.ModelConfig`: ``pretrained`` — a hub id
+    or local diffusers pipeline folder of SD1.x, SD2.x, SDXL, SD3/SD3.5, FLUX.1 —, ``dtype`` of the frozen UNet and
+    text encoders, ``attn_implementation``: sdpa | xformers | auto, ``gradient_checkpointing``); the SD3 / FLUX keys
+    (``weighting_scheme``, ``logit_mean``, ``logit_std``, ``mode_scale``, ``guidance``, ``max_sequence_length``) come
+    from :class:`~mmalign.diffusion.flow_options.FlowOptions`."""
 
-    pretrained: str = MISSING
-    """Hub id or local diffusers pipeline folder (SD1.x, SD2.x, SDXL, SD3/SD3.5, FLUX.1)."""
     revision: str | None = None
     """Hub revision (ignored for local folders)."""
     prediction_type: str | None = None
     """Override the scheduler's prediction type: epsilon | v_prediction | flow (null: read from the scheduler)."""
-    attention: str = "sdpa"
-    """sdpa (PyTorch scaled_dot_product_attention) | xformers | auto (xformers when a working build is found)."""
-    gradient_checkpointing: bool = False
-    """Recompute UNet activations in the backward pass (less memory, ~+1/3 step time)."""
     compile: bool = False
     """torch.compile the UNet forward."""
     channels_last: bool = False
@@ -52,9 +49,11 @@ class ModelConfig(FlowOptions):
 
 
 @dataclass
-class DataConfig:
-    path: str = MISSING
-    """Preference data: folder, file or hub id (read by mmalign.data.load_preference_data)."""
+class DiffusionDataConfig(DataConfig):
+    """The ``data:`` block: the shared keys (:class:`mmalign.config_blocks.DataConfig`; ``path``: folder, file or hub
+    id read by mmalign.data.load_preference_data; ``media_root`` is not read here: image paths resolve against the
+    data file's folder) and the diffusion readers' own."""
+
     kind: str | None = None
     """pairs | ranked | unpaired (null: pairs, or as the method requires)."""
     resolution: int = 512
@@ -73,13 +72,6 @@ class DataConfig:
     """dtype of cached tensors: float32 | float16 | bfloat16."""
     latent_sample: str = "sample"
     """sample (posterior sample each step, as the official code) | mean (posterior mean)."""
-    on_bad_row: str = "skip"
-    """skip (a sample whose image cannot be read is skipped and counted) | error (the first one stops the run, naming
-    file, row and field). Rows with missing fields are always errors."""
-    max_bad_fraction: float = 0.05
-    """Stop when more than this fraction of samples is skipped (the same key in every family)."""
-    limit: int | None = None
-    """Use only the first N examples."""
     allow_outside_paths: bool = False
     """Read image paths of jsonl/csv rows that resolve outside the data file's folder (absolute paths, ``../``,
     symlinks out of it); false: such a row is an error naming file, line and field."""
@@ -103,17 +95,18 @@ class ValidationConfig:
 
 
 @dataclass
-class ExportConfig:
-    enabled: bool = True
-    """Write the final model into output_dir (LoRA: pytorch_lora_weights.safetensors; full FT: a pipeline)."""
+class DiffusionExportConfig(ExportConfig):
+    """The ``export:`` block: LoRA → ``<output_dir>/pytorch_lora_weights.safetensors``; full fine-tuning → a
+    pipeline folder in ``output_dir``."""
+
     ema: bool = False
     """Full fine-tuning: keep an EMA of the UNet and export it."""
     ema_decay: float = 0.9999
 
 
 @dataclass
-class ToyEvalConfig:
-    """Judge-based evaluation of base vs aligned after training (:mod:`mmalign.toy.diffusion_eval`)."""
+class DiffusionEvalConfig(EvalConfig):
+    """The ``eval:`` block: judge-based evaluation of base vs aligned after training (:mod:`mmalign.toy.diffusion_eval`)."""
 
     enabled: bool = False
     """After training, on the main process: sample the base model (LoRA adapters disabled / the frozen reference
@@ -143,15 +136,15 @@ class ToyEvalConfig:
 
 @dataclass
 class DiffusionRecipeConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     lora: LoraConfig = field(default_factory=diffusion_lora)
     """The shared LoRA block (:mod:`mmalign.lora_config`): rank 0 = full fine-tuning of the UNet."""
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    toy_eval: ToyEvalConfig = field(default_factory=ToyEvalConfig)
+    export: DiffusionExportConfig = field(default_factory=DiffusionExportConfig)
+    eval: DiffusionEvalConfig = field(default_factory=DiffusionEvalConfig)
     """Optional toy-world evaluation of base vs aligned on held-out captions (the main job's quality report)."""
     output_dir: str = "outputs/diffusion"
     """Where checkpoints, logs, validation grids, the exported model and summary.json go."""
@@ -167,8 +160,10 @@ class DiffusionRecipeConfig:
     @staticmethod
     def renamed_key(key: str, raw: dict) -> str | None:
         """Keys renamed in the one-core release (read for one release): the pre-registry ``method.*`` keys
-        (``method.loss_type`` → ``method.dpo.loss_type``, ...: registry.py) and ``data.max_skip_fraction``."""
-        return renamed_method_key(key, raw) or {"data.max_skip_fraction": "data.max_bad_fraction"}.get(key)
+        (``method.loss_type`` → ``method.dpo.loss_type``, ...: registry.py), ``data.max_skip_fraction``, and the spellings of the
+        shared blocks (``model.attention``, ``data.limit``, ``toy_eval``: :func:`mmalign.config_blocks.renamed_block_key`)."""
+        return (renamed_method_key(key, raw) or {"data.max_skip_fraction": "data.max_bad_fraction"}.get(key)
+                or renamed_block_key(key))
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
@@ -187,16 +182,16 @@ MAX_RESOLUTION = 4096
 a 10^10-pixel image (MemoryError after minutes)."""
 _FRACTION = Range(0, 1)
 _DTYPES = OneOf("float32", "float16", "bfloat16")
-register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
-         attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"),
+register(DiffusionModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"), dtype=OneOf(*DTYPES),
+         attn_implementation=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"),
          weighting_scheme=OneOf("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"),
          logit_std=Range(0, low_open=True), guidance=Range(0), max_sequence_length=Range(1))
-register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, MAX_RESOLUTION, multiple=8),
+register(DiffusionDataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, MAX_RESOLUTION, multiple=8),
          cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=_FRACTION,
-         limit=Range(1))
+         max_rows=Range(1))
 register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0), seed=Range(0),
          height=Range(8, MAX_RESOLUTION, multiple=8))
-register(ExportConfig, ema_decay=_FRACTION)
-register(ToyEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
+register(DiffusionExportConfig, ema_decay=_FRACTION)
+register(DiffusionEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
          batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))
 register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir))

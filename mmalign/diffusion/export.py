@@ -16,21 +16,12 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from mmalign import checkpoint as ckpt
 from mmalign.config import load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.lora import LORA_WEIGHT_NAME, add_lora, merge_lora, save_lora
-
-RUN_CONFIG = "mmalign_config.yaml"
-
-
-def save_run_config(cfg: DiffusionRecipeConfig, output_dir: str | os.PathLike) -> Path:
-    path = Path(output_dir) / RUN_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-    return path
+from mmalign.run_config import RUN_CONFIG
 
 
 def export_trained(unet, pipeline_class: type, source: str, out_dir: str | os.PathLike, use_lora: bool) -> Path:

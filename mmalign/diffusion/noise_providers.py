@@ -28,7 +28,7 @@ import torch
 
 from mmalign.diffusion.inversion import implied_noise, invert
 from mmalign.diffusion.inversion_plan import CONVENTIONS
-from mmalign.diffusion.noise_config import NoiseConfig
+from mmalign.diffusion.options import NoiseConfig
 from mmalign.diffusion.reference import unwrap
 
 PROVIDERS = ("forward", "ddim", "renoise")
@@ -74,7 +74,7 @@ def inversion_noise(
 class NoiseProvider:
     """``provider(step_ctx, policy, x0, t, cond, groups, group_size) -> noise`` for a method step.
 
-    ``step_ctx`` is a :class:`mmalign.diffusion.methods.StepContext` (parts, reference provider, autocast).
+    ``step_ctx`` is a :class:`mmalign.diffusion.step_context.StepContext` (parts, reference provider, autocast).
     """
 
     def __init__(self, cfg: NoiseConfig, method: str) -> None:

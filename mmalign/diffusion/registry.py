@@ -7,6 +7,7 @@ An entry says what the recipe needs to know about a method and nothing else:
 * ``options`` — its own options dataclass, read from ``method.<name>.*`` of the recipe YAML (every other method's
   section is an error there, :func:`check_method_keys`);
 * ``uses`` — which of the shared ``method.*`` keys it reads (``beta``, ``timestep_weight``, ...);
+* ``columns`` — row fields it reads besides its kind's (PPD: ``user_id``), read with the one data set;
 * ``step`` — ``"module:function"`` of its training step ``step(ctx, policy, batch) -> (loss, metrics)``, imported
   on first use so that this module (and the config schema) import no torch;
 * hooks, also ``"module:function"``: ``prepare(cfg, dataset, accelerator)`` before the model is set up (SmPO's
@@ -14,7 +15,9 @@ An entry says what the recipe needs to know about a method and nothing else:
   null = the shared builders of :mod:`mmalign.diffusion.build` and :mod:`mmalign.diffusion.export`.
 
 Adding a method (docs/adding-a-method.md): an entry (+ options dataclass) here, a step module, a YAML under
-``recipes/configs/diffusion/``, a test. The recipe, the config schema, the CLI and the validation read this table.
+``recipes/configs/diffusion/``, a test. The diffusion family of the recipe skeleton
+(:class:`mmalign.families.diffusion.Diffusion`, run by :func:`mmalign.recipe.run`), the config schema, the data-kind
+and option checks, the CLI and the shipped-config matrix read this table; nothing else names a method.
 """
 
 from __future__ import annotations
@@ -25,9 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmalign.config_error import ConfigError
-from mmalign.diffusion.noise_config import NoiseConfig
-from mmalign.diffusion.ppd.config import PpdConfig
-from mmalign.diffusion.smpo_config import SmpoConfig
+from mmalign.diffusion.options import NoiseConfig, PpdConfig, SmpoConfig
 from mmalign.method_registry import MethodSpecBase, check_given_keys, chosen_view, method_spec_of, sections
 from mmalign.validate import OneOf, Range, register, register_check
 
@@ -43,7 +44,7 @@ class DpoOptions:
     """sigmoid | hinge | ipo | cdpo | robust (through mmalign.objectives.preference_loss), all with ``method.beta``
     in the official -(beta/2) convention and h = -(1/2)((e_w - e_l) - (e_ref_w - e_ref_l)): sigmoid
     -logsig(beta h), hinge relu(1 - beta h), ipo (h - 1/(2 beta))^2 (TRL's IPO on scores -e/2; see
-    mmalign.diffusion.methods for the diffusers script's spelling of the same losses); with eps = label_smoothing
+    mmalign.diffusion.step_context for the diffusers script's spelling of the same losses); with eps = label_smoothing
     cdpo -(1-eps) logsig(beta h) - eps logsig(-beta h) (conservative DPO, Mitchell 2023) and robust
     [-(1-eps) logsig(beta h) + eps logsig(-beta h)] / (1 - 2 eps) (Chowdhury et al. 2024), TRL's two
     label-noise losses on the Diffusion-DPO scores (no official diffusion code uses them)."""
@@ -150,6 +151,8 @@ class MethodSpec(MethodSpecBase):
     training_set: str | None = None
     setup_model: str | None = None
     export: str | None = None
+    columns: tuple[str, ...] = ()
+    """Row fields the method reads besides the kind's own (PPD: ``user_id``), read with the data set."""
     flow_matching: bool = True
     """Whether the step runs on the flow-matching families (SD3, FLUX); False for steps written for DDPM UNets
     (inversion noise providers, UNet user cross-attention)."""
@@ -193,8 +196,8 @@ REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
                summary="InPO: Diffusion-DPO with DDIM-inversion noise (Lu et al. 2025)"),
     MethodSpec("ppd", "pairs", True, "mmalign.diffusion.ppd.step:ppd_step", PpdConfig,
                uses=("beta", "empty_prompt_prob", "sdxl_time_ids"), training_set=f"{_PPD}:ppd_training_set",
-               setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export", flow_matching=False,
-               ignores=("lora",),
+               setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export", columns=("user_id",),
+               flow_matching=False, ignores=("lora",),
                summary="PPD: personalised DPO with user-conditioned cross-attention (Dang et al. 2025)"),
 )}
 

@@ -16,7 +16,9 @@ cosine on Pick-a-Pic v2 for the normalisation. Here:
   prompts) and the scorer (name, checkpoint, card options), so a second run on the same data reuses it.
 
 ``scorer: tiny:<card>`` scores with a tiny random-weight checkpoint of that card written under the output folder
-(smoke tests / demos; the scores are meaningless), as ``model.pretrained: tiny:sd15`` does for the pipeline.
+(smoke tests / demos; the scores are meaningless), as ``model.pretrained: tiny:sd15`` does for the pipeline: the
+recipe resolves it into ``scorer`` / ``scorer_checkpoint`` / ``scorer_options`` before this module sees it
+(:func:`mmalign.testing.placeholders.resolve_placeholders`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmalign.diffusion.smpo_config import SmpoConfig
+from mmalign.diffusion.options import SmpoConfig
 
 FORMAT = "mmalign.smpo_soft_labels/1"
-TINY = "tiny:"
 REWARD_RANGES: dict[str, tuple[float, float]] = {
     "pickapic_v2_pickscore": (0.11543526500463486, 0.28201571106910706),
 }
@@ -64,18 +65,13 @@ def default_labels_path(dataset, cfg: SmpoConfig, cache_root: str | os.PathLike 
     return root / "smpo_labels" / f"{_safe(cfg.scorer)}-{data_fingerprint(dataset, cfg)}.json"
 
 
-def load_label_scorer(cfg: SmpoConfig, workdir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The scorer of ``cfg`` through :func:`scorers.load_scorer` (``tiny:<card>``: tiny weights under ``workdir``)."""
+def load_label_scorer(cfg: SmpoConfig, device: str | torch.device = "cpu"):
+    """The scorer of ``cfg`` through :func:`scorers.load_scorer` (``tiny:<card>`` is resolved by the recipe)."""
     import scorers
 
-    if cfg.scorer.startswith(TINY):
-        from mmalign.testing.tiny_scorers import save_tiny_scorer_checkpoints
-
-        card = cfg.scorer[len(TINY):]
-        kwargs = save_tiny_scorer_checkpoints(Path(workdir) / "tiny_scorer")
-        if card not in kwargs:
-            raise ValueError(f"method.smpo.scorer: no tiny checkpoint for '{card}' ({', '.join(kwargs)})")
-        return scorers.load_scorer(card, device=device, **kwargs[card])
+    if cfg.scorer.startswith("tiny:"):
+        raise ValueError(f"method.smpo.scorer={cfg.scorer}: a tiny: placeholder is resolved first "
+                         "(mmalign.testing.placeholders.resolve_placeholders: the recipes and `mmalign smpo-labels`)")
     return scorers.load_scorer(cfg.scorer, checkpoint=cfg.scorer_checkpoint, device=device, **cfg.scorer_options)
 
 
@@ -174,7 +170,7 @@ def prepare_soft_labels(cfg, dataset, accelerator=None, device: str | torch.devi
     is_main = accelerator is None or accelerator.is_main_process
     if is_main and not path.is_file():
         device = device or (accelerator.device if accelerator is not None else "cpu")
-        scorer = load_label_scorer(smpo, Path(cfg.output_dir) / "tiny_inputs", device)
+        scorer = load_label_scorer(smpo, device)
         pairs, skipped = score_pairs(dataset, scorer, smpo.batch_size, progress=cfg.train.progress_bar)
         write_soft_labels(path, pairs, scorer=smpo.scorer, source=str(cfg.data.path), skipped=skipped)
         del scorer

@@ -34,7 +34,7 @@ def xformers_works(device: torch.device | str) -> tuple[bool, str]:
 def set_attention(unet, attention: str, device: torch.device | str) -> str:
     """Apply ``sdpa | xformers | auto``; returns the backend actually used."""
     if attention not in ("sdpa", "xformers", "auto"):
-        raise ValueError(f"model.attention must be sdpa, xformers or auto, got '{attention}'")
+        raise ValueError(f"model.attn_implementation must be sdpa, xformers or auto, got '{attention}'")
     if attention == "sdpa":
         return "sdpa"
     ok, reason = xformers_works(device)
@@ -42,7 +42,7 @@ def set_attention(unet, attention: str, device: torch.device | str) -> str:
         unet.enable_xformers_memory_efficient_attention()
         return "xformers"
     if attention == "xformers":
-        warnings.warn(f"model.attention=xformers requested but unavailable: {reason}; using PyTorch SDPA", stacklevel=2)
+        warnings.warn(f"model.attn_implementation=xformers requested but unavailable: {reason}; using PyTorch SDPA", stacklevel=2)
     return "sdpa"
 
 

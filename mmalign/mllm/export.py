@@ -82,8 +82,9 @@ def merge_adapter_folder(adapter_dir: str | os.PathLike, output_dir: str | os.Pa
 
 
 def vlm_adapter_source(path: str | os.PathLike) -> Path | None:
-    """The VLM export folder behind ``path``: the folder itself when it holds a peft adapter, or the
-    ``adapter/`` sub-folder of a ``recipes/vlm.py`` run; ``None`` when ``path`` is neither."""
+    """The VLM export folder behind ``path``: the folder itself when it holds a peft adapter (an adapter, or a
+    run folder: recipes write the export into ``output_dir``), or the ``adapter/`` sub-folder of a run written
+    before that; ``None`` when ``path`` is neither."""
     path = Path(path)
     for candidate in (path, path / "adapter"):
         if is_peft_adapter_dir(candidate):
@@ -106,5 +107,9 @@ def export_vlm(path: str | os.PathLike, out: str | os.PathLike, *, merge: bool, 
                                "the adapter is damaged: train.resume=latest on its run re-exports it")
     if merge:
         return merge_adapter_folder(source, out, base=base)
-    shutil.copytree(source, out, dirs_exist_ok=True)
-    return Path(out)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():  # the adapter and processor files; a run folder's checkpoints/ and logs/ stay
+        if file.is_file() and file.name != "summary.json":
+            shutil.copy2(file, out / file.name)
+    return out

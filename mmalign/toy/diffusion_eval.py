@@ -14,7 +14,7 @@ On the main process, after the training loop, the recipe calls :func:`run_toy_ev
 4. a short table is printed, ``summary.json["toy_eval"]`` gets base / aligned means, the gain, the win rate of
    aligned over base (ties count half), the std over sampling seeds and the number of images; the side-by-side grid
    (base | aligned) goes to ``<output_dir>/toy_eval/side_by_side.png``, the per-image scores to
-   ``<output_dir>/toy_eval/scores.json`` (and the images to ``images.npz`` with ``toy_eval.save_images``).
+   ``<output_dir>/toy_eval/scores.json`` (and the images to ``images.npz`` with ``eval.save_images``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mmalign.config import ConfigError
-from mmalign.diffusion.config import DiffusionRecipeConfig, ToyEvalConfig
+from mmalign.diffusion.config import DiffusionEvalConfig, DiffusionRecipeConfig
 from mmalign.diffusion.reference import ReferenceProvider, adapters_disabled, unwrap
 from mmalign.diffusion.registry import method_spec
 
@@ -38,8 +38,8 @@ SCORES_FILE = "scores.json"
 IMAGES_FILE = "images.npz"
 
 
-def eval_captions(settings: ToyEvalConfig) -> list[str]:
-    """The evaluation captions named by ``toy_eval.captions`` (heldout | all | a file), each checked against the toy
+def eval_captions(settings: DiffusionEvalConfig) -> list[str]:
+    """The evaluation captions named by ``eval.captions`` (heldout | all | a file), each checked against the toy
     grammar; ``max_captions`` keeps the first N."""
     from mmalign.toy.captions import all_captions, heldout_captions, parse_caption
     from mmalign.toy.paths import read_captions
@@ -51,33 +51,33 @@ def eval_captions(settings: ToyEvalConfig) -> list[str]:
         captions = all_captions()
     else:
         if not Path(source).is_file():
-            raise ConfigError(f"config key 'toy_eval.captions': '{source}' is neither heldout, all nor a file")
+            raise ConfigError(f"config key 'eval.captions': '{source}' is neither heldout, all nor a file")
         captions = read_captions(source)
         for line, caption in enumerate(captions, 1):
             try:
                 parse_caption(caption)
             except ValueError as err:
-                raise ConfigError(f"toy_eval.captions file {source}, caption {line}: {err}") from None
+                raise ConfigError(f"eval.captions file {source}, caption {line}: {err}") from None
     if settings.max_captions is not None:
         captions = captions[: settings.max_captions]
     return captions
 
 
 def check_toy_eval(cfg: DiffusionRecipeConfig) -> None:
-    """Fail before training on a toy_eval block that cannot run."""
-    settings = cfg.toy_eval
+    """Fail before training on an ``eval:`` block that cannot run."""
+    settings = cfg.eval
     if not settings.enabled:
         return
     if method_spec(cfg.method.name).export is not None:  # e.g. PPD's user adapter: no one aligned model
-        raise ConfigError(f"config key 'toy_eval.enabled': method '{cfg.method.name}' exports its own model "
-                          "(PPD: a user adapter, evaluated per user by mmalign.diffusion.ppd); toy_eval compares "
+        raise ConfigError(f"config key 'eval.enabled': method '{cfg.method.name}' exports its own model "
+                          "(PPD: a user adapter, evaluated per user by mmalign.diffusion.ppd); eval compares "
                           "one base and one aligned model")
     if not settings.seeds:
-        raise ConfigError("config key 'toy_eval.seeds' needs at least one seed")
+        raise ConfigError("config key 'eval.seeds' needs at least one seed")
     if settings.num_inference_steps < 1 or settings.grid_rows < 1 or settings.grid_columns < 1:
-        raise ConfigError("config keys 'toy_eval.num_inference_steps', 'grid_rows', 'grid_columns' must be >= 1")
+        raise ConfigError("config keys 'eval.num_inference_steps', 'grid_rows', 'grid_columns' must be >= 1")
     if not eval_captions(settings):
-        raise ConfigError(f"config key 'toy_eval.captions': no captions in '{settings.captions}'")
+        raise ConfigError(f"config key 'eval.captions': no captions in '{settings.captions}'")
 
 
 def _denoiser_name(pipe) -> str:
@@ -116,7 +116,7 @@ def base_model(pipe, reference: ReferenceProvider, use_lora: bool, pretrained: s
             yield pipe
 
 
-def _evaluate(pipe, captions: list[str], settings: ToyEvalConfig, autocast, which: str) -> dict[str, Any]:
+def _evaluate(pipe, captions: list[str], settings: DiffusionEvalConfig, autocast, which: str) -> dict[str, Any]:
     from mmalign.toy.evaluate import evaluate_pipeline
 
     with autocast():
@@ -130,7 +130,7 @@ def _model_row(result: dict[str, Any]) -> dict[str, Any]:
             "terms": result["terms"]}
 
 
-def summarize(base: dict[str, Any], aligned: dict[str, Any], settings: ToyEvalConfig) -> dict[str, Any]:
+def summarize(base: dict[str, Any], aligned: dict[str, Any], settings: DiffusionEvalConfig) -> dict[str, Any]:
     """The ``summary.json["toy_eval"]`` block from two :func:`evaluate_pipeline` results.
 
     ``gain_std_over_seeds`` is the std (ddof=1) over sampling seeds of the per-seed gain (aligned - base mean over
@@ -195,7 +195,7 @@ def run_toy_eval(cfg: DiffusionRecipeConfig, pipe, unet, reference: ReferencePro
     """Evaluate base and aligned (``pipe`` holds the trained ``unet``), write the files, return the summary block."""
     from mmalign.toy.evaluate import save_side_by_side_grid
 
-    settings = cfg.toy_eval
+    settings = cfg.eval
     captions = eval_captions(settings)
     out = Path(output_dir) / EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def test_shipped_defaults_work_from_another_directory(images, tmp_path, monkeypa
     from mmalign.config import load_config
     from mmalign.diffusion.build import normalize_config
     from mmalign.diffusion.config import DiffusionRecipeConfig
-    from mmalign.diffusion.export import save_run_config
+    from mmalign.run_config import save_run_config
 
     monkeypatch.chdir(tmp_path)
     assert main(["score", "--scorer", "toy", "--images", str(images["ok"]), "--prompts", "x"]) == 0, \

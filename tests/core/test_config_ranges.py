@@ -28,11 +28,11 @@ BAD_DIFFUSION = [
     ("train.checkpoint_every", "-1"), ("train.keep_checkpoints", "-1"), ("train.lr_scheduler", "cosine_annealing"),
     ("train.lr_scheduler", "reduce_lr_on_plateau"), ("train.optimizer", "sgd"), ("train.adam_beta2", "1.0"),
     ("train.seed", "-3"), ("train.max_nonfinite_steps", "0"), ("data.resolution", "0"), ("data.resolution", "100"),
-    ("data.max_bad_fraction", "1.5"), ("data.limit", "0"), ("data.latent_sample", "mode"),
+    ("data.max_bad_fraction", "1.5"), ("data.max_rows", "0"), ("data.latent_sample", "mode"),
     ("method.beta", "-5000"), ("method.beta", "0"), ("method.empty_prompt_prob", "1.2"),
     ("method.timestep_weight", "snr"), ("method.inpo.noise.inversion_steps", "0"), ("method.smpo.order", "random"),
-    ("method.ppd.user_dropout", "2"), ("lora.rank", "-1"), ("lora.dropout", "1"), ("model.attention", "flash"),
-    ("validation.num_inference_steps", "0"), ("export.ema_decay", "1.5"), ("toy_eval.batch_size", "0"),
+    ("method.ppd.user_dropout", "2"), ("lora.rank", "-1"), ("lora.dropout", "1"), ("model.attn_implementation", "flash"),
+    ("validation.num_inference_steps", "0"), ("export.ema_decay", "1.5"), ("eval.batch_size", "0"),
 ]
 
 

@@ -75,7 +75,7 @@ def test_corrupt_image_uncached_run_counts_skip(run_recipe, tiny_model_dirs, dat
     """Without the cache the readers replace the bad item and the step's SkipCounter counts it; the run finishes."""
     data = _corrupt_copy(data_dirs, tmp_path)
     summary = run_recipe("sd15_dpo.yaml", tiny_model_dirs["sd15"], str(data / "data.jsonl"), "data.cache=false",
-                         "data.max_bad_fraction=0.5")
+                         "data.on_bad_row=skip", "data.max_bad_fraction=0.5")
     assert summary["steps"] == 2
     assert summary["data"]["skips"]["bad_samples"] == 1 and "data.jsonl" in summary["data"]["skips"]["last_bad"]
 

@@ -13,9 +13,9 @@ from mmalign.diffusion.adapter import load_parts
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.lora import add_lora
-from mmalign.diffusion.methods import StepContext
 from mmalign.diffusion.reference import ReferenceProvider
 from mmalign.diffusion.registry import DpoOptions, MethodConfig, method_spec
+from mmalign.diffusion.step_context import StepContext
 from mmalign.lora_config import diffusion_lora
 from tests.helpers import REPO, perturb_lora
 

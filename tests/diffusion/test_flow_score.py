@@ -90,7 +90,7 @@ def _velocity_error(parts, model, x0, noise, t, embeds, pooled):
 def test_dpo_loss_equals_flow_formula(tiny_model_dirs, monkeypatch, kind):
     """dpo_step's loss == -logsig(-(beta/2) ((e_w - e_l) - (e_ref_w - e_ref_l))) with e the element-mean velocity
     error at the shared (t, noise), computed here from the raw transformer call; log 2 while the LoRA is at init."""
-    from mmalign.diffusion import methods
+    from mmalign.diffusion import step_context as methods
     from mmalign.diffusion.steps.dpo import dpo_step
 
     parts = load_parts(tiny_model_dirs[kind])

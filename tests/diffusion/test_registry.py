@@ -149,7 +149,7 @@ def test_old_and_new_key_together_is_an_error(tmp_path):
 
 
 def test_saved_run_config_keeps_only_the_chosen_section_and_reloads(tmp_path):
-    from mmalign.diffusion.export import save_run_config
+    from mmalign.run_config import save_run_config
 
     cfg = load_config(DiffusionRecipeConfig, str(CONFIGS / "sd15_kto.yaml"))
     path = save_run_config(cfg, tmp_path)

@@ -34,13 +34,14 @@ def test_disk_full_at_export_keeps_a_checkpoint_that_mmalign_export_exports(run_
 
     monkeypatch.setattr(export, "export_trained", disk_full)
     with pytest.raises(ExportFailedError, match="kept in checkpoint .*checkpoint-2") as info:
-        run_recipe("toy_dpo.yaml", tiny_model_dirs["sd15"], data_dirs["pairs"], "toy_eval.enabled=false")
+        run_recipe("toy_dpo.yaml", tiny_model_dirs["sd15"], data_dirs["pairs"], "eval.enabled=false")
     assert "No space left on device" in str(info.value)
     kept = ckpt.final_path(tmp_path / "out", 2)
     assert (kept / ckpt.TRAINABLE_FILE).is_file()
     monkeypatch.undo()
     assert cli(["export", str(kept), "--out", str(tmp_path / "lora")]) == 0
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "lora" / "mmalign_config.yaml").read_text() == (tmp_path / "out" / "mmalign_config.yaml").read_text()
 
 
 def test_captions_longer_than_the_text_encoder_are_counted_and_reported(run_recipe, tiny_model_dirs, tmp_path,
@@ -52,7 +53,7 @@ def test_captions_longer_than_the_text_encoder_are_counted_and_reported(run_reci
     rows = [{"prompt": long_caption if i == 1 else f"a square number {i}", "chosen": square_image("red", seed=i, size=32),
              "rejected": square_image("blue", seed=10 + i, size=32)} for i in range(4)]
     data = write_pairs_jsonl(rows, tmp_path / "long" / "data.jsonl")
-    summary = run_recipe("toy_dpo.yaml", tiny_model_dirs["sd15"], str(data), "toy_eval.enabled=false",
+    summary = run_recipe("toy_dpo.yaml", tiny_model_dirs["sd15"], str(data), "eval.enabled=false",
                          "train.max_steps=1")
     assert summary["data"]["captions_truncated"] == 1 and summary["data"]["captions_distinct"] == 4
     assert "warning: 1 of 4 distinct captions are longer than the text encoder's 77 tokens" in capsys.readouterr().out

@@ -16,5 +16,5 @@ def test_xformers_falls_back_to_sdpa_with_a_warning():
         assert set_attention(unet, "xformers", "cpu") == "sdpa"
     assert set_attention(unet, "auto", "cpu") == "sdpa"
     assert type(unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.processor).__name__ == "AttnProcessor2_0"
-    with pytest.raises(ValueError, match="model.attention"):
+    with pytest.raises(ValueError, match="model.attn_implementation"):
         set_attention(unet, "flash", "cpu")

@@ -37,12 +37,12 @@ def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path
                                                                          monkeypatch):
     """Issue 14 item 6: the frozen copy was never moved to accelerator.device (invisible on CPU, a device
     mismatch on any GPU). The recipe must build it with frozen_copy(model, accelerator.device)."""
+    from mmalign import train as train_module
     from mmalign.mllm.video import build as video_build
 
-    recipe = runpy.run_path(str(REPO / "recipes" / "video.py"))
-    main, scope = recipe["main"], recipe["main"].__globals__
+    main = runpy.run_path(str(REPO / "recipes" / "video.py"))["main"]
     seen: dict[str, object] = {}
-    real_copy, real_accelerator = video_build.frozen_copy, scope["make_accelerator"]
+    real_copy, real_accelerator = video_build.frozen_copy, train_module.make_accelerator
 
     def spy_copy(model, device=None, dtype=None):
         seen["device"] = device
@@ -55,11 +55,11 @@ def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path
         return accelerator
 
     monkeypatch.setattr(video_build, "frozen_copy", spy_copy)
-    scope["make_accelerator"] = spy_accelerator
+    monkeypatch.setattr(train_module, "make_accelerator", spy_accelerator)
     summary = main(["--config", str(REPO / "recipes/configs/video/qwen25vl_rrpo.yaml"), "model.pretrained=tiny:qwen2vl",
                     "lora.rank=0", "model.dtype=float32", f"data.path={data['video:rrpo']}",
                     f"output_dir={tmp_path / 'out'}", "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1",
                     "train.mixed_precision=no", "train.progress_bar=false", "data.max_length=512"])
     assert summary["steps"] == 1
     assert seen["device"] == seen["accelerator"].device and seen["ref_device"] == seen["accelerator"].device
-    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    assert (tmp_path / "out" / "config.json").is_file()

@@ -48,7 +48,7 @@ TINY_DIFFUSION = {
 TINY_VLM = {"Qwen/Qwen2-VL-2B-Instruct": "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct": "qwen25vl",
             "llava-hf/llava-1.5-7b-hf": "llava"}
 TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "tiny:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "tiny:llavaov",
-              "tiny:qwen2vl-toy": "tiny:qwen2vl-toy", "runs/toy_sft/model": "video:qwen2vl-toy"}
+              "tiny:qwen2vl-toy": "tiny:qwen2vl-toy", "runs/toy_sft": "video:qwen2vl-toy"}
 """Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder, another value
 a saved folder from the ``models`` fixture."""
 TINY_PPD_VLM = {"llava-hf/llava-onevision-qwen2-7b-ov-chat-hf": "video:llavaov"}
@@ -101,10 +101,10 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
            "train.batch_size=2", "train.grad_accum=1", "train.progress_bar=false", "validation.num_inference_steps=2"]
     pretrained = cfg["model"]["pretrained"]
     if pretrained.startswith("assets/"):  # the toy world: its own shipped model and data, fewer of them
-        limit = ["data.limit=12" if method == "ppd" else "data.limit=4"]  # PPD: one user, 4 shots + 8 pairs
+        limit = ["data.max_rows=12" if method == "ppd" else "data.max_rows=4"]  # PPD: one user, 4 shots + 8 pairs
         users = ["method.ppd.cache_dir=" + str(tmp / "users")] if method == "ppd" else []
-        return out + [*limit, "toy_eval.max_captions=2", "toy_eval.seeds=[0]", "toy_eval.batch_size=2",
-                      "toy_eval.num_inference_steps=2", *users]
+        return out + [*limit, "eval.max_captions=2", "eval.seeds=[0]", "eval.batch_size=2",
+                      "eval.num_inference_steps=2", *users]
     assert pretrained in TINY_DIFFUSION, f"add a tiny stand-in for {pretrained!r} to TINY_DIFFUSION"
     out += [f"model.pretrained={models[TINY_DIFFUSION[pretrained]]}",
             f"data.path={data['diffusion:' + diffusion_data(method)]}", "data.resolution=32"]

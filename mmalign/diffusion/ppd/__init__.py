@@ -15,19 +15,19 @@ from typing import Any
 
 _EXPORTS = {
     "attention": ("UserAttnProcessor", "add_user_branch", "set_user_scale", "user_processors"),
-    "config": ("PpdConfig",),
     "embeddings": ("Shot", "UserEmbeddingCache", "clip_user_embedding", "vlm_user_embedding"),
     "export": ("load_user_adapter", "save_user_adapter"),
     "inference": ("generate", "interpolate_users"),
     "model": ("UserConditionedUNet",),
     "step": ("ppd_loss", "ppd_step"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_WHERE = {name: f"{__name__}.{module}" for module, names in _EXPORTS.items() for name in names}
+_WHERE["PpdConfig"] = "mmalign.diffusion.options"  # the light options module (the config schema reads it)
 __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    """The public names, imported on first use (``ppd.config`` stays light for the config schema)."""
+    """The public names, imported on first use (``PpdConfig`` lives in the light :mod:`mmalign.diffusion.options`)."""
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    return getattr(import_module(_WHERE[name]), name)

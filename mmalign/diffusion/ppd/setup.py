@@ -1,12 +1,13 @@
 """What ``recipes/diffusion.py`` calls for ``method.name=ppd``: per-user data and embeddings, the training set, the
 user-conditioned UNet, the export.
 
-1. the data again with ``extra_columns=("user_id",)`` (records only, images stay lazy);
+1. the one data set of the recipe (its registry entry's ``columns`` add ``user_id``; images stay lazy);
 2. :func:`~mmalign.diffusion.ppd.data.split_shots`: N shots per user (embedding) vs training pairs (no leakage);
 3. :func:`~mmalign.diffusion.ppd.users.embed_users`: VLM or CLIP embeddings, cached under ``method.ppd.cache_dir``;
 4. one diffusion training set per user (:func:`mmalign.diffusion.build.training_set`: latent/text cache shared on
    disk), each example carrying its user's embedding, concatenated (users mixed by the loader's shuffle);
-5. the frozen UNet (compute dtype, speed options) with the user branch (:class:`UserConditionedUNet`); the
+5. the frozen UNet (the shared frozen dtype and placement, :func:`~mmalign.diffusion.build.place_frozen_parts`, and
+   speed options) with the user branch (:class:`UserConditionedUNet`); the
    reference is the same UNet without the user branch, so no reference copy is built.
 """
 
@@ -16,29 +17,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import ConcatDataset, Subset
 
 from mmalign.diffusion.adapter import DiffusionParts
-from mmalign.diffusion.build import WEIGHT_DTYPES, training_set
+from mmalign.diffusion.build import place_frozen_parts, speed_options, training_set
 from mmalign.diffusion.ppd.data import WithUser, collate_with_users, split_shots
 from mmalign.diffusion.ppd.export import USER_EMBEDDINGS_NAME, save_user_adapter, save_user_embeddings
 from mmalign.diffusion.ppd.model import UserConditionedUNet
 from mmalign.diffusion.ppd.users import embed_users
 from mmalign.diffusion.reference import ReferenceProvider
-from mmalign.diffusion.speed import apply_speed_options
 
 
-def user_training_set(cfg, parts: DiffusionParts, accelerator) -> tuple[Any, Any, Any, dict[str, Any], dict]:
-    """``(train_set, collate_fn, skip_counter, stats, embeddings)`` for PPD (steps 1-4 of the module docstring)."""
-    from mmalign.data import load_preference_data
-
+def user_training_set(cfg, dataset, parts: DiffusionParts, accelerator) -> tuple[Any, Any, Any, dict[str, Any], dict]:
+    """``(train_set, collate_fn, skip_counter, stats, embeddings)`` for PPD (steps 2-4 of the module docstring) on
+    ``dataset``, the recipe's data set (read once, with ``user_id``)."""
     ppd = cfg.method.ppd
-    dataset = load_preference_data(
-        cfg.data.path, kind="pairs", max_bad_fraction=cfg.data.max_bad_fraction, max_items=cfg.data.limit,
-        bad_image="drop" if cfg.data.cache else "replace", extra_columns=("user_id",),
-        allow_outside_paths=cfg.data.allow_outside_paths,
-    )
     splits, split_stats = split_shots(dataset, ppd.shots, ppd.seed)
     if not splits:
         raise ValueError(f"{cfg.data.path}: no user has more than method.ppd.shots={ppd.shots} pairs")
@@ -66,14 +59,8 @@ def prepare_user_unet(cfg, parts: DiffusionParts, accelerator, user_shape: tuple
     """``(model, reference, applied)``: frozen base UNet in the compute dtype with a float32 user branch."""
     ppd = cfg.method.ppd
     device = accelerator.device
-    unet = parts.unet.to(device, WEIGHT_DTYPES[cfg.train.mixed_precision]).requires_grad_(False)
-    for encoder in parts.text_encoders:
-        encoder.to(device, WEIGHT_DTYPES[cfg.train.mixed_precision])
-    parts.vae.to(device, torch.float32 if cfg.model.vae_dtype == "float32" else WEIGHT_DTYPES[cfg.train.mixed_precision])
-    applied = apply_speed_options(  # before the user branch: switching the backend replaces every processor
-        unet, attention=cfg.model.attention, gradient_checkpointing=cfg.model.gradient_checkpointing,
-        channels_last=cfg.model.channels_last, compile=cfg.model.compile, device=device,
-    )
+    unet = parts.unet.to(device, place_frozen_parts(cfg, parts, device)).requires_grad_(False)
+    applied = speed_options(cfg, unet, device)  # before the user branch: switching the backend replaces processors
     model = UserConditionedUNet.build(unet, user_shape, ppd.num_tokens, ppd.init, ppd.scale, ppd.seed)
     model.to(device)
     for p in model.parameters():
@@ -99,8 +86,8 @@ def export_user_adapter(model: UserConditionedUNet, cfg, output_dir: str | Path)
 
 
 def ppd_training_set(cfg, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple[Any, Any, Any, dict]:
-    """The registry's ``training_set`` hook: PPD reads its own per-user pairs (``dataset`` is not used)."""
-    train_set, collate_fn, counter, stats, _ = user_training_set(cfg, parts, accelerator)
+    """The registry's ``training_set`` hook: per-user training sets of the recipe's ``dataset``."""
+    train_set, collate_fn, counter, stats, _ = user_training_set(cfg, dataset, parts, accelerator)
     return train_set, collate_fn, counter, stats
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.scores import unet_errors
+from mmalign.diffusion.step_context import dpo_terms
 
 
 def drop_users(user_embeds: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -47,7 +47,7 @@ def ppd_loss(model, scheduler, prediction_type: str, x0: torch.Tensor, cond: dic
 
 
 def ppd_step(ctx, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``step_fn`` body for :mod:`mmalign.diffusion.methods` (``ctx``: its ``StepContext``; ``ctx.method.ppd``)."""
+    """``step_fn`` body for :mod:`mmalign.diffusion.step_context` (``ctx``: its ``StepContext``; ``ctx.method.ppd``)."""
     if batch.get("group_size", 2) != 2:
         raise ValueError("ppd trains on pairs")
     x0, cond = ctx.inputs(batch, ctx.device)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.ppd.config import PpdConfig
+from mmalign.diffusion.options import PpdConfig
 from mmalign.diffusion.ppd.data import read_shots
 from mmalign.diffusion.ppd.embeddings import (
     UserEmbeddingCache,

@@ -1,6 +1,6 @@
 """Diffusion-DPO (and DCPO, whose batch already carries per-side captions): pairs ``[w; l]``, shared t and noise,
 ``preference_loss(method.dpo.loss_type)`` on scores ``-e/2`` (spec §1, §6; SalesforceAIResearch/DiffusionDPO
-``train.py``; hinge / ipo as the diffusers script's ``--loss_type``: see :mod:`mmalign.diffusion.methods`;
+``train.py``; hinge / ipo as the diffusers script's ``--loss_type``: see :mod:`mmalign.diffusion.step_context`;
 cdpo / robust with ``method.dpo.label_smoothing``: TRL's label-noise losses)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.methods import Metrics, StepContext, dpo_terms
+from mmalign.diffusion.step_context import Metrics, StepContext, dpo_terms
 
 
 def dpo_step(ctx: StepContext, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.noise_providers import NoiseProvider
+from mmalign.diffusion.step_context import dpo_terms
 
 
 def inverted_pair_errors(ctx: Any, policy: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], groups: int,
@@ -40,7 +40,7 @@ def inverted_pair_errors(ctx: Any, policy: Any, x0: torch.Tensor, cond: dict[str
 
 
 def inpo_step(ctx: Any, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """InPO: DPO with DDIM-inversion noise (``ctx`` is a :class:`mmalign.diffusion.methods.StepContext`)."""
+    """InPO: DPO with DDIM-inversion noise (``ctx`` is a :class:`mmalign.diffusion.step_context.StepContext`)."""
     x0, cond = ctx.inputs(batch, ctx.device)
     provider = NoiseProvider(ctx.options.noise, "inpo")
     e, e_ref, noise = inverted_pair_errors(ctx, policy, x0, cond, batch["groups"], provider)

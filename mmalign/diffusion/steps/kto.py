@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mmalign import objectives
-from mmalign.diffusion.methods import Metrics, StepContext
+from mmalign.diffusion.step_context import Metrics, StepContext
 
 KTO_CONDITIONAL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
 """kto_loss metrics that exist only when a batch has both labels (the *_sum and count/* ones always exist)."""

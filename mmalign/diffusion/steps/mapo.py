@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mmalign import objectives
-from mmalign.diffusion.methods import Metrics, StepContext, error_metrics
+from mmalign.diffusion.step_context import Metrics, StepContext, error_metrics
 
 
 def mapo_step(ctx: StepContext, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:

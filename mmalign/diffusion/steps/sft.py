@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.methods import Metrics, StepContext
+from mmalign.diffusion.step_context import Metrics, StepContext
 
 
 def sft_step(ctx: StepContext, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:

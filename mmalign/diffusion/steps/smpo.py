@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.noise_providers import NoiseProvider
 from mmalign.diffusion.soft_labels import SoftLabels
+from mmalign.diffusion.step_context import dpo_terms
 from mmalign.diffusion.steps.inpo import inverted_pair_errors
 from mmalign.objectives.smoothed import smpo_kappa
 
@@ -64,7 +64,7 @@ def swap_pairs(tensor: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
 
 
 def smpo_step(ctx: Any, policy: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """SmPO (``ctx`` is a :class:`mmalign.diffusion.methods.StepContext`; ``ctx.method.smpo.labels`` is set by
+    """SmPO (``ctx`` is a :class:`mmalign.diffusion.step_context.StepContext`; ``ctx.method.smpo.labels`` is set by
     :func:`mmalign.diffusion.soft_labels.prepare_soft_labels`)."""
     cfg = ctx.method.smpo
     if not cfg.labels:

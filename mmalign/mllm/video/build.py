@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +12,7 @@ import torch
 from mmalign.config import ConfigError, require_paths
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.video_rows import read_records
-from mmalign.mllm.video.config import ModelConfig, StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.config import StageConfig, VideoModelConfig, VideoRecipeConfig
 from mmalign.mllm.video.curriculum import StageAdapter
 from mmalign.mllm.video.dataset import VideoPreferenceDataset
 from mmalign.mllm.video.methods import METHODS, SPECS
@@ -36,18 +35,19 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
         require_paths(**{"data.path": cfg.data.path})
 
 
-def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
+def load_video_llm(cfg: VideoModelConfig) -> tuple[torch.nn.Module, Any]:
     """``(model, processor)`` through the one loader :func:`mmalign.mllm.model.load_vlm` (pad token set,
-    dropout off)."""
+    dropout off); the ``model:`` block is the VLM one."""
     from mmalign.mllm.model import load_vlm
-    from mmalign.mllm.model_config import VLMModelConfig
 
-    return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                   attn_implementation=cfg.attn_implementation))
+    return load_vlm(cfg)
 
 
-def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any) -> VideoPreferenceDataset:
-    records = read_records(path, cfg.data.video_root)
+def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any,
+                  records: list | None = None) -> VideoPreferenceDataset:
+    """The data set of ``method`` on the rows of ``path`` (``records``: those rows, already read)."""
+    records = read_records(path, cfg.data.media_root) if records is None else records
+    records = records[:cfg.data.max_rows] if cfg.data.max_rows else records
     return VideoPreferenceDataset(
         records, method, cfg.video, tokenizer=processor.tokenizer, perturbations=cfg.method.perturbations,
         magnitude=cfg.method.magnitude, frames_per_clip=cfg.method.frames_per_clip, seed=cfg.train.seed,
@@ -94,8 +94,8 @@ def lora_for(cfg: VideoRecipeConfig, stage: StageConfig | None = None) -> StageA
     )
     if lora.rank < 1:
         raise ConfigError("curriculum stages train LoRA adapters: set lora.rank (or the stage's lora_rank) > 0")
-    train_vision = stage.train_vision if stage and stage.train_vision is not None else cfg.model.train_vision
-    return StageAdapter(lora, train_vision=train_vision, seed=cfg.train.seed)
+    frozen = stage.freeze_vision if stage and stage.freeze_vision is not None else cfg.model.freeze_vision
+    return StageAdapter(lora, train_vision=not frozen, seed=cfg.train.seed)
 
 
 def steps_for(stage: StageConfig, n_items: int, tcfg: TrainConfig) -> int:
@@ -109,18 +109,3 @@ def stage_train_config(cfg: VideoRecipeConfig, stage: StageConfig, n_items: int)
     """``cfg.train`` with the stage's step count and learning rate."""
     return dataclasses.replace(cfg.train, max_steps=steps_for(stage, n_items, cfg.train),
                                lr=stage.lr if stage.lr is not None else cfg.train.lr)
-
-
-def export_run(cfg: VideoRecipeConfig, model: torch.nn.Module, processor: Any, accelerator: Any,
-               summary: dict[str, Any]) -> torch.nn.Module:
-    """The main process writes ``adapter/`` (LoRA: peft folder + processor) or ``model/`` (full fine-tuning: a
-    folder loadable as ``model.pretrained``); a failed export keeps a checkpoint (:mod:`mmalign.safe_export`).
-    Returns the plain model (adapter merged) for the toy metric."""
-    from mmalign.mllm.export import merge_adapter, save_trained
-    from mmalign.safe_export import export_or_keep_checkpoint
-
-    if accelerator.is_main_process:
-        folder = Path(cfg.output_dir) / ("adapter" if cfg.lora.enabled else "model")
-        export_or_keep_checkpoint(lambda: save_trained(model, processor, folder), accelerator, cfg.train,
-                                  cfg.output_dir, summary)
-    return merge_adapter(model)

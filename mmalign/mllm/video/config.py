@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from mmalign.choices import ON_BAD_ROW, PREFERENCE_KINDS
+from mmalign.choices import PREFERENCE_KINDS
 from mmalign.config import MISSING
+from mmalign.config_blocks import (
+    DataConfig,
+    EvalConfig,
+    ExportConfig,
+    migrate_train_vision,
+    renamed_block_key,
+)
 from mmalign.data.video_io import VideoSampling
 from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
+from mmalign.mllm.model_config import VLMModelConfig
 from mmalign.mllm.video.methods import METHODS, check_method_keys
 from mmalign.mllm.video.temporal import KINDS
 from mmalign.train_config import TrainConfig
@@ -16,22 +24,14 @@ from mmalign.validate import OneOf, Range, output_dir_problem, register, registe
 
 
 @dataclass
-class ModelConfig:
-    pretrained: str = MISSING
-    """Local folder or hub id of an ``AutoModelForImageTextToText`` + processor; ``tiny:qwen2vl`` /
-    ``tiny:qwen25vl`` / ``tiny:llavaov``: a tiny random-weight model saved under ``<output_dir>/tiny_inputs`` (smoke
-    tests, :mod:`mmalign.testing.placeholders`); ``tiny:qwen2vl-toy`` is the
-    variant the toy video configs train (M-RoPE base 10, :data:`mmalign.testing.tiny_video.TOY_VARIANT`)."""
+class VideoModelConfig(VLMModelConfig):
+    """The ``model:`` block: the VLM one (:class:`mmalign.mllm.model_config.VLMModelConfig`; ``pretrained``:
+    ``tiny:qwen2vl`` / ``tiny:qwen25vl`` / ``tiny:llavaov`` / ``tiny:qwen2vl-toy`` — the variant the toy video
+    configs train, M-RoPE base 10, :data:`mmalign.testing.tiny_video.TOY_VARIANT` —; ``freeze_vision: false``
+    adapts / trains the vision tower too) and the model family of RRPO's defaults."""
+
     family: str = "qwen25vl"
     """Model family for RRPO's per-model alpha/beta defaults: llava_video, longvu, videochat2 (others: default)."""
-    dtype: str = "float32"
-    """float32 | bfloat16 | float16 weights."""
-    attn_implementation: str | None = None
-    """``sdpa`` / ``flash_attention_2`` / ``eager``; None keeps the transformers default."""
-    trust_remote_code: bool = False
-    """Only for checkpoints that need custom code (off by default)."""
-    train_vision: bool = False
-    """Adapt / train the vision tower too (frozen by default)."""
 
 
 @dataclass
@@ -61,18 +61,14 @@ class MethodConfig:
 
 
 @dataclass
-class DataConfig:
+class VideoDataConfig(DataConfig):
+    """The ``data:`` block: the shared keys (:class:`mmalign.config_blocks.DataConfig`; ``media_root``: where relative
+    video paths resolve; ``max_rows`` applies to every stage's file too) and the token limit."""
+
     path: str = ""
     """jsonl file of rows (formats in ``mmalign.data.video_rows``); stages name their own files."""
-    video_root: str | None = None
-    """Folder relative video paths are resolved against (default: the jsonl file's folder)."""
     max_length: int = 4096
     """Max tokens per sequence; only completions are truncated, never visual tokens."""
-    on_bad_row: str = "error"
-    """error | skip (the same key in every family): a row whose video cannot be decoded stops the run, or is
-    dropped and reported in summary.json["data"]["skips"]."""
-    max_bad_fraction: float = 0.1
-    """Stop when more than this fraction of rows is skipped."""
 
 
 @dataclass
@@ -93,12 +89,14 @@ class StageConfig:
     """Stage LoRA rank (None: ``lora.rank``)."""
     lora_alpha: float | None = None
     """Stage LoRA alpha (None: ``lora.alpha``)."""
-    train_vision: bool | None = None
-    """Stage vision-tower training (TEMPLE SFT: true; None: ``model.train_vision``)."""
+    freeze_vision: bool | None = None
+    """Stage vision tower frozen or trained (TEMPLE SFT: false; None: ``model.freeze_vision``)."""
 
 
 @dataclass
-class EvalConfig:
+class VideoEvalConfig(EvalConfig):
+    """The ``eval:`` block: the toy metric (:mod:`mmalign.toy.video_eval`)."""
+
     toy_manifest: str | None = None
     """Toy video manifest: report forced-choice direction accuracy before and after training."""
     split: str = "test"
@@ -109,17 +107,20 @@ class EvalConfig:
 class VideoRecipeConfig:
     output_dir: str = MISSING
     """Run folder: checkpoints, stage folders, adapter, summary.json."""
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: VideoModelConfig = field(default_factory=VideoModelConfig)
     lora: LoraConfig = field(default_factory=video_lora)
     """The shared LoRA block (:mod:`mmalign.lora_config`); ``rank: 0`` = full fine-tuning (frozen reference copy).
     Curriculum stages always train LoRA adapters."""
     method: MethodConfig = field(default_factory=MethodConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: VideoDataConfig = field(default_factory=VideoDataConfig)
     video: VideoSampling = field(default_factory=VideoSampling)
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
     """Curriculum stages, run in order (empty: one run of ``method`` on ``data.path``)."""
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: VideoEvalConfig = field(default_factory=VideoEvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """The adapter (LoRA), the full model (full fine-tuning) or a curriculum's merged stages, with the processor,
+    written into ``output_dir``: a folder loadable as ``model.pretrained``."""
 
     @staticmethod
     def renamed_key(old: str, raw: dict) -> str | None:
@@ -127,13 +128,14 @@ class VideoRecipeConfig:
         parts = old.split(".")
         if len(parts) == 3 and parts[0] == "stages" and parts[2] == "lora_r":
             return f"stages.{parts[1]}.lora_rank"
-        return _RENAMED.get(old)
+        return _RENAMED.get(old) or renamed_block_key(old)
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
         """Old values: ``model.lora: false`` → ``lora.rank: 0``; ``data.on_error: raise|skip`` →
-        ``data.on_bad_row: error|skip``; ``stages[i].lora_r`` → ``lora_rank``; the ``lora:`` block's old forms."""
-        return [*_migrate_video(raw), *migrate_lora_block(raw)]
+        ``data.on_bad_row: error|skip``; ``stages[i].lora_r`` → ``lora_rank``; the ``lora:`` block's old forms;
+        ``model.train_vision`` / ``stages[i].train_vision`` → ``freeze_vision`` (the opposite value)."""
+        return [*_migrate_video(raw), *migrate_lora_block(raw), *migrate_train_vision(raw)]
 
     @staticmethod
     def check_given(cfg: VideoRecipeConfig, given: set[str]) -> None:
@@ -169,12 +171,11 @@ def _migrate_video(raw: dict) -> list[tuple[str, str]]:
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
-register(ModelConfig, dtype=OneOf("float32", "bfloat16", "float16"))
 register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), alpha=Range(0),
          loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), label_smoothing=Range(0, 0.5), gamma=Range(0),
          perturbations=OneOf(*KINDS), magnitude=Range(1),
          frames_per_clip=Range(1), kl_chunk_size=Range(1))
-register(DataConfig, max_length=Range(1), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=Range(0, 1))
+register(VideoDataConfig, max_length=Range(1))
 register(StageConfig, method=OneOf(*METHODS), epochs=Range(0, low_open=True), max_steps=Range(0),
          lr=Range(0, low_open=True), lora_rank=Range(1), lora_alpha=Range(0, low_open=True))
 register_check(VideoRecipeConfig, lambda c: output_dir_problem(c.output_dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from mmalign.choices import ON_BAD_ROW
-from mmalign.config import MISSING
+from mmalign.config_blocks import DataConfig, ExportConfig, renamed_block_key
 from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
 from mmalign.mllm.model_config import VLMModelConfig
 from mmalign.mllm.vlm.methods import check_method_keys
@@ -52,39 +52,28 @@ class VLMMethodConfig:
 
 
 @dataclass
-class VLMDataConfig:
-    """The ``data:`` block."""
+class VLMDataConfig(DataConfig):
+    """The ``data:`` block: the shared keys (:class:`mmalign.config_blocks.DataConfig`; ``path``: jsonl file, parquet
+    file/folder, ``save_to_disk`` folder or hub dataset id; ``media_root``: where relative image paths resolve) and
+    the VLM rows' own."""
 
-    path: str = MISSING
-    """jsonl file, parquet file/folder, ``save_to_disk`` folder or hub dataset id."""
     split: str | None = None
     """Split of a ``DatasetDict`` folder / hub dataset / split-named parquet folder (default: train)."""
-    image_root: str | None = None
-    """Folder that relative image paths resolve against (default: the data file's folder)."""
     extra_image_field: str | None = None
     """Row field holding the mDPO corrupted / rDPO retrieved image (mDPO crops on the fly when absent)."""
     max_length: int | None = 1024
     """Maximum tokens per row; completions are cut at the end, prompts (with visual tokens) never."""
     on_overlong: str = "error"
     """error | drop: a prompt that leaves no room for the completion."""
-    on_bad_row: str = "error"
-    """error | skip (the same key in every family): rows with missing fields, empty completions or missing image
-    files (found at load time) stop the run, or are dropped and reported in summary.json["data"]["skips"]."""
-    max_bad_fraction: float = 0.05
-    """Stop when unreadable images (found while training) exceed this fraction of the rows."""
-    max_rows: int | None = None
-    """Use only the first N rows."""
     allow_outside_paths: bool = False
     """Read image paths that resolve outside the image root (absolute paths, ``../``, symlinks out of it); false:
     such a row is a bad row (error, or skipped with on_bad_row=skip)."""
 
 
 @dataclass
-class VLMExportConfig:
-    """The ``export:`` block."""
+class VLMExportConfig(ExportConfig):
+    """The ``export:`` block: the peft adapter (LoRA) or the full model, with the processor, in ``output_dir``."""
 
-    adapter_dir: str = "adapter"
-    """Sub-folder of output_dir for the peft adapter (LoRA) or the full model (full fine-tuning)."""
     merge: bool = False
     """Also write ``merged/``: the base model with the adapter merged in (a plain transformers folder)."""
 
@@ -94,7 +83,8 @@ class VLMRecipeConfig:
     """``recipes/vlm.py`` configuration."""
 
     output_dir: str = "outputs/vlm"
-    """Run folder: checkpoints/, logs/ (TensorBoard), summary.json, adapter/ (and merged/)."""
+    """Run folder: checkpoints/, logs/ (TensorBoard), summary.json, mmalign_config.yaml, the exported adapter or
+    model (and merged/)."""
     model: VLMModelConfig = field(default_factory=VLMModelConfig)
     """Model, dtype, vision freezing."""
     lora: LoraConfig = field(default_factory=vlm_lora)
@@ -111,12 +101,13 @@ class VLMRecipeConfig:
     @staticmethod
     def renamed_key(old: str, raw: dict) -> str | None:
         """Keys renamed in the one-core release (read for one release)."""
-        return _RENAMED.get(old)
+        return _RENAMED.get(old) or renamed_block_key(old)
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
-        """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list."""
-        return migrate_lora_block(raw)
+        """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list;
+        ``export.adapter_dir`` dropped (the export is written into ``output_dir`` in every family)."""
+        return [*migrate_lora_block(raw), *drop_adapter_dir(raw)]
 
     @staticmethod
     def check_given(cfg: VLMRecipeConfig, given: set[str]) -> None:
@@ -126,6 +117,17 @@ class VLMRecipeConfig:
 
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
+
+
+def drop_adapter_dir(raw: dict) -> list[tuple[str, str]]:
+    """``export.adapter_dir`` (the export's sub-folder) is gone: the export goes into ``output_dir`` itself."""
+    export = raw.get("export")
+    if not isinstance(export, dict) or "adapter_dir" not in export:
+        return []
+    export.pop("adapter_dir")
+    if not export:
+        raw.pop("export")
+    return [("export.adapter_dir", "output_dir (the adapter or model is written into the run folder itself)")]
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss_type

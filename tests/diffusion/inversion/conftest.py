@@ -9,7 +9,7 @@ import pytest
 from mmalign.testing.placeholders import COLORS, square_image
 from tests.helpers import SMALL_DIFFUSION_RUN, run_diffusion_recipe
 
-SMALL_RUN = [*SMALL_DIFFUSION_RUN, "lora.rank=4", "method.empty_prompt_prob=0.0", "toy_eval.enabled=false"]
+SMALL_RUN = [*SMALL_DIFFUSION_RUN, "lora.rank=4", "method.empty_prompt_prob=0.0", "eval.enabled=false"]
 
 
 square = partial(square_image, size=32)

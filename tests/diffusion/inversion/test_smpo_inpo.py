@@ -244,14 +244,17 @@ def test_smpo_labels_command_scores_every_pair(pairs_path, tmp_path, capsys):
                  f"output_dir={tmp_path / 'out'}", f"method.smpo.labels={labels}",
                  "method.smpo.scorer=tiny:pickscore"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["labels"] == str(labels) and out["num_pairs"] == 4 and out["scorer"] == "tiny:pickscore"
+    assert out["labels"] == str(labels) and out["num_pairs"] == 4 and out["scorer"] == "pickscore"
     loaded = SoftLabels.load(labels)
     assert len(loaded.pairs) == 4 and loaded.reward_min < loaded.reward_max
     # the stored rewards are the scorer API's raw cosines of (chosen, rejected) against the prompt
     from mmalign.data import load_preference_data
     from mmalign.diffusion.soft_labels import load_label_scorer
+    from mmalign.testing.placeholders import resolve_scorer_placeholders
 
-    scorer = load_label_scorer(SmpoConfig(scorer="tiny:pickscore"), tmp_path / "out" / "tiny_inputs")
+    smpo = SmpoConfig(scorer="tiny:pickscore")
+    resolve_scorer_placeholders(smpo, tmp_path / "out" / "tiny_inputs")
+    scorer = load_label_scorer(smpo)
     item = load_preference_data(pairs_path, kind="pairs")[0]
     raw = scorer.score([item["chosen"], item["rejected"]], item["prompt"], raw=True)
     expected = loaded.pairs[f"{item['chosen_key']}|{item['rejected_key']}"]

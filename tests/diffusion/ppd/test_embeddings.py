@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmalign.diffusion.ppd.config import PpdConfig
+from mmalign.diffusion.options import PpdConfig
 from mmalign.diffusion.ppd.data import read_shots, split_shots
 from mmalign.diffusion.ppd.embeddings import (
     Shot,

@@ -12,7 +12,7 @@ from tests.helpers import REPO
 SMALL_RUN = [
     "train.max_steps=3", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
     "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=1e-2",
-    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa", "data.resolution=32",
+    "train.checkpoint_every=0", "train.progress_bar=false", "model.attn_implementation=sdpa", "data.resolution=32",
     "validation.prompts=[]",
 ]
 

@@ -62,11 +62,11 @@ def test_single_stage_configs(name, model, data_key, data, tmp_path):
     assert torch.isfinite(torch.tensor(final["loss"]))
     if data_key == "rrpo":
         assert "kl/chosen" in final and final["kl/chosen"] == pytest.approx(0.0, abs=1e-6)  # step 1: ref == policy
-    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "summary.json").is_file()
-    lora_b = [v for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert (out / "adapter_config.json").is_file() and (out / "summary.json").is_file()
+    lora_b = [v for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k]
     assert lora_b and any(v.abs().max() > 0 for v in lora_b)  # zero-initialised B moved in the one step
     if model == "tiny:llavaov":
-        assert type(summary["model"]).__name__ == "LlavaOnevisionForConditionalGeneration"
+        assert type(summary["trained_model"]).__name__ == "LlavaOnevisionForConditionalGeneration"
 
 
 @pytest.mark.slow
@@ -98,5 +98,5 @@ def test_tiny_placeholder_is_a_saved_folder_trained_in_the_configs_dtype(data, t
                     f"data.path={data['rrpo']}", f"output_dir={out}", "train.max_steps=1", "train.batch_size=2",
                     *SMALL, "model.dtype=bfloat16"])
     assert (out / "tiny_inputs" / "model_qwen25vl" / "config.json").is_file()
-    assert {p.dtype for p in summary["model"].parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in summary["trained_model"].parameters()} == {torch.bfloat16}
     assert torch.isfinite(torch.tensor(summary["final"]["loss"]))

@@ -39,7 +39,7 @@ def test_toy_sft_pairs_temple_curriculum(tmp_path, capsys, monkeypatch):
     subset_file.write_text("".join(json.dumps({**r, "video": str(REPO / "assets/videos/toy" / r["video"])}) + "\n"
                                    for r in subset))
     pairs = tmp_path / "pairs"
-    assert cli(["temple", "make-pairs", "--model", str(tmp_path / "sft" / "model"), "--videos", str(subset_file),
+    assert cli(["temple", "make-pairs", "--model", str(tmp_path / "sft"), "--videos", str(subset_file),
                 "--questions", str(subset_file), "--chosen", "answer", "--kinds", "reverse,shuffle",
                 "--magnitudes", "4,2", "--frames", "4", "--frames-per-clip", "1", "--max-new-tokens", "4",
                 "--max-length-ratio", "0", "--out", str(pairs)]) == 0

@@ -64,7 +64,7 @@ def test_config_runs_and_adapter_reproduces_logits(name, tiny_vlm, pairs_jsonl, 
     assert saved["data"]["rows"] == 4 and saved["data"]["skips"]["bad_samples"] == 0
 
     # The exported peft adapter reproduces the logits of the trained weights (restored from the final checkpoint).
-    adapter = out / "adapter"
+    adapter = out  # the run folder is the export, in every family
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     reloaded = load_trained(adapter, base=str(base))
     model, processor = load_vlm(VLMModelConfig(pretrained=str(base)))
@@ -94,7 +94,7 @@ def test_full_finetuning_with_frozen_reference_copy(tiny_vlm, pairs_jsonl, tmp_p
     first, second = summary["history"]
     assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # step 1: policy == frozen reference copy
     assert second["loss"] != pytest.approx(0.693147, abs=1e-4)  # the policy moved, the reference did not
-    exported = load_trained(out / "adapter")  # a full model folder (no adapter_config.json)
+    exported = load_trained(out)  # a full model folder (no adapter_config.json)
     assert not hasattr(exported, "peft_config")
     model, processor = load_vlm(VLMModelConfig(pretrained=str(base)))
     trained, _ = prepare_policy(model, VLMModelConfig(pretrained=str(base)),

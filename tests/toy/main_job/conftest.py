@@ -11,14 +11,14 @@ from tests.helpers import run_diffusion_recipe
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a small yellow triangle in the center"]
 SEEDS = [0, 1]
 EVAL = [
-    "toy_eval.enabled=true", "toy_eval.save_images=true", f"toy_eval.seeds={SEEDS}", "toy_eval.num_inference_steps=3",
-    "toy_eval.guidance_scale=3.0", "toy_eval.grid_rows=2", "toy_eval.grid_columns=2",
+    "eval.enabled=true", "eval.save_images=true", f"eval.seeds={SEEDS}", "eval.num_inference_steps=3",
+    "eval.guidance_scale=3.0", "eval.grid_rows=2", "eval.grid_columns=2",
 ]
 SMALL_RUN = [
     "train.max_steps=3", "train.batch_size=2", "train.grad_accum=1", "train.mixed_precision=no",
     "train.optimizer=adamw", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.lr=3e-2",
-    "train.checkpoint_every=0", "train.progress_bar=false", "model.attention=sdpa", "data.resolution=32",
-    "data.limit=6", "validation.prompts=[]",
+    "train.checkpoint_every=0", "train.progress_bar=false", "model.attn_implementation=sdpa", "data.resolution=32",
+    "data.max_rows=6", "validation.prompts=[]",
 ]
 
 
@@ -47,7 +47,7 @@ def run_recipe(tmp_path_factory, tiny_inputs):
         if (name, overrides) in done:
             return done[(name, overrides)]
         out = root / name
-        result = run_diffusion_recipe("toy_dpo.yaml", model_dir, data_path, out, *EVAL, f"toy_eval.captions={captions}",
+        result = run_diffusion_recipe("toy_dpo.yaml", model_dir, data_path, out, *EVAL, f"eval.captions={captions}",
                                       *overrides, cache_dir=root / "cache", small_run=SMALL_RUN)
         done[(name, overrides)] = result, out, json.loads((out / "summary.json").read_text())
         return done[(name, overrides)]

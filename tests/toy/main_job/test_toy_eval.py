@@ -87,14 +87,14 @@ def test_bad_caption_file_fails_before_training(tmp_path):
     from mmalign.toy.diffusion_eval import check_toy_eval, eval_captions
 
     cfg = DiffusionRecipeConfig()
-    cfg.toy_eval.enabled = True
-    assert len(eval_captions(cfg.toy_eval)) == 108  # the toy world's held-out split by default
+    cfg.eval.enabled = True
+    assert len(eval_captions(cfg.eval)) == 108  # the toy world's held-out split by default
     bad = tmp_path / "captions.txt"
     bad.write_text("a small red circle on the left\na tiny red circle on the left\n")
-    cfg.toy_eval.captions = str(bad)
+    cfg.eval.captions = str(bad)
     with pytest.raises(ConfigError, match=r"captions.txt, caption 2: unknown size 'tiny'"):
         check_toy_eval(cfg)
-    cfg.toy_eval.captions = "heldout"
+    cfg.eval.captions = "heldout"
     cfg.method.name = "ppd"
     with pytest.raises(ConfigError, match="PPD"):
         check_toy_eval(cfg)

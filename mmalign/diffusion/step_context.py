@@ -1,7 +1,9 @@
-"""What every diffusion method step shares: :class:`StepContext`, :func:`dpo_terms` and the step dispatch.
+"""What every diffusion method step shares: :class:`StepContext`, :func:`dpo_terms`, :func:`error_metrics`.
 
 The steps themselves are one module each (:mod:`mmalign.diffusion.steps`, PPD's in :mod:`mmalign.diffusion.ppd`),
-named by the method registry (:mod:`mmalign.diffusion.registry`).
+named by the method registry (:mod:`mmalign.diffusion.registry`); :mod:`mmalign.diffusion.step_fn` dispatches to
+them. This module imports no registry, so a method's own step (PPD's) builds on it without an import running back
+up.
 
 Every step: build ``x0``/conditioning (:mod:`mmalign.diffusion.inputs`), sample ``t`` and noise, compute policy
 errors with gradient and reference errors without, and hand *scores* to the modality-free objective. The score of
@@ -55,7 +57,6 @@ from mmalign import objectives
 from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.inputs import InputBuilder
 from mmalign.diffusion.reference import ReferenceProvider, unwrap
-from mmalign.diffusion.registry import MethodConfig, method_spec
 from mmalign.diffusion.scores import TIMESTEP_WEIGHTS, model_errors, training_timesteps_and_noise
 
 Metrics = dict[str, Any]
@@ -69,7 +70,8 @@ class StepContext:
     parts: DiffusionParts
     inputs: InputBuilder
     reference: ReferenceProvider
-    method: MethodConfig
+    method: Any
+    """The ``method:`` block (:class:`mmalign.diffusion.registry.MethodConfig`)."""
     device: torch.device
     autocast: Callable[[], Any] = nullcontext
 
@@ -126,26 +128,3 @@ def error_metrics(e: torch.Tensor, e_ref: torch.Tensor | None, group_size: int =
         out.update({"ref_mse": e_ref.mean(), "e_ref_w": e_ref.chunk(group_size)[0].mean(),
                     "e_ref_l": e_ref.chunk(group_size)[-1].mean()})
     return out
-
-
-def _empty_step(policy) -> tuple[torch.Tensor, Metrics]:
-    """A batch whose items were all unreadable: a zero loss that still touches the graph (DDP-safe)."""
-    params = [p for p in policy.parameters() if p.requires_grad]
-    return sum(p.sum() * 0.0 for p in params[:1]), {}
-
-
-def make_step_fn(ctx: StepContext, skip_counter: Any | None = None
-                 ) -> Callable[[Any, dict[str, Any]], tuple[torch.Tensor, Metrics]]:
-    """The ``step_fn(model, batch)`` for :func:`mmalign.train.train`: the registered step of ``ctx.method.name``;
-    ``skip_counter`` (a :class:`mmalign.data.SkipCounter`) counts the readers' skipped items carried in
-    ``batch["skipped"]``."""
-    method = method_spec(ctx.method.name).hook("step")
-
-    def step_fn(policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        if skip_counter is not None and "skipped" in batch:
-            skip_counter.update(batch)
-        if not batch.get("groups"):
-            return _empty_step(policy)
-        return method(ctx, policy, batch)
-
-    return step_fn
