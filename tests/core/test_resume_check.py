@@ -78,7 +78,7 @@ def test_a_trainer_state_that_is_not_one_is_named(tmp_path, content):
     ("vlm", "vlm/qwen2vl_dpo.yaml", "lora.rank=0", "lora.rank is 0 (full fine-tuning) in this config but 16"),
     ("vlm", "vlm/qwen2vl_dpo.yaml", "model.freeze_vision=false", "model.freeze_vision is false"),
     ("video", "video/qwen25vl_rrpo.yaml", "lora.rank=8", "lora.rank is 8 in this config but 128"),
-    ("video", "video/qwen25vl_rrpo.yaml", "method.name=sft", "method.name is 'sft' in this config but 'rrpo'"),
+    ("video", "video/toy_sft.yaml", "method.name=dpo", "method.name is 'dpo' in this config but 'sft'"),
 ])
 def test_vlm_and_video_recipes_check_the_resume_before_the_model_loads(tmp_path, family, config, override, key):
     """The recipes call check_resume first: the model folder here is empty, so any load would fail otherwise."""
