@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
-from mmalign.config import MISSING
+from mmalign.config import MISSING, ConfigError
 from mmalign.diffusion.flow_options import FlowOptions
+from mmalign.diffusion.online.options import RewardConfig
 from mmalign.diffusion.registry import (
     DATA_KINDS,
     METHODS,
+    ONLINE_KIND,
+    REGISTRY,
     MethodConfig,
     check_method_keys,
     chosen_sections,
@@ -53,9 +56,13 @@ class ModelConfig(FlowOptions):
 @dataclass
 class DataConfig:
     path: str = MISSING
-    """Preference data: folder, file or hub id (read by mmalign.data.load_preference_data)."""
+    """Preference data: folder, file or hub id (read by mmalign.data.load_preference_data); for the online methods
+    (data kind prompts) a .txt / .jsonl of prompts or a folder with train.* / test.* (mmalign.data.prompts)."""
     kind: str | None = None
-    """pairs | ranked | unpaired (null: pairs, or as the method requires)."""
+    """pairs | ranked | unpaired | prompts (null: as the method requires)."""
+    test_fraction: float = 0.0
+    """prompts: the last fraction of the prompts held out (when the data has no test file) for the end-of-run
+    reward on unseen prompts."""
     resolution: int = 512
     """Images are resized (shorter side) and center-cropped to this size."""
     random_flip: bool = False
@@ -152,6 +159,8 @@ class DiffusionRecipeConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     toy_eval: ToyEvalConfig = field(default_factory=ToyEvalConfig)
     """Optional toy-world evaluation of base vs aligned on held-out captions (the main job's quality report)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """The reward of the online methods (grpo, online_dpo): a weighted sum of scorers (mmalign/diffusion/online)."""
     output_dir: str = "outputs/diffusion"
     """Where checkpoints, logs, validation grids, the exported model and summary.json go."""
     note: str = ""
@@ -163,6 +172,8 @@ class DiffusionRecipeConfig:
 
         out = asdict(self)
         out["method"] = chosen_sections(out["method"])
+        if REGISTRY[self.method.name].data != ONLINE_KIND:
+            del out["reward"]
         return out
 
     @staticmethod
@@ -173,8 +184,17 @@ class DiffusionRecipeConfig:
 
     @staticmethod
     def check_given(cfg: DiffusionRecipeConfig, given: set[str]) -> None:
-        """Options the chosen method does not read are a ConfigError naming the key (registry.py)."""
+        """Options the chosen method does not read are a ConfigError naming the key (registry.py); so is a
+        ``reward.*`` key for an offline method."""
         check_method_keys(cfg.method, given)
+        online = REGISTRY[cfg.method.name].data == ONLINE_KIND
+        default = RewardConfig()
+        changed = sorted(k for k in given if k.split(".")[0] == "reward" and len(k.split(".")) > 1
+                         and getattr(cfg.reward, k.split(".")[1], None) != getattr(default, k.split(".")[1], None))
+        if not online and (keys := changed):
+            raise ConfigError(f"config key '{keys[0]}' is read by the online methods only "
+                              f"({', '.join(m for m in METHODS if REGISTRY[m].data == ONLINE_KIND)}), "
+                              f"not by method '{cfg.method.name}'")
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
@@ -192,4 +212,15 @@ register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidanc
 register(ExportConfig, ema_decay=_FRACTION)
 register(ToyEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
          batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))
+register(DataConfig, test_fraction=Range(0, 1, high_open=True))
 register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir))
+
+
+def _online_problem(c: DiffusionRecipeConfig) -> str | None:
+    if c.method.name not in REGISTRY or REGISTRY[c.method.name].data != ONLINE_KIND or c.reward.scorers:
+        return None
+    return (f"method '{c.method.name}' learns from a reward: set reward.scorers (e.g. {{pickscore: 1.0}}; "
+            "scorer names from scorers/cards)")
+
+
+register_check(DiffusionRecipeConfig, _online_problem)
