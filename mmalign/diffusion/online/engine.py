@@ -1,7 +1,8 @@
 """The rollout phase of an online method and the loop's view of it (package docstring: how an epoch runs).
 
 :class:`EpochSlots` is the data set the shared loop iterates: ``len`` slots per epoch, ``set_epoch`` called by the
-loop's data loader, each micro-batch collated into ``{"online": engine, "epoch": e, "slots": LongTensor}``.
+loop's data loader, each micro-batch collated into ``{"online": engine, "epoch": e, "slots": LongTensor, "groups":
+n}``.
 :class:`OnlineEngine` makes and holds the epoch's rollouts (``ensure(epoch, policy)``), logs the epoch's reward
 statistics, and is registered with the Accelerator so that the rollouts are saved with each checkpoint.
 
@@ -45,7 +46,8 @@ class EpochSlots(Dataset):
         return index
 
     def collate(self, slots: list[int]) -> dict[str, Any]:
-        return {"online": self.engine, "epoch": self.epoch, "slots": torch.tensor(slots, dtype=torch.long)}
+        return {"online": self.engine, "epoch": self.epoch, "slots": torch.tensor(slots, dtype=torch.long),
+                "groups": len(slots)}
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from mmalign.validate import OneOf, Range, register, register_check
 
-SDE_KINDS = ("auto", "flow_grpo", "dance_grpo", "ddim")
+SDE_KINDS = ("auto", "flow_grpo", "dance", "ddim")
 """``auto``: flow_grpo's SDE step on flow models (SD3 / FLUX), the DDIM step with eta on DDPM UNets (DDPO)."""
 
 
@@ -34,7 +34,7 @@ class RolloutOptions:
     guidance_scale: float = 4.5
     """Classifier-free guidance during rollouts and the log-prob recomputation (negative prompt: "")."""
     sde: str = "auto"
-    """auto | flow_grpo | dance_grpo | ddim (:data:`SDE_KINDS`)."""
+    """auto | flow_grpo | dance | ddim (:data:`SDE_KINDS`)."""
     noise_level: float = 0.7
     """flow_grpo's SDE noise level a (std_dev_t = a * sqrt(sigma / (1 - sigma))); 0 = the Euler ODE step."""
     eta: float = 1.0

@@ -17,7 +17,8 @@ def load_reward_model(reward_cfg, device) -> Any:
 
     target = str(device) if reward_cfg.device == "auto" else reward_cfg.device
     return load_reward(parse_reward_spec(dict(reward_cfg.scorers)), checkpoints=dict(reward_cfg.checkpoints),
-                       device=target, dtype=reward_cfg.dtype, normalize=reward_cfg.normalize)
+                       device=target, dtype=reward_cfg.dtype, normalize=reward_cfg.normalize,
+                       batch_size=reward_cfg.batch_size)
 
 
 def slots_per_epoch(cfg) -> int:
