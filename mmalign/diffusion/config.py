@@ -217,10 +217,17 @@ register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir)
 
 
 def _online_problem(c: DiffusionRecipeConfig) -> str | None:
-    if c.method.name not in REGISTRY or REGISTRY[c.method.name].data != ONLINE_KIND or c.reward.scorers:
+    if c.method.name not in REGISTRY or REGISTRY[c.method.name].data != ONLINE_KIND:
         return None
-    return (f"method '{c.method.name}' learns from a reward: set reward.scorers (e.g. {{pickscore: 1.0}}; "
-            "scorer names from scorers/cards)")
+    if not c.reward.scorers:
+        return (f"method '{c.method.name}' learns from a reward: set reward.scorers (e.g. {{pickscore: 1.0}}; "
+                "scorer names from scorers/cards)")
+    if c.train.num_workers:
+        return (f"train.num_workers ({c.train.num_workers}) must be 0 for method '{c.method.name}': its rollouts "
+                "are made in the training process")
+    if c.data.kind not in (None, ONLINE_KIND):
+        return f"data.kind ('{c.data.kind}'): method '{c.method.name}' reads prompts"
+    return None
 
 
 register_check(DiffusionRecipeConfig, _online_problem)

@@ -87,14 +87,13 @@ def collect(engine: OnlineEngine, policy, prompts: list[str], epoch: int) -> Rol
     latents = sample_final_latents(engine, mine, epoch)
     texts = [p for p in mine for _ in range(engine.options.group_size)]
     total, terms = engine.score(latents, texts)
-    gathered = engine.gather({"latents": latents, "total": total, **{f"term/{k}": v for k, v in terms.items()}})
-    latents, total = gathered["latents"], gathered["total"]
+    everything = engine.gather({"total": total, **{f"term/{k}": v for k, v in terms.items()}})
     chosen, rejected, keep = best_worst(total, engine.options.group_size)
-    stats = reward_stats(total, {k[5:]: v for k, v in gathered.items() if k.startswith("term/")},
+    stats = reward_stats(everything["total"], {k[5:]: v for k, v in everything.items() if k.startswith("term/")},
                          engine.options.group_size)
-    kept = [p for p, k in zip(prompts, keep.tolist()) if k]
-    if not kept:  # every group tied: nothing to learn from this epoch; keep one pair so the slots stay defined
-        keep[0], kept = True, prompts[:1]
+    if not keep.any():  # every group tied: nothing to learn from this epoch; keep one pair so the slots stay defined
+        keep[0] = True
+    kept = [p for p, k in zip(mine, keep.tolist()) if k]
     tensors = {"chosen": latents[chosen[keep]], "rejected": latents[rejected[keep]],
                "margin": (total[chosen] - total[rejected])[keep]}
     stats.update(pairs=float(len(kept)), pair_margin=float(tensors["margin"].mean()))

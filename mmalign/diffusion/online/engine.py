@@ -88,8 +88,8 @@ class OnlineEngine:
         return out[:n]
 
     def process_share(self, prompts: list[str]) -> list[str]:
-        """This process's prompts (contiguous blocks, rank order): every process samples its share, the rollouts
-        are then gathered so that every process holds the whole epoch (:meth:`gather`)."""
+        """This process's prompts (contiguous blocks, rank order): every process samples and trains on its share
+        (:meth:`gather` for the statistics)."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         if len(prompts) % world:
             raise ValueError(f"prompts_per_epoch ({len(prompts)}) must be a multiple of the {world} processes")
@@ -117,25 +117,35 @@ class OnlineEngine:
         """The empty prompt's conditioning (CFG's unconditional branch), ``n`` times."""
         return {k: v.expand(n, *v.shape[1:]) for k, v in self.condition([""]).items()}
 
+    def _reward_batch(self) -> int:
+        size, group = self.cfg.reward.batch_size, self.options.group_size
+        return max(group, size - size % group)  # whole groups per call (the reward normalises within groups)
+
     @torch.no_grad()
     def score(self, latents: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Decode final latents and score them with the reward in batches (``reward.batch_size``): ``(total [N],
         {term: raw scores [N]})``; groups of ``group_size`` consecutive images share a prompt."""
-        size = self.cfg.reward.batch_size
-        group = self.options.group_size
-        size = max(group, size - size % group)  # whole groups per call (the reward normalises within groups)
+        size = self._reward_batch()
+        images = [((decode_latents(self.parts.pipeline, latents[s:s + size].to(self.accelerator.device)) + 1) / 2
+                   ).clamp(0, 1) for s in range(0, len(prompts), size)]
+        return self.score_images(torch.cat(images), prompts)
+
+    @torch.no_grad()
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reward of images in [0, 1] (N, 3, H, W), in batches of whole prompt groups."""
+        size, group = self._reward_batch(), self.options.group_size
         totals, terms = [], {}
         for start in range(0, len(prompts), size):
-            images = decode_latents(self.parts.pipeline, latents[start:start + size].to(self.accelerator.device))
-            images = ((images + 1) / 2).clamp(0, 1)
-            out = self.reward(images, prompts[start:start + size], group_size=group)
+            out = self.reward(images[start:start + size], prompts[start:start + size], group_size=group)
             totals.append(out.total.float().cpu())
             for name, value in out.terms.items():
                 terms.setdefault(name, []).append(value.float().cpu())
         return torch.cat(totals), {k: torch.cat(v) for k, v in terms.items()}
 
     def gather(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every process's rollouts, concatenated in rank order (a no-op on one process)."""
+        """Every process's rewards, concatenated in rank order (a no-op on one process): the epoch's statistics
+        and ``global_std``. The rollouts themselves stay on their process, which trains on its own (slot ``s`` is
+        its local item ``s mod n``)."""
         if self.accelerator.num_processes == 1:
             return tensors
         device = self.accelerator.device

@@ -37,7 +37,7 @@ def online_training_set(cfg, kind: str, dataset, parts: DiffusionParts, accelera
     checkpointing, so the epoch's rollouts are saved with every checkpoint and restored by ``train.resume``."""
     apply_model_options(parts, cfg.model)
     spec = method_spec(cfg.method.name)
-    collect = getattr(importlib.import_module(spec.step.split(":")[0]), "collect")
+    collect = importlib.import_module(spec.step.split(":")[0]).collect
     reward = load_reward_model(cfg.reward, accelerator.device)
     engine = OnlineEngine(cfg=cfg, parts=parts, options=getattr(cfg.method, cfg.method.name),
                           prompts=dataset.prompts, reward=reward, accelerator=accelerator, collect=collect,
