@@ -1,0 +1,419 @@
+"""Rollouts with per-step log-probabilities on the one sampling path, and their training-time recomputation.
+
+API (stable; the online methods build on it)::
+
+    rollout(pipe, embeds, *, group_size, num_inference_steps, guidance_scale, negative=None, sampler=None,
+            noise_level=None, timestep_fraction=1.0, sde_window=None, sde_window_range=None,
+            same_noise_per_group=False, generator=None, height=None, width=None, decode=True,
+            autocast=nullcontext, **pipe_kwargs) -> Rollout
+    step_log_prob(denoiser, rollout, samples, steps, *, detach_uncond=False) -> StepOutput     # with grad
+    reference_step_log_prob(denoiser, rollout, samples, steps) -> StepOutput   # LoRA adapters off, no grad
+    Rollout.cat([r1, r2, ...]) -> Rollout;  Rollout.select(samples) -> Rollout
+
+How: :func:`rollout` swaps a recording scheduler (:mod:`mmalign.diffusion.rollout_schedulers`) into the diffusers
+pipeline and calls :func:`mmalign.diffusion.sampling.generate` with cached prompt embeddings (the pipeline's own
+denoising loop: CFG, SDXL micro-conditioning, FLUX packing / guidance embedding / ids). For the call, a forward
+pre-hook on the denoiser records the conditioning it receives (every keyword but the latents and the timestep,
+before ``generate``'s dtype cast) and the timestep of every step, and a forward hook casts the denoiser's output
+to float32, so CFG combines in float32 (flow_grpo combines in the autocast dtype). The latents of the loop stay in
+float32 (embeddings are passed in float32; ``generate`` casts them to the denoiser's dtype), so the stored
+trajectory is exactly what each step consumed. :func:`step_log_prob` replays one step for chosen
+``(sample, step)`` pairs: the same denoiser keywords (rows of the chosen samples; ``[uncond; cond]`` under CFG),
+cast to the denoiser's dtype exactly as ``generate`` does, the same float32 CFG and the same step function with the
+recorded coefficients — so the first inner step's ratio is 1 up to the float effects of a different batch
+composition (tested in fp32 and bf16, no autocast).
+
+Samplers (``sampler``): ``flow_grpo`` (default for SD3 / FLUX; ``noise_level`` default 0.7), ``dance`` (DanceGRPO's
+constant ``eta``, default 0.3) and ``ddim`` (SD / SDXL; ``eta`` default 1.0) — formulas and sources in
+:mod:`mmalign.diffusion.sde_steps`. ``noise_level=0`` is the plain ODE / DDIM sampler (the pipeline's own output).
+Differences from the official samplers, on purpose: the sigma grid is the pipeline's (``set_timesteps``; flow_grpo
+uses the same, DanceGRPO its own ``sd3_time_shift(linspace(1, 0, N+1))`` and ``int(sigma*1000)/1000`` timesteps);
+CFG in float32.
+
+Options: ``group_size`` G images per prompt in one batch (sample ``i`` belongs to prompt ``i // G``;
+``same_noise_per_group``: DanceGRPO's ``init_same_noise``); ``num_inference_steps`` for training rollouts may be fewer
+than for evaluation; ``timestep_fraction``: flow_grpo's ``train.timestep_fraction`` — the first
+``int(K * fraction)`` of the K stochastic steps are trained (``scripts/train_sd3.py`` line 345; 0.99 of 10 -> 9);
+``sde_window`` / ``sde_window_range``: Flow-GRPO-Fast (flow_grpo ``sd3_pipeline_with_logprob_fast.py``) — only
+``sde_window`` consecutive steps starting at ``start ~ U{lo, hi - size}`` (drawn from ``generator``, one window per
+call) are stochastic, the others ODE steps (log-prob 0, never trained).
+
+FLUX: no true CFG (the guidance-distilled checkpoints use the guidance embedding, ``guidance_scale``; DanceGRPO
+likewise); latents are stored in the pipeline's packed layout ``(B, T+1, h*w/4, 4C)`` (the log-prob is a mean over
+elements, layout-free).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from mmalign.diffusion.sampling import _cast_floats, decode_latents, denoiser, generate
+from mmalign.diffusion.sde_steps import SAMPLERS, StepOutput, step_from_params, step_options
+from mmalign.reference import adapters_disabled
+from mmalign.unwrap import unwrap
+
+DEFAULT_NOISE_LEVEL = {"flow_grpo": 0.7, "dance": 0.3, "ddim": 1.0}
+"""flow_grpo ``config/grpo.py`` ``sample.noise_level``; DanceGRPO ``--eta`` (FLUX); ddpo-pytorch ``sample.eta``."""
+_SHARED_KEYS = frozenset({"txt_ids", "img_ids"})  # FLUX position ids: no batch dimension
+
+
+@dataclass
+class DenoiserCall:
+    """The keywords the pipeline passed to its denoiser (all but the latents and the timestep), as received
+    (before ``generate``'s cast). Batched tensors have ``rows`` rows: ``[uncond (B); cond (B)]`` when ``cfg``."""
+
+    kwargs: dict[str, Any]
+    latent_arg: str
+    """Name of the latent argument of the denoiser's ``forward`` (``sample`` for UNets, ``hidden_states`` DiTs)."""
+    cfg: bool
+    batch: int
+    """B: the number of samples (rows = 2B under CFG)."""
+
+    @property
+    def rows(self) -> int:
+        return 2 * self.batch if self.cfg else self.batch
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+        def go(key: str, value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: go(k, v) for k, v in value.items()}
+            if torch.is_tensor(value) and key not in _SHARED_KEYS and value.dim() > 0 and value.shape[0] == self.rows:
+                return fn(value)
+            return value
+
+        return {k: go(k, v) for k, v in self.kwargs.items()}
+
+    def row_index(self, samples: torch.Tensor) -> torch.Tensor:
+        samples = samples.reshape(-1).long()
+        return torch.cat([samples, samples + self.batch]) if self.cfg else samples
+
+    def select(self, samples: torch.Tensor) -> DenoiserCall:
+        """The call restricted to ``samples`` (B,) long (CFG rows ``[uncond; cond]`` kept)."""
+        rows = self.row_index(samples)
+        return replace(self, kwargs=self._map(lambda t: t[rows.to(t.device)]), batch=int(samples.numel()))
+
+    def halves(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        if not self.cfg:
+            return None
+        return (self._map(lambda t: t[: self.batch]), self._map(lambda t: t[self.batch:]))
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled trajectories (B = prompts x group_size, T steps)."""
+
+    latents: torch.Tensor
+    """(B, T+1, *latent) float32: ``latents[:, 0]`` the initial noise, ``latents[:, j+1]`` the sample step ``j``
+    drew (the pipeline's working layout; FLUX packed)."""
+    log_probs: torch.Tensor
+    """(B, T) float32 log-prob of ``latents[:, j+1]`` under step ``j`` (0 at deterministic steps)."""
+    timesteps: torch.Tensor
+    """(T,) the scheduler's timesteps."""
+    model_timesteps: torch.Tensor
+    """(T,) the timestep the denoiser received (FLUX: ``t / 1000``)."""
+    step_params: dict[str, torch.Tensor]
+    """name -> (B, T) float32 step coefficients (:class:`mmalign.diffusion.rollout_schedulers.StepRecord`)."""
+    stochastic: torch.Tensor
+    """(B, T) bool: steps that drew noise (the SDE window)."""
+    train_steps: torch.Tensor
+    """(B, K) long: the steps to train per sample (``timestep_fraction`` of the stochastic steps, in order)."""
+    call: DenoiserCall
+    sampler: str
+    guidance_scale: float
+    prompt_ids: torch.Tensor
+    """(B,) long: the prompt of each sample (``i // group_size``; offset per part by :meth:`cat`)."""
+    group_size: int
+    images: torch.Tensor | None = None
+    """(B, 3, H, W) float32 in [0, 1], decoded in the VAE's dtype in one batch (``decode=True``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Step options (DDIM ``prediction_type`` / ``clip_sample_range``)."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.log_probs.shape[1])
+
+    @property
+    def final_latents(self) -> torch.Tensor:
+        return self.latents[:, -1]
+
+    def select(self, samples: torch.Tensor | Sequence[int]) -> Rollout:
+        """The rollout of ``samples`` only (e.g. to drop zero-std groups)."""
+        idx = torch.as_tensor(samples, dtype=torch.long).reshape(-1)
+        on = lambda t: t[idx.to(t.device)]  # noqa: E731
+        return replace(self, latents=on(self.latents), log_probs=on(self.log_probs),
+                       step_params={k: on(v) for k, v in self.step_params.items()}, stochastic=on(self.stochastic),
+                       train_steps=on(self.train_steps), call=self.call.select(idx), prompt_ids=on(self.prompt_ids),
+                       images=None if self.images is None else on(self.images))
+
+    @staticmethod
+    def cat(parts: Sequence[Rollout]) -> Rollout:
+        """One rollout from several calls (same sampler, steps and guidance); prompt ids offset per part."""
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.sampler, p.num_steps, p.guidance_scale, p.call.cfg) != (first.sampler, first.num_steps,
+                                                                          first.guidance_scale, first.call.cfg):
+                raise ValueError("Rollout.cat: parts differ in sampler / steps / guidance / CFG")
+            if not torch.equal(p.model_timesteps.cpu(), first.model_timesteps.cpu()):
+                raise ValueError("Rollout.cat: parts have different timestep grids")
+            if p.train_steps.shape[1] != first.train_steps.shape[1]:
+                raise ValueError("Rollout.cat: parts train different numbers of steps")
+        offsets, total = [], 0
+        for p in parts:
+            offsets.append(total)
+            total += int(p.prompt_ids.max()) + 1 if p.batch_size else 0
+        cat0 = lambda ts: torch.cat(list(ts), dim=0)  # noqa: E731
+        return replace(
+            first, latents=cat0(p.latents for p in parts), log_probs=cat0(p.log_probs for p in parts),
+            step_params={k: cat0(p.step_params[k] for p in parts) for k in first.step_params},
+            stochastic=cat0(p.stochastic for p in parts), train_steps=cat0(p.train_steps for p in parts),
+            prompt_ids=cat0(p.prompt_ids + o for p, o in zip(parts, offsets)),
+            images=None if any(p.images is None for p in parts) else cat0(p.images for p in parts),
+            call=_cat_calls([p.call for p in parts]),
+        )
+
+
+def _cat_calls(calls: Sequence[DenoiserCall]) -> DenoiserCall:
+    first = calls[0]
+
+    def merge(key: str, values: list[Any]) -> Any:
+        v0 = values[0]
+        if isinstance(v0, dict):
+            return {k: merge(k, [v[k] for v in values]) for k in v0}
+        batched = [torch.is_tensor(v) and key not in _SHARED_KEYS and v.dim() > 0 and v.shape[0] == c.rows
+                   for v, c in zip(values, calls)]
+        if not all(batched):
+            return v0
+        if first.cfg:
+            return torch.cat([v[: c.batch] for v, c in zip(values, calls)]
+                             + [v[c.batch:] for v, c in zip(values, calls)])
+        return torch.cat(values)
+
+    kwargs = {k: merge(k, [c.kwargs[k] for c in calls]) for k in first.kwargs}
+    return replace(first, kwargs=kwargs, batch=sum(c.batch for c in calls))
+
+
+@contextmanager
+def _capture(module: torch.nn.Module, store: dict[str, Any]) -> Iterator[None]:
+    """Record the first call's keywords (named by ``forward``'s signature) and every call's timestep; cast the
+    outputs to float32."""
+    signature = inspect.signature(module.forward)
+    store["timesteps"] = []
+
+    def pre(_m, args, kwargs):
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        if "kwargs" in bound and isinstance(bound["kwargs"], dict) and "kwargs" not in kwargs:
+            bound.update(bound.pop("kwargs"))
+        latent_arg = next(iter(signature.parameters))
+        store["timesteps"].append(torch.as_tensor(bound["timestep"]).reshape(-1)[0].clone())
+        if "call" not in store:
+            store["rows"] = int(bound[latent_arg].shape[0])
+            store["latent_arg"] = latent_arg
+            store["call"] = {k: v for k, v in bound.items() if k not in (latent_arg, "timestep", "return_dict")}
+
+    def post(_m, _args, output):
+        return _cast_floats(output, torch.float32)
+
+    handles = [module.register_forward_pre_hook(pre, with_kwargs=True), module.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _pipeline_embeds(embeds: dict[str, torch.Tensor], prefix: str, repeat: int, rows: int) -> dict[str, torch.Tensor]:
+    names = {"prompt_embeds": "prompt_embeds", "pooled": "pooled_prompt_embeds"}
+    out = {}
+    for key, value in embeds.items():
+        if key not in names:
+            raise ValueError(f"rollout embeds: unknown key '{key}' (prompt_embeds, pooled)")
+        value = value.float()
+        value = value.repeat_interleave(repeat, dim=0) if value.shape[0] * repeat == rows else value
+        if value.shape[0] == 1 and rows > 1:
+            value = value.repeat(rows, *[1] * (value.dim() - 1))
+        if value.shape[0] != rows:
+            raise ValueError(f"rollout {prefix}{key}: {value.shape[0]} rows, expected 1 or {rows // repeat}")
+        out[prefix + names[key]] = value
+    return out
+
+
+def _noise_plan(batch: int, steps: int, level: float, window: int | None, window_range: tuple[int, int] | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    levels = torch.full((batch, steps), float(level))
+    if window is None:
+        return levels
+    lo, hi = window_range if window_range is not None else (0, steps)
+    if not (0 <= lo and hi <= steps and 1 <= window <= hi - lo):
+        raise ValueError(f"sde_window {window} must fit in sde_window_range [{lo}, {hi}) of {steps} steps")
+    device = generator.device if generator is not None else "cpu"
+    start = int(torch.randint(lo, hi - window + 1, (1,), generator=generator, device=device))
+    levels[:, :start] = 0.0
+    levels[:, start + window:] = 0.0
+    return levels
+
+
+def _train_steps(stochastic: torch.Tensor, fraction: float) -> torch.Tensor:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"timestep_fraction must be in (0, 1], got {fraction}")
+    rows = []
+    for row in stochastic:
+        idx = row.nonzero().reshape(-1)
+        rows.append(idx[: int(len(idx) * fraction)])
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError("rollout: samples have different numbers of stochastic steps")
+    return torch.stack(rows) if rows else torch.zeros((0, 0), dtype=torch.long)
+
+
+def default_sampler(pipe: Any) -> str:
+    """``flow_grpo`` for flow-matching pipelines (SD3 / FLUX), ``ddim`` for UNet pipelines (SD / SDXL)."""
+    return "ddim" if getattr(pipe, "unet", None) is not None else "flow_grpo"
+
+
+@torch.no_grad()
+def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_inference_steps: int,
+            guidance_scale: float, negative: dict[str, torch.Tensor] | None = None, sampler: str | None = None,
+            noise_level: float | None = None, timestep_fraction: float = 1.0, sde_window: int | None = None,
+            sde_window_range: tuple[int, int] | None = None, same_noise_per_group: bool = False,
+            generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
+            decode: bool = True, autocast: Callable[[], Any] = nullcontext, **pipe_kwargs: Any) -> Rollout:
+    """Sample ``group_size`` trajectories per prompt with per-step log-probs (module docstring).
+
+    ``embeds``: cached conditioning of P prompts as :func:`mmalign.diffusion.adapter.encode_text` returns it
+    (``prompt_embeds`` (P, L, D), ``pooled`` (P, D') for SDXL / SD3 / FLUX); ``negative``: the same for the
+    unconditional branch (1 or P rows; e.g. ``encode_text(parts, [""])``), None = the pipeline's default (SD / SD3
+    encode ``""``, SDXL zeros). ``generator`` draws the initial noise, the SDE window and every step's noise.
+    ``pipe_kwargs`` go to the pipeline (e.g. ``max_sequence_length``)."""
+    sampler = sampler or default_sampler(pipe)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    level = DEFAULT_NOISE_LEVEL[sampler] if noise_level is None else float(noise_level)
+    if level < 0:
+        raise ValueError(f"noise_level must be >= 0, got {level}")
+    if "latents" in pipe_kwargs or "num_images_per_prompt" in pipe_kwargs:
+        raise ValueError("rollout draws its own latents and repeats prompts by group_size")
+    is_flux = type(pipe).__name__ == "FluxPipeline"
+    if is_flux and (negative is not None or pipe_kwargs.get("true_cfg_scale", 1.0) > 1.0):
+        raise ValueError("FLUX rollouts use the guidance embedding (guidance_scale); true CFG is not supported")
+    prompts = int(embeds["prompt_embeds"].shape[0])
+    batch = prompts * group_size
+    net = denoiser(pipe)
+    device = net.device
+    kwargs = _pipeline_embeds(embeds, "", group_size, batch)
+    if negative is not None:
+        kwargs.update(_pipeline_embeds(negative, "negative_", group_size, batch))
+    kwargs = {k: v.to(device) for k, v in kwargs.items()}
+    height = height or pipe.default_sample_size * pipe.vae_scale_factor
+    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    latents = _initial_latents(pipe, prompts if same_noise_per_group else batch, height, width, device, generator)
+    if same_noise_per_group:
+        latents = latents.repeat_interleave(group_size, dim=0)
+    from mmalign.diffusion.rollout_schedulers import rollout_scheduler, swapped_scheduler
+
+    scheduler = rollout_scheduler(pipe, sampler)
+    scheduler.start_recording(sampler, _noise_plan(batch, num_inference_steps, level, sde_window, sde_window_range,
+                                                   generator), generator)
+    store: dict[str, Any] = {}
+    try:
+        with swapped_scheduler(pipe, scheduler), _capture(net, store):
+            final = generate(pipe, None, output_type="latent", autocast=autocast, latents=latents,
+                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             height=height, width=width, **kwargs, **pipe_kwargs)
+    finally:
+        records = scheduler.stop_recording()
+    return _assemble(pipe, sampler, scheduler, records, store, final, batch, group_size, guidance_scale,
+                     timestep_fraction, decode)
+
+
+def _initial_latents(pipe: Any, n: int, height: int, width: int, device: torch.device,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    net = denoiser(pipe)
+    channels = net.config.in_channels // (4 if type(pipe).__name__ == "FluxPipeline" else 1)
+    out = pipe.prepare_latents(n, channels, height, width, torch.float32, device, generator)
+    latents = out[0] if isinstance(out, tuple) else out
+    return latents.float() / float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
+
+
+def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store: dict[str, Any],
+              final: torch.Tensor, batch: int, group_size: int, guidance_scale: float, fraction: float,
+              decode: bool) -> Rollout:
+    steps = len(records)
+    if steps == 0 or len(store.get("timesteps", [])) != steps:
+        raise RuntimeError(f"rollout: {len(store.get('timesteps', []))} denoiser calls for {steps} steps "
+                           "(one call per step expected)")
+    rows = store["rows"]
+    if rows not in (batch, 2 * batch):
+        raise RuntimeError(f"rollout: the denoiser saw {rows} rows for {batch} samples")
+    latents = torch.stack([records[0].sample] + [r.prev_sample for r in records], dim=1)
+    params = {k: torch.stack([r.params[k] for r in records], dim=1) for k in records[0].params}
+    stochastic = params["noise_level"] > 0
+    images = None
+    if decode:
+        images = (decode_latents(pipe, final) / 2 + 0.5).clamp(0, 1)
+    options = step_options(scheduler.config) if sampler == "ddim" else {}
+    return Rollout(
+        latents=latents, log_probs=torch.stack([r.log_prob for r in records], dim=1),
+        timesteps=scheduler.timesteps.clone(), model_timesteps=torch.stack(store["timesteps"]),
+        step_params=params, stochastic=stochastic, train_steps=_train_steps(stochastic.cpu(), fraction).to(
+            latents.device),
+        call=DenoiserCall(store["call"], store["latent_arg"], rows == 2 * batch, batch), sampler=sampler,
+        guidance_scale=float(guidance_scale),
+        prompt_ids=torch.arange(batch // group_size, device=latents.device).repeat_interleave(group_size),
+        group_size=group_size, images=images, options=options,
+    )
+
+
+def _as_index(value: torch.Tensor | int | Sequence[int], n: int, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.long, device=device).reshape(-1)
+    return t.expand(n).clone() if t.numel() == 1 and n > 1 else t
+
+
+def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tensor | Sequence[int],
+                  steps: torch.Tensor | int | Sequence[int], *, detach_uncond: bool = False) -> StepOutput:
+    """Recompute step ``steps`` (one per sample, or one for all) of the trajectories ``samples`` under ``model``
+    (the policy — gradients flow; wrapped modules are fine): the log-prob of the recorded ``x_{j+1}`` given the
+    recorded ``x_j``, with the rollout's conditioning, CFG (``detach_uncond``: flow_grpo's
+    ``noise_pred_uncond.detach()``, ``scripts/train_sd3.py`` line 190; DDPO keeps it) and step coefficients.
+    Returns :class:`~mmalign.diffusion.sde_steps.StepOutput` (``log_prob`` (n,), ``mean`` and ``std_dev_t`` for the
+    KL)."""
+    device = rollout.latents.device
+    samples = torch.as_tensor(samples, dtype=torch.long, device=device).reshape(-1)
+    steps = _as_index(steps, samples.numel(), device)
+    x = rollout.latents[samples, steps]
+    x_next = rollout.latents[samples, steps + 1]
+    call = rollout.call.select(samples)
+    dtype = unwrap(model).dtype
+    timestep = rollout.model_timesteps.to(device)[steps]
+    latent_in = x
+    if call.cfg:
+        latent_in, timestep = torch.cat([x, x]), torch.cat([timestep, timestep])
+    kwargs = {k: v for k, v in call.kwargs.items()}
+    kwargs = _cast_floats(kwargs, dtype)
+    out = model(**{call.latent_arg: latent_in.to(dtype), "timestep": timestep}, **kwargs, return_dict=False)[0]
+    out = out.float()
+    if call.cfg:
+        uncond, cond = out.chunk(2)
+        if detach_uncond:
+            uncond = uncond.detach()
+        out = uncond + rollout.guidance_scale * (cond - uncond)
+    params = {k: v[samples, steps] for k, v in rollout.step_params.items()}
+    return step_from_params(rollout.sampler, out, x, params, prev_sample=x_next, **rollout.options)
+
+
+def reference_step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tensor | Sequence[int],
+                            steps: torch.Tensor | int | Sequence[int]) -> StepOutput:
+    """:func:`step_log_prob` of the reference policy: ``model`` with its LoRA adapters off, without gradients
+    (flow_grpo ``scripts/train_sd3.py`` lines 875-878; call it only when the KL term is on)."""
+    with torch.no_grad(), adapters_disabled(model) as ref:
+        return step_log_prob(ref, rollout, samples, steps)
