@@ -37,18 +37,13 @@ from mmalign.unwrap import unwrap
 
 
 def best_worst(total: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(chosen, rejected, keep)`` flat indices per group of ``group_size`` consecutive rewards (first index on
-    ties) and whether the group's rewards differ at all."""
-    try:  # the objective's own selection (mmalign.objectives.grpo) once it is there
-        from mmalign.objectives.grpo import online_dpo_pairs
-    except ImportError:
-        online_dpo_pairs = None
-    if online_dpo_pairs is not None:
-        return online_dpo_pairs(total, group_size)
-    groups = total.view(-1, group_size)
-    offset = torch.arange(groups.shape[0]) * group_size
-    keep = groups.max(dim=1).values > groups.min(dim=1).values
-    return groups.argmax(dim=1) + offset, groups.argmin(dim=1) + offset, keep
+    """``(chosen, rejected, keep)`` flat indices per group of ``group_size`` consecutive rewards
+    (:func:`mmalign.objectives.grpo.online_dpo_pairs`: argmax / argmin, first index on ties) and whether the
+    group's rewards differ at all."""
+    from mmalign.objectives.grpo import online_dpo_pairs
+
+    pairs = online_dpo_pairs(total, torch.arange(len(total) // group_size).repeat_interleave(group_size))
+    return pairs.chosen, pairs.rejected, ~pairs.tied
 
 
 def sampler_kwargs(engine: OnlineEngine, steps: int) -> dict[str, Any]:

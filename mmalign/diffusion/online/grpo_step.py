@@ -18,7 +18,7 @@ sampler steps in :mod:`mmalign.diffusion.sde_steps`. Per epoch:
   ``kl_beta`` > 0, the KL of the SDE means to the reference (LoRA: adapters off; full fine-tuning: the frozen copy)
   — the reference forward runs only then.
 
-Logged per step: ``policy_loss``, ``kl``, ``approx_kl`` (1/2 mean (delta log p)^2), ``clipfrac``, ``ratio``, and
+Logged per step: ``policy_loss``, ``kl_loss``, ``approx_kl`` (1/2 mean (delta log p)^2), ``clipfrac`` (and above / below one), ``ratio_mean``, and
 the epoch's reward statistics (``reward/*``, ``zero_std_fraction``, ``kept_fraction``).
 """
 
@@ -98,18 +98,18 @@ def collect(engine: OnlineEngine, policy, prompts: list[str], epoch: int) -> Rol
     total, terms = engine.score_images(data.images, texts)
     data.images = None  # the rewards are all the step needs; keep checkpoints small
     everything = engine.gather({"total": total, **{f"term/{k}": v for k, v in terms.items()}})
-    advantages = objective.group_advantages(total, o.group_size, global_std=o.global_std,
-                                            per_prompt=o.per_prompt_stats,
-                                            global_values=everything["total"] if o.global_std else None)
-    keep = (advantages.view(-1, o.group_size) != 0).any(dim=1).repeat_interleave(o.group_size)
+    prompt_ids = data.prompt_ids.cpu() if o.per_prompt_stats else torch.zeros(len(texts), dtype=torch.long)
+    adv = objective.group_advantages(total, prompt_ids, global_std=o.global_std)
     stats = reward_stats(everything["total"], {k[5:]: v for k, v in everything.items() if k.startswith("term/")},
                          o.group_size)
+    keep = adv.keep.cpu().clone()
     stats["kept_fraction"] = float(keep.float().mean())
     if not keep.any():  # every group tied: nothing to learn; keep one group so the slots stay defined
         keep[: o.group_size] = True
     index = keep.nonzero().reshape(-1)
-    return Rollouts(epoch, {"rollout": data.select(index), "advantages": advantages[index].float()}, [texts[i] for i in index],
-                    stats)
+    advantages = adv.advantages.cpu()
+    return Rollouts(epoch, {"rollout": data.select(index), "advantages": advantages[index].float()},
+                    [texts[i] for i in index], stats)
 
 
 def grpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
@@ -129,12 +129,12 @@ def grpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Te
     with ctx.autocast():
         out = step_log_prob(policy, data, samples, steps, detach_uncond=engine.parts.is_flow)
     old = data.log_probs[samples, steps]
-    loss, metrics = objective.grpo_loss(out.log_prob, old, advantages.to(device)[samples], clip_range=o.clip_range,
-                                        adv_clip_max=o.adv_clip_max)
-    if o.kl_beta > 0:
+    ref_mean = None
+    if o.kl_beta > 0:  # the reference forward only where the KL term is on
         with torch.no_grad(), ctx.reference.model(policy) as ref, ctx.autocast():
-            ref_out = step_log_prob(ref, data, samples, steps)
-        kl = objective.kl_on_means(out.mean, ref_out.mean, out.std_dev_t)
-        loss = loss + o.kl_beta * kl
-        metrics["kl"] = kl.detach()
+            ref_mean = step_log_prob(ref, data, samples, steps).mean
+    loss, metrics = objective.grpo_loss(out.log_prob, old, advantages.to(device)[samples], clip_range=o.clip_range,
+                                        adv_clip_max=o.adv_clip_max, beta=o.kl_beta, mean=out.mean,
+                                        mean_ref=ref_mean, std_dev_t=out.std_dev_t)
+    metrics.pop("loss", None)  # the loop logs the loss itself
     return loss, {**metrics, **engine.epoch_metrics()}

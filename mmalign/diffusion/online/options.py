@@ -8,6 +8,7 @@ epoch runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from mmalign.validate import OneOf, Range, register, register_check
 
@@ -98,6 +99,8 @@ class RewardConfig:
     """{scorer name: weight}, e.g. {pickscore: 1.0, aesthetic: 0.2}; names from ``scorers/cards``."""
     checkpoints: dict[str, str] = field(default_factory=dict)
     """{scorer name: checkpoint} (a scorer not named here: its card's default checkpoint)."""
+    scorer_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """{scorer name: further scorers.load_scorer keywords}, e.g. {aesthetic: {backbone_checkpoint: /clip}}."""
     device: str = "auto"
     """auto (the training device) | cpu | cuda | cuda:N."""
     dtype: str = "float32"
@@ -125,9 +128,10 @@ def _reward_checks(r: RewardConfig) -> str | None:
             return f"scorers: unknown reward scorer '{name}' (known: {', '.join(known)})"
         if isinstance(weight, bool) or not isinstance(weight, int | float) or weight != weight or abs(weight) == float("inf"):
             return f"scorers.{name}: the weight must be a finite number, got {weight!r}"
-    for name in r.checkpoints:
-        if name not in r.scorers:
-            return f"checkpoints.{name}: '{name}' is not one of reward.scorers ({', '.join(r.scorers) or 'none'})"
+    for section in ("checkpoints", "scorer_args"):
+        for name in getattr(r, section):
+            if name not in r.scorers:
+                return f"{section}.{name}: '{name}' is not one of reward.scorers ({', '.join(r.scorers) or 'none'})"
     if r.device != "auto" and r.device != "cpu" and not r.device.startswith(("cuda", "mps", "xpu")):
         return f"device: '{r.device}' (auto, cpu, cuda, cuda:N)"
     return None

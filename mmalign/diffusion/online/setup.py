@@ -17,6 +17,7 @@ def load_reward_model(reward_cfg, device) -> Any:
 
     target = str(device) if reward_cfg.device == "auto" else reward_cfg.device
     return load_reward(parse_reward_spec(dict(reward_cfg.scorers)), checkpoints=dict(reward_cfg.checkpoints),
+                       scorer_args={k: dict(v) for k, v in reward_cfg.scorer_args.items()},
                        device=target, dtype=reward_cfg.dtype, normalize=reward_cfg.normalize,
                        batch_size=reward_cfg.batch_size)
 
