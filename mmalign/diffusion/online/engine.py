@@ -164,6 +164,7 @@ class OnlineEngine:
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
+                self.log_eval_grid(epoch)
                 rollouts = self.collect_fn(self, model, self.epoch_prompts(epoch), epoch)
         finally:
             model.train(was_training)
@@ -171,6 +172,40 @@ class OnlineEngine:
         self.rollouts = rollouts
         self._record(rollouts)
         return rollouts
+
+    def log_eval_grid(self, epoch: int) -> None:
+        """The fixed evaluation prompts (``validation.prompts``, ``eval_steps`` steps, ``validation.seed``) as one
+        grid image in TensorBoard (``online/eval_grid`` at the epoch's first step), every ``eval_every`` epochs on
+        the main process; seeded generators only (the global RNG is untouched)."""
+        prompts, every = self.cfg.validation.prompts, self.options.eval_every
+        if not prompts or not every or epoch % every or not self.accelerator.is_main_process:
+            return
+        tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
+        if tracker is None:
+            return
+        import numpy as np
+
+        from mmalign.diffusion.online.dpo_step import sampler_kwargs
+        from mmalign.diffusion.sampling import generate
+        from mmalign.diffusion.validation import image_grid
+
+        pipe = self.parts.pipeline
+        pipe.set_progress_bar_config(disable=True)
+        generators = [torch.Generator().manual_seed(self.cfg.validation.seed) for _ in prompts]
+        kwargs = sampler_kwargs(self, self.options.eval_steps)
+        if "eta" in kwargs:
+            kwargs["eta"] = 0.0  # evaluation samples with the deterministic sampler (flow_grpo: the ODE)
+        images = generate(pipe, list(prompts), generator=generators, autocast=self.autocast, **kwargs)
+        grid = np.asarray(image_grid(images, rows=1))
+        step = epoch * self.steps_per_epoch
+        tracker.writer.add_image("online/eval_grid", grid, global_step=step, dataformats="HWC")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        from mmalign.diffusion.online.setup import slots_per_epoch
+
+        cfg = self.cfg
+        return slots_per_epoch(cfg) // (cfg.train.batch_size * self.accelerator.num_processes * cfg.train.grad_accum)
 
     def progress(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, leave=False,

@@ -31,7 +31,10 @@ class RolloutOptions:
     num_steps: int = 10
     """Sampler steps of a training rollout (flow_grpo ``sample.num_steps``)."""
     eval_steps: int = 40
-    """Sampler steps of the fixed evaluation prompts (``validation.prompts``; flow_grpo ``eval_num_steps``)."""
+    """Sampler steps of the fixed evaluation prompts (``validation.prompts``; flow_grpo ``eval_num_steps``): their
+    grid goes to TensorBoard (``online/eval_grid``) every ``eval_every`` epochs, before that epoch's rollouts."""
+    eval_every: int = 1
+    """Epochs between evaluation grids (0: none; the recipe's own validation grids are unaffected)."""
     guidance_scale: float = 4.5
     """Classifier-free guidance during rollouts and the log-prob recomputation (negative prompt: "")."""
     sde: str = "auto"
@@ -79,6 +82,8 @@ class OnlineDpoOptions(RolloutOptions):
     group_size: int = 2
     noise_level: float = 0.0
     """Rollouts of online DPO need no log-probs: the ODE sampler by default (the best / worst image decides)."""
+    eta: float = 0.0
+    """DDIM eta of the UNet pipelines' rollouts (0: deterministic DDIM; their own scheduler otherwise)."""
     ref_update_step: int = 0
     """Refresh the reference from the learner every this many optimizer steps (flow_grpo ``ref_update_step``);
     0 = the reference stays the base model (LoRA adapters off / the frozen copy)."""
@@ -155,7 +160,7 @@ def _grpo_checks(o: GrpoOptions) -> str | None:
 
 
 _ROLLOUT_RULES = dict(group_size=Range(2), prompts_per_epoch=Range(1), rollout_batch_size=Range(1),
-                      num_steps=Range(1), eval_steps=Range(1), guidance_scale=Range(0), sde=OneOf(*SDE_KINDS),
+                      num_steps=Range(1), eval_steps=Range(1), eval_every=Range(0), guidance_scale=Range(0), sde=OneOf(*SDE_KINDS),
                       noise_level=Range(0), eta=Range(0), sde_window_size=Range(0), sde_window_range=Range(0))
 register(GrpoOptions, **_ROLLOUT_RULES, timestep_fraction=Range(0, 1, low_open=True),
          clip_range=Range(0, low_open=True), adv_clip_max=Range(0, low_open=True), kl_beta=Range(0),
