@@ -159,8 +159,9 @@ def online_dpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[to
     """One micro-batch of pairs of the epoch's rollouts (made on the epoch's first micro-batch)."""
     engine: OnlineEngine = batch["online"]
     rollouts = engine.ensure(batch["epoch"], policy)
-    pairs = batch["slots"] % len(rollouts.prompts)
-    pair_batch = {"chosen": rollouts.tensors["chosen"][pairs], "rejected": rollouts.tensors["rejected"][pairs],
+    pairs = batch["slots"].cpu() % len(rollouts.prompts)
+    chosen, rejected = rollouts.tensors["chosen"], rollouts.tensors["rejected"]
+    pair_batch = {"chosen": chosen[pairs.to(chosen.device)], "rejected": rejected[pairs.to(rejected.device)],
                   "prompts": [rollouts.prompts[i] for i in pairs.tolist()], "groups": len(pairs), "group_size": 2}
     step_ctx = dataclasses.replace(ctx, inputs=RolloutInputs(engine), reference=_reference(engine, ctx, policy))
     loss, metrics = dpo_step(step_ctx, policy, pair_batch)

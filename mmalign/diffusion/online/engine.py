@@ -14,6 +14,7 @@ phase draws the same timesteps and noise whether or not the rollout phase ran in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,20 @@ from tqdm.auto import tqdm
 
 from mmalign.diffusion.adapter import DiffusionParts, encode_text
 from mmalign.diffusion.sampling import decode_latents
+
+
+def moved(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside it (dicts, lists, dataclasses such as the rollout) on ``device``."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: moved(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(moved(v, device) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: moved(getattr(value, f.name), device)
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 class EpochSlots(Dataset):
@@ -239,7 +254,10 @@ class OnlineEngine:
                 "history": self.history, "extra": self.extra_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore (accelerate loads custom states onto the CPU: GRPO's rollouts go back to the training device)."""
         r = state.get("rollouts")
-        self.rollouts = None if r is None else Rollouts(r["epoch"], r["tensors"], r["prompts"], r["stats"])
+        device = self.accelerator.device
+        self.rollouts = None if r is None else Rollouts(r["epoch"], moved(r["tensors"], device), r["prompts"],
+                                                        r["stats"])
         self.history = list(state.get("history", []))
         self.extra_state = dict(state.get("extra", {}))
