@@ -6,7 +6,7 @@ API (stable; the online methods build on it)::
             noise_level=None, timestep_fraction=1.0, sde_window=None, sde_window_range=None,
             same_noise_per_group=False, generator=None, height=None, width=None, decode=True,
             autocast=nullcontext, **pipe_kwargs) -> Rollout
-    step_log_prob(denoiser, rollout, samples, steps, *, detach_uncond=False) -> StepOutput     # with grad
+    step_log_prob(denoiser, rollout, samples, steps, *, detach_uncond=False, cfg=True) -> StepOutput  # grad
     reference_step_log_prob(denoiser, rollout, samples, steps) -> StepOutput   # LoRA adapters off, no grad
     Rollout.cat([r1, r2, ...]) -> Rollout;  Rollout.select(samples) -> Rollout
 
@@ -314,8 +314,8 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
     if negative is not None:
         kwargs.update(_pipeline_embeds(negative, "negative_", group_size, batch))
     kwargs = {k: v.to(device) for k, v in kwargs.items()}
-    height = height or pipe.default_sample_size * pipe.vae_scale_factor
-    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    size = (getattr(pipe, "default_sample_size", None) or net.config.sample_size) * pipe.vae_scale_factor
+    height, width = height or size, width or size
     latents = _initial_latents(pipe, prompts if same_noise_per_group else batch, height, width, device, generator)
     if same_noise_per_group:
         latents = latents.repeat_interleave(group_size, dim=0)
@@ -380,11 +380,14 @@ def _as_index(value: torch.Tensor | int | Sequence[int], n: int, device: torch.d
 
 
 def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tensor | Sequence[int],
-                  steps: torch.Tensor | int | Sequence[int], *, detach_uncond: bool = False) -> StepOutput:
+                  steps: torch.Tensor | int | Sequence[int], *, detach_uncond: bool = False,
+                  cfg: bool = True) -> StepOutput:
     """Recompute step ``steps`` (one per sample, or one for all) of the trajectories ``samples`` under ``model``
     (the policy — gradients flow; wrapped modules are fine): the log-prob of the recorded ``x_{j+1}`` given the
     recorded ``x_j``, with the rollout's conditioning, CFG (``detach_uncond``: flow_grpo's
-    ``noise_pred_uncond.detach()``, ``scripts/train_sd3.py`` line 190; DDPO keeps it) and step coefficients.
+    ``noise_pred_uncond.detach()``, ``scripts/train_sd3.py`` line 190; DDPO keeps it; ``cfg=False``: the
+    conditional branch alone, flow_grpo / DDPO ``train.cfg = False`` — then the ratio is not 1 for a CFG rollout)
+    and step coefficients.
     Returns :class:`~mmalign.diffusion.sde_steps.StepOutput` (``log_prob`` (n,), ``mean`` and ``std_dev_t`` for the
     KL)."""
     device = rollout.latents.device
@@ -393,6 +396,9 @@ def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tenso
     x = rollout.latents[samples, steps]
     x_next = rollout.latents[samples, steps + 1]
     call = rollout.call.select(samples)
+    if call.cfg and not cfg:
+        _, cond_kwargs = call.halves()
+        call = replace(call, kwargs=cond_kwargs, cfg=False)
     dtype = unwrap(model).dtype
     timestep = rollout.model_timesteps.to(device)[steps]
     latent_in = x

@@ -53,8 +53,9 @@ def _embeds(pipe, kind: str, prompts: list[str]) -> dict[str, torch.Tensor]:
 
 def _rollout(pipe, kind: str, steps: int = 3, group_size: int = 2, **kw) -> Rollout:
     negative = None if kind == "flux" else _embeds(pipe, kind, [""])
+    kw = {"height": 32, "width": 32, **kw}
     return rollout(pipe, _embeds(pipe, kind, PROMPTS), negative=negative, group_size=group_size,
-                   num_inference_steps=steps, guidance_scale=GUIDANCE[kind], height=32, width=32,
+                   num_inference_steps=steps, guidance_scale=GUIDANCE[kind],
                    generator=torch.Generator().manual_seed(0), **kw)
 
 
@@ -143,6 +144,13 @@ def test_policy_gradients_reference_adapters_off_and_cat(kind):
     base = step_log_prob(net, r, torch.tensor([0, 3]), torch.tensor([1, 2]))
     net.enable_adapters()
     assert torch.allclose(ref.mean, base.mean.detach(), atol=1e-6) and torch.allclose(ref.log_prob, base.log_prob.detach())
+    # cfg=False: the conditional branch alone (= CFG at guidance 1)
+    from dataclasses import replace
+
+    alone = step_log_prob(net, r, torch.arange(4), 1, cfg=False)
+    unit = step_log_prob(net, replace(r, guidance_scale=1.0), torch.arange(4), 1)
+    assert torch.allclose(alone.log_prob, unit.log_prob, atol=1e-5) and not torch.allclose(
+        alone.log_prob, r.log_probs[:, 1], atol=1e-3)
     # two calls concatenated recompute as one; select keeps the rows it names
     r2 = _rollout(pipe, kind, group_size=1)
     both = Rollout.cat([r, r2])
@@ -157,6 +165,7 @@ def test_policy_gradients_reference_adapters_off_and_cat(kind):
 
 def test_bad_inputs_are_clear_errors():
     pipe = _pipe("sd15")
+    assert _rollout(pipe, "sd15", steps=1, height=None, width=None).images.shape[-2:] == (32, 32)  # default size
     with pytest.raises(ValueError, match="flow-matching"):
         _rollout(pipe, "sd15", sampler="flow_grpo")
     with pytest.raises(ValueError, match="group_size"):
