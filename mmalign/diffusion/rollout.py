@@ -285,14 +285,17 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
             noise_level: float | None = None, timestep_fraction: float = 1.0, sde_window: int | None = None,
             sde_window_range: tuple[int, int] | None = None, same_noise_per_group: bool = False,
             generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
-            decode: bool = True, autocast: Callable[[], Any] = nullcontext, **pipe_kwargs: Any) -> Rollout:
+            decode: bool = True, decode_batch_size: int | None = None, autocast: Callable[[], Any] = nullcontext,
+            **pipe_kwargs: Any) -> Rollout:
     """Sample ``group_size`` trajectories per prompt with per-step log-probs (module docstring).
 
     ``embeds``: cached conditioning of P prompts as :func:`mmalign.diffusion.adapter.encode_text` returns it
     (``prompt_embeds`` (P, L, D), ``pooled`` (P, D') for SDXL / SD3 / FLUX); ``negative``: the same for the
     unconditional branch (1 or P rows; e.g. ``encode_text(parts, [""])``), None = the pipeline's default (SD / SD3
     encode ``""``, SDXL zeros). ``generator`` draws the initial noise, the SDE window and every step's noise.
-    ``pipe_kwargs`` go to the pipeline (e.g. ``max_sequence_length``)."""
+    ``decode_batch_size``: decode the final latents in chunks of this many (default: all at once). ``pipe_kwargs``
+    go to the pipeline (e.g. ``max_sequence_length``; ``sigmas=linspace(1, 0, N+1)[:-1]`` on SD3 gives DanceGRPO's
+    shifted grid, the scheduler applying the shift)."""
     sampler = sampler or default_sampler(pipe)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
@@ -333,7 +336,7 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
     finally:
         records = scheduler.stop_recording()
     return _assemble(pipe, sampler, scheduler, records, store, final, batch, group_size, guidance_scale,
-                     timestep_fraction, decode)
+                     timestep_fraction, decode, decode_batch_size)
 
 
 def _initial_latents(pipe: Any, n: int, height: int, width: int, device: torch.device,
@@ -347,7 +350,7 @@ def _initial_latents(pipe: Any, n: int, height: int, width: int, device: torch.d
 
 def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store: dict[str, Any],
               final: torch.Tensor, batch: int, group_size: int, guidance_scale: float, fraction: float,
-              decode: bool) -> Rollout:
+              decode: bool, decode_batch_size: int | None) -> Rollout:
     steps = len(records)
     if steps == 0 or len(store.get("timesteps", [])) != steps:
         raise RuntimeError(f"rollout: {len(store.get('timesteps', []))} denoiser calls for {steps} steps "
@@ -360,7 +363,8 @@ def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store
     stochastic = params["noise_level"] > 0
     images = None
     if decode:
-        images = (decode_latents(pipe, final) / 2 + 0.5).clamp(0, 1)
+        chunks = final.split(decode_batch_size or max(1, batch))
+        images = torch.cat([(decode_latents(pipe, c) / 2 + 0.5).clamp(0, 1) for c in chunks])
     options = step_options(scheduler.config) if sampler == "ddim" else {}
     return Rollout(
         latents=latents, log_probs=torch.stack([r.log_prob for r in records], dim=1),

@@ -174,3 +174,17 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="true CFG"):
         rollout(flux, _embeds(flux, "flux", PROMPTS), negative=_embeds(flux, "flux", [""]), group_size=2,
                 num_inference_steps=2, guidance_scale=3.5)
+
+
+def test_same_seed_same_rollout_chunked_decode_and_custom_sigmas():
+    pipe = _pipe("sd3")
+    a, b = _rollout(pipe, "sd3"), _rollout(pipe, "sd3", decode_batch_size=3)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.log_probs, b.log_probs)  # resume needs this
+    assert torch.allclose(a.images, b.images, atol=1e-6)
+    grid = torch.linspace(1, 0, 4)[:-1]  # DanceGRPO: sd3_time_shift(3, linspace(1, 0, N+1))
+    c = _rollout(pipe, "sd3", sampler="dance", sigmas=grid.tolist())
+    shifted = 3 * torch.linspace(1, 0, 4) / (1 + 2 * torch.linspace(1, 0, 4))
+    assert torch.allclose(c.step_params["sigma"][0], shifted[:-1]) and torch.allclose(
+        c.step_params["sigma_prev"][0], shifted[1:], atol=1e-7)
+    out = step_log_prob(denoiser(pipe), c, torch.arange(4), 2)
+    assert torch.allclose(out.log_prob, c.log_probs[:, 2], atol=1e-5, rtol=0)
