@@ -9,6 +9,23 @@ API (stable; the online methods build on it)::
     step_log_prob(denoiser, rollout, samples, steps, *, detach_uncond=False, cfg=True) -> StepOutput  # grad
     reference_step_log_prob(denoiser, rollout, samples, steps) -> StepOutput   # LoRA adapters off, no grad
     Rollout.cat([r1, r2, ...]) -> Rollout;  Rollout.select(samples) -> Rollout
+    Rollout fields: latents (B, T+1, ...), log_probs (B, T), timesteps (T,), model_timesteps (T,), step_params
+    {name: (B, T)}, stochastic (B, T), train_steps (B, K), call (DenoiserCall), sampler, guidance_scale,
+    prompt_ids (B,), group_size, final_latents (B, C, h, w), images (B, 3, H, W) in [0, 1], options
+
+Typical GRPO use (:mod:`mmalign.objectives.grpo`)::
+
+    r = rollout(pipe, encode_text(parts, prompts, device), negative=encode_text(parts, [""], device),
+                group_size=G, num_inference_steps=10, guidance_scale=4.5, generator=g)
+    adv = group_advantages(reward(r.images, [prompts[i] for i in r.prompt_ids]).total, r.prompt_ids)
+    r = r.select(adv.keep.nonzero().reshape(-1));  A = adv.advantages[adv.keep]
+    for j in range(r.train_steps.shape[1]):                       # flow_grpo: steps in order
+        steps = r.train_steps[:, j]
+        new = step_log_prob(parts.denoiser, r, idx, steps[idx], detach_uncond=True)      # idx: a micro-batch
+        ref = reference_step_log_prob(parts.denoiser, r, idx, steps[idx]) if beta > 0 else None
+        loss, metrics = grpo_loss(new.log_prob, r.log_probs[idx, steps[idx]], A[idx], clip_range=1e-4,
+                                  adv_clip_max=5, beta=beta, mean=new.mean, mean_ref=ref and ref.mean,
+                                  std_dev_t=new.std_dev_t)
 
 How: :func:`rollout` swaps a recording scheduler (:mod:`mmalign.diffusion.rollout_schedulers`) into the diffusers
 pipeline and calls :func:`mmalign.diffusion.sampling.generate` with cached prompt embeddings (the pipeline's own
@@ -129,6 +146,9 @@ class Rollout:
     prompt_ids: torch.Tensor
     """(B,) long: the prompt of each sample (``i // group_size``; offset per part by :meth:`cat`)."""
     group_size: int
+    final_latents: torch.Tensor | None = None
+    """(B, C, h, w) float32: each image's final latent in the VAE latent space of
+    :func:`mmalign.diffusion.adapter.encode_pixels` (FLUX unpacked) — the ``x0`` of an online-DPO step."""
     images: torch.Tensor | None = None
     """(B, 3, H, W) float32 in [0, 1], decoded in the VAE's dtype in one batch (``decode=True``)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -142,10 +162,6 @@ class Rollout:
     def num_steps(self) -> int:
         return int(self.log_probs.shape[1])
 
-    @property
-    def final_latents(self) -> torch.Tensor:
-        return self.latents[:, -1]
-
     def select(self, samples: torch.Tensor | Sequence[int]) -> Rollout:
         """The rollout of ``samples`` only (e.g. to drop zero-std groups)."""
         idx = torch.as_tensor(samples, dtype=torch.long).reshape(-1)
@@ -153,6 +169,7 @@ class Rollout:
         return replace(self, latents=on(self.latents), log_probs=on(self.log_probs),
                        step_params={k: on(v) for k, v in self.step_params.items()}, stochastic=on(self.stochastic),
                        train_steps=on(self.train_steps), call=self.call.select(idx), prompt_ids=on(self.prompt_ids),
+                       final_latents=None if self.final_latents is None else on(self.final_latents),
                        images=None if self.images is None else on(self.images))
 
     @staticmethod
@@ -178,6 +195,8 @@ class Rollout:
             stochastic=cat0(p.stochastic for p in parts), train_steps=cat0(p.train_steps for p in parts),
             prompt_ids=cat0(p.prompt_ids + o for p, o in zip(parts, offsets)),
             images=None if any(p.images is None for p in parts) else cat0(p.images for p in parts),
+            final_latents=None if any(p.final_latents is None for p in parts) else cat0(
+                p.final_latents for p in parts),
             call=_cat_calls([p.call for p in parts]),
         )
 
@@ -374,7 +393,7 @@ def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store
         call=DenoiserCall(store["call"], store["latent_arg"], rows == 2 * batch, batch), sampler=sampler,
         guidance_scale=float(guidance_scale),
         prompt_ids=torch.arange(batch // group_size, device=latents.device).repeat_interleave(group_size),
-        group_size=group_size, images=images, options=options,
+        group_size=group_size, final_latents=final.float(), images=images, options=options,
     )
 
 
