@@ -6,9 +6,26 @@ API (stable; the online methods build on it)::
             noise_level=None, timestep_fraction=1.0, sde_window=None, sde_window_range=None,
             same_noise_per_group=False, generator=None, height=None, width=None, decode=True,
             autocast=nullcontext, **pipe_kwargs) -> Rollout
-    step_log_prob(denoiser, rollout, samples, steps, *, detach_uncond=False) -> StepOutput     # with grad
+    step_log_prob(denoiser, rollout, samples, steps, *, detach_uncond=False, cfg=True) -> StepOutput  # grad
     reference_step_log_prob(denoiser, rollout, samples, steps) -> StepOutput   # LoRA adapters off, no grad
     Rollout.cat([r1, r2, ...]) -> Rollout;  Rollout.select(samples) -> Rollout
+    Rollout fields: latents (B, T+1, ...), log_probs (B, T), timesteps (T,), model_timesteps (T,), step_params
+    {name: (B, T)}, stochastic (B, T), train_steps (B, K), call (DenoiserCall), sampler, guidance_scale,
+    prompt_ids (B,), group_size, final_latents (B, C, h, w), images (B, 3, H, W) in [0, 1], options
+
+Typical GRPO use (:mod:`mmalign.objectives.grpo`)::
+
+    r = rollout(pipe, encode_text(parts, prompts, device), negative=encode_text(parts, [""], device),
+                group_size=G, num_inference_steps=10, guidance_scale=4.5, generator=g)
+    adv = group_advantages(reward(r.images, [prompts[i] for i in r.prompt_ids]).total, r.prompt_ids)
+    r = r.select(adv.keep.nonzero().reshape(-1));  A = adv.advantages[adv.keep]
+    for j in range(r.train_steps.shape[1]):                       # flow_grpo: steps in order
+        steps = r.train_steps[:, j]
+        new = step_log_prob(parts.denoiser, r, idx, steps[idx], detach_uncond=True)      # idx: a micro-batch
+        ref = reference_step_log_prob(parts.denoiser, r, idx, steps[idx]) if beta > 0 else None
+        loss, metrics = grpo_loss(new.log_prob, r.log_probs[idx, steps[idx]], A[idx], clip_range=1e-4,
+                                  adv_clip_max=5, beta=beta, mean=new.mean, mean_ref=ref and ref.mean,
+                                  std_dev_t=new.std_dev_t)
 
 How: :func:`rollout` swaps a recording scheduler (:mod:`mmalign.diffusion.rollout_schedulers`) into the diffusers
 pipeline and calls :func:`mmalign.diffusion.sampling.generate` with cached prompt embeddings (the pipeline's own
@@ -129,6 +146,9 @@ class Rollout:
     prompt_ids: torch.Tensor
     """(B,) long: the prompt of each sample (``i // group_size``; offset per part by :meth:`cat`)."""
     group_size: int
+    final_latents: torch.Tensor | None = None
+    """(B, C, h, w) float32: each image's final latent in the VAE latent space of
+    :func:`mmalign.diffusion.adapter.encode_pixels` (FLUX unpacked) — the ``x0`` of an online-DPO step."""
     images: torch.Tensor | None = None
     """(B, 3, H, W) float32 in [0, 1], decoded in the VAE's dtype in one batch (``decode=True``)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -142,10 +162,6 @@ class Rollout:
     def num_steps(self) -> int:
         return int(self.log_probs.shape[1])
 
-    @property
-    def final_latents(self) -> torch.Tensor:
-        return self.latents[:, -1]
-
     def select(self, samples: torch.Tensor | Sequence[int]) -> Rollout:
         """The rollout of ``samples`` only (e.g. to drop zero-std groups)."""
         idx = torch.as_tensor(samples, dtype=torch.long).reshape(-1)
@@ -153,6 +169,7 @@ class Rollout:
         return replace(self, latents=on(self.latents), log_probs=on(self.log_probs),
                        step_params={k: on(v) for k, v in self.step_params.items()}, stochastic=on(self.stochastic),
                        train_steps=on(self.train_steps), call=self.call.select(idx), prompt_ids=on(self.prompt_ids),
+                       final_latents=None if self.final_latents is None else on(self.final_latents),
                        images=None if self.images is None else on(self.images))
 
     @staticmethod
@@ -178,6 +195,8 @@ class Rollout:
             stochastic=cat0(p.stochastic for p in parts), train_steps=cat0(p.train_steps for p in parts),
             prompt_ids=cat0(p.prompt_ids + o for p, o in zip(parts, offsets)),
             images=None if any(p.images is None for p in parts) else cat0(p.images for p in parts),
+            final_latents=None if any(p.final_latents is None for p in parts) else cat0(
+                p.final_latents for p in parts),
             call=_cat_calls([p.call for p in parts]),
         )
 
@@ -285,14 +304,17 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
             noise_level: float | None = None, timestep_fraction: float = 1.0, sde_window: int | None = None,
             sde_window_range: tuple[int, int] | None = None, same_noise_per_group: bool = False,
             generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
-            decode: bool = True, autocast: Callable[[], Any] = nullcontext, **pipe_kwargs: Any) -> Rollout:
+            decode: bool = True, decode_batch_size: int | None = None, autocast: Callable[[], Any] = nullcontext,
+            **pipe_kwargs: Any) -> Rollout:
     """Sample ``group_size`` trajectories per prompt with per-step log-probs (module docstring).
 
     ``embeds``: cached conditioning of P prompts as :func:`mmalign.diffusion.adapter.encode_text` returns it
     (``prompt_embeds`` (P, L, D), ``pooled`` (P, D') for SDXL / SD3 / FLUX); ``negative``: the same for the
     unconditional branch (1 or P rows; e.g. ``encode_text(parts, [""])``), None = the pipeline's default (SD / SD3
     encode ``""``, SDXL zeros). ``generator`` draws the initial noise, the SDE window and every step's noise.
-    ``pipe_kwargs`` go to the pipeline (e.g. ``max_sequence_length``)."""
+    ``decode_batch_size``: decode the final latents in chunks of this many (default: all at once). ``pipe_kwargs``
+    go to the pipeline (e.g. ``max_sequence_length``; ``sigmas=linspace(1, 0, N+1)[:-1]`` on SD3 gives DanceGRPO's
+    shifted grid, the scheduler applying the shift)."""
     sampler = sampler or default_sampler(pipe)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
@@ -314,8 +336,8 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
     if negative is not None:
         kwargs.update(_pipeline_embeds(negative, "negative_", group_size, batch))
     kwargs = {k: v.to(device) for k, v in kwargs.items()}
-    height = height or pipe.default_sample_size * pipe.vae_scale_factor
-    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    size = (getattr(pipe, "default_sample_size", None) or net.config.sample_size) * pipe.vae_scale_factor
+    height, width = height or size, width or size
     latents = _initial_latents(pipe, prompts if same_noise_per_group else batch, height, width, device, generator)
     if same_noise_per_group:
         latents = latents.repeat_interleave(group_size, dim=0)
@@ -333,7 +355,7 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
     finally:
         records = scheduler.stop_recording()
     return _assemble(pipe, sampler, scheduler, records, store, final, batch, group_size, guidance_scale,
-                     timestep_fraction, decode)
+                     timestep_fraction, decode, decode_batch_size)
 
 
 def _initial_latents(pipe: Any, n: int, height: int, width: int, device: torch.device,
@@ -347,7 +369,7 @@ def _initial_latents(pipe: Any, n: int, height: int, width: int, device: torch.d
 
 def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store: dict[str, Any],
               final: torch.Tensor, batch: int, group_size: int, guidance_scale: float, fraction: float,
-              decode: bool) -> Rollout:
+              decode: bool, decode_batch_size: int | None) -> Rollout:
     steps = len(records)
     if steps == 0 or len(store.get("timesteps", [])) != steps:
         raise RuntimeError(f"rollout: {len(store.get('timesteps', []))} denoiser calls for {steps} steps "
@@ -360,7 +382,8 @@ def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store
     stochastic = params["noise_level"] > 0
     images = None
     if decode:
-        images = (decode_latents(pipe, final) / 2 + 0.5).clamp(0, 1)
+        chunks = final.split(decode_batch_size or max(1, batch))
+        images = torch.cat([(decode_latents(pipe, c) / 2 + 0.5).clamp(0, 1) for c in chunks])
     options = step_options(scheduler.config) if sampler == "ddim" else {}
     return Rollout(
         latents=latents, log_probs=torch.stack([r.log_prob for r in records], dim=1),
@@ -370,7 +393,7 @@ def _assemble(pipe: Any, sampler: str, scheduler: Any, records: list[Any], store
         call=DenoiserCall(store["call"], store["latent_arg"], rows == 2 * batch, batch), sampler=sampler,
         guidance_scale=float(guidance_scale),
         prompt_ids=torch.arange(batch // group_size, device=latents.device).repeat_interleave(group_size),
-        group_size=group_size, images=images, options=options,
+        group_size=group_size, final_latents=final.float(), images=images, options=options,
     )
 
 
@@ -380,11 +403,14 @@ def _as_index(value: torch.Tensor | int | Sequence[int], n: int, device: torch.d
 
 
 def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tensor | Sequence[int],
-                  steps: torch.Tensor | int | Sequence[int], *, detach_uncond: bool = False) -> StepOutput:
+                  steps: torch.Tensor | int | Sequence[int], *, detach_uncond: bool = False,
+                  cfg: bool = True) -> StepOutput:
     """Recompute step ``steps`` (one per sample, or one for all) of the trajectories ``samples`` under ``model``
     (the policy — gradients flow; wrapped modules are fine): the log-prob of the recorded ``x_{j+1}`` given the
     recorded ``x_j``, with the rollout's conditioning, CFG (``detach_uncond``: flow_grpo's
-    ``noise_pred_uncond.detach()``, ``scripts/train_sd3.py`` line 190; DDPO keeps it) and step coefficients.
+    ``noise_pred_uncond.detach()``, ``scripts/train_sd3.py`` line 190; DDPO keeps it; ``cfg=False``: the
+    conditional branch alone, flow_grpo / DDPO ``train.cfg = False`` — then the ratio is not 1 for a CFG rollout)
+    and step coefficients.
     Returns :class:`~mmalign.diffusion.sde_steps.StepOutput` (``log_prob`` (n,), ``mean`` and ``std_dev_t`` for the
     KL)."""
     device = rollout.latents.device
@@ -393,6 +419,9 @@ def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tenso
     x = rollout.latents[samples, steps]
     x_next = rollout.latents[samples, steps + 1]
     call = rollout.call.select(samples)
+    if call.cfg and not cfg:
+        _, cond_kwargs = call.halves()
+        call = replace(call, kwargs=cond_kwargs, cfg=False)
     dtype = unwrap(model).dtype
     timestep = rollout.model_timesteps.to(device)[steps]
     latent_in = x

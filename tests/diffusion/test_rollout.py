@@ -53,8 +53,9 @@ def _embeds(pipe, kind: str, prompts: list[str]) -> dict[str, torch.Tensor]:
 
 def _rollout(pipe, kind: str, steps: int = 3, group_size: int = 2, **kw) -> Rollout:
     negative = None if kind == "flux" else _embeds(pipe, kind, [""])
+    kw = {"height": 32, "width": 32, **kw}
     return rollout(pipe, _embeds(pipe, kind, PROMPTS), negative=negative, group_size=group_size,
-                   num_inference_steps=steps, guidance_scale=GUIDANCE[kind], height=32, width=32,
+                   num_inference_steps=steps, guidance_scale=GUIDANCE[kind],
                    generator=torch.Generator().manual_seed(0), **kw)
 
 
@@ -101,10 +102,10 @@ def test_noise_level_zero_is_the_plain_pipeline(kind):
             kwargs["negative_pooled_prompt_embeds"] = neg["pooled"].repeat(4, 1)
     plain = generate(pipe, None, output_type="latent", latents=r.latents[:, 0].clone(), num_inference_steps=3,
                      guidance_scale=GUIDANCE[kind], height=32, width=32, **kwargs)
-    final = r.final_latents
+    final = r.latents[:, -1]
     if kind == "flux":
         final = pipe._unpack_latents(final, 32, 32, pipe.vae_scale_factor)
-    assert torch.equal(final, plain.float())
+    assert torch.equal(final, plain.float()) and torch.equal(r.final_latents, final)
     assert not torch.equal(_rollout(pipe, kind).final_latents, r.final_latents)  # noise on: another sample
 
 
@@ -143,6 +144,13 @@ def test_policy_gradients_reference_adapters_off_and_cat(kind):
     base = step_log_prob(net, r, torch.tensor([0, 3]), torch.tensor([1, 2]))
     net.enable_adapters()
     assert torch.allclose(ref.mean, base.mean.detach(), atol=1e-6) and torch.allclose(ref.log_prob, base.log_prob.detach())
+    # cfg=False: the conditional branch alone (= CFG at guidance 1)
+    from dataclasses import replace
+
+    alone = step_log_prob(net, r, torch.arange(4), 1, cfg=False)
+    unit = step_log_prob(net, replace(r, guidance_scale=1.0), torch.arange(4), 1)
+    assert torch.allclose(alone.log_prob, unit.log_prob, atol=1e-5) and not torch.allclose(
+        alone.log_prob, r.log_probs[:, 1], atol=1e-3)
     # two calls concatenated recompute as one; select keeps the rows it names
     r2 = _rollout(pipe, kind, group_size=1)
     both = Rollout.cat([r, r2])
@@ -157,6 +165,7 @@ def test_policy_gradients_reference_adapters_off_and_cat(kind):
 
 def test_bad_inputs_are_clear_errors():
     pipe = _pipe("sd15")
+    assert _rollout(pipe, "sd15", steps=1, height=None, width=None).images.shape[-2:] == (32, 32)  # default size
     with pytest.raises(ValueError, match="flow-matching"):
         _rollout(pipe, "sd15", sampler="flow_grpo")
     with pytest.raises(ValueError, match="group_size"):
@@ -165,3 +174,17 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="true CFG"):
         rollout(flux, _embeds(flux, "flux", PROMPTS), negative=_embeds(flux, "flux", [""]), group_size=2,
                 num_inference_steps=2, guidance_scale=3.5)
+
+
+def test_same_seed_same_rollout_chunked_decode_and_custom_sigmas():
+    pipe = _pipe("sd3")
+    a, b = _rollout(pipe, "sd3"), _rollout(pipe, "sd3", decode_batch_size=3)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.log_probs, b.log_probs)  # resume needs this
+    assert torch.allclose(a.images, b.images, atol=1e-6)
+    grid = torch.linspace(1, 0, 4)[:-1]  # DanceGRPO: sd3_time_shift(3, linspace(1, 0, N+1))
+    c = _rollout(pipe, "sd3", sampler="dance", sigmas=grid.tolist())
+    shifted = 3 * torch.linspace(1, 0, 4) / (1 + 2 * torch.linspace(1, 0, 4))
+    assert torch.allclose(c.step_params["sigma"][0], shifted[:-1]) and torch.allclose(
+        c.step_params["sigma_prev"][0], shifted[1:], atol=1e-7)
+    out = step_log_prob(denoiser(pipe), c, torch.arange(4), 2)
+    assert torch.allclose(out.log_prob, c.log_probs[:, 2], atol=1e-5, rtol=0)
