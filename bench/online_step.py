@@ -6,7 +6,8 @@ Both sides run on the same small SD3 (``mmalign.testing.tiny_diffusion`` ``sd3``
 random weights, saved and reloaded), the same prompts, group size, sampler steps, CFG 4.5, noise level 0.7,
 timestep_fraction 0.99, batch and LoRA (r 8 on the attention projections), in float32 on this machine's CPU:
 
-* **mmalign** — ``recipes/diffusion.py`` with ``method.name=grpo`` for exactly one epoch (rollout phase +
+* **mmalign** — ``recipes/diffusion.py`` on ``toy_grpo.yaml`` (the toy scorer as the reward) with flow_grpo's SDE
+  settings, for exactly one epoch (rollout phase +
   optimisation phase inside the shared loop): rollout seconds from ``summary.json["online_epochs"]``, the
   optimisation seconds the rest of the loop's ``train_seconds``;
 * **flow_grpo transcription** — written here from yifan123/flow_grpo @ 31c71b9 ``flow_grpo/diffusers_patch/
@@ -130,15 +131,17 @@ def mmalign_epoch(model_dir: Path, prompt_file: Path, out: Path, args) -> dict:
     samples = args.prompts * args.group
     trained = int(args.steps * 0.99)
     steps_per_epoch = samples * trained // (args.batch * args.accum * trained)
-    argv = ["--config", str(REPO / "recipes/configs/diffusion/sd35m_grpo.yaml"), f"model.pretrained={model_dir}",
+    argv = ["--config", str(REPO / "recipes/configs/diffusion/toy_grpo.yaml"), f"model.pretrained={model_dir}",
             f"data.path={prompt_file}", f"output_dir={out}", f"data.resolution={args.resolution}",
             "model.gradient_checkpointing=false", "train.mixed_precision=no", f"train.batch_size={args.batch}",
             f"train.grad_accum={args.accum * trained}", f"train.max_steps={steps_per_epoch}",
             "train.progress_bar=false", "train.checkpoint_every=0", "validation.prompts=[]", "export.enabled=false",
             f"method.grpo.prompts_per_epoch={args.prompts}", f"method.grpo.group_size={args.group}",
             f"method.grpo.num_steps={args.steps}", f"method.grpo.rollout_batch_size={args.batch}",
-            "method.grpo.kl_beta=0", "lora.rank=8", "lora.alpha=8", "reward.scorers={toy: 1.0}",
-            "train.log_every=1000"]
+            "method.grpo.kl_beta=0", "method.grpo.sde=flow_grpo", "method.grpo.noise_level=0.7",
+            "method.grpo.guidance_scale=4.5", "method.grpo.timestep_fraction=0.99", "method.grpo.clip_range=1e-4",
+            "lora.rank=8", "lora.alpha=8", f"lora.target_modules=[{','.join(TARGETS)}]", "train.lr=1e-4",
+            "train.log_every=1000", "toy_eval.enabled=false"]
     summary = run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
     epoch = json.loads((out / "summary.json").read_text())["online_epochs"][0]
     rollout = epoch["rollout_seconds"]
