@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -64,6 +63,8 @@ def train(method: str, seed: int, args) -> dict:
     done = out / "run.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if (out / "summary.json").is_file() and (out / "pytorch_lora_weights.safetensors").is_file():
+        return _record(method, seed, out, None, None)  # finished by an earlier, interrupted bench
     config, overrides = RUNS[method]
     cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / config), *overrides,
            f"model.pretrained={pipeline_of(method, args)}", f"train.seed={seed}", f"output_dir={out}",
@@ -78,19 +79,24 @@ def train(method: str, seed: int, args) -> dict:
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{method} seed {seed} failed: see {out / 'log.txt'}")
+    return _record(method, seed, out, time.time() - t0, (usage.ru_utime + usage.ru_stime) / 60)
+
+
+def _record(method: str, seed: int, out: Path, wall_s: float | None, cpu_min: float | None) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     epochs = summary.get("online_epochs", [])
     o = RUNS[method][1]
-    record = {"method": method, "seed": seed, "wall_s": round(time.time() - t0, 1),
-              "cpu_min": round((usage.ru_utime + usage.ru_stime) / 60, 2), "steps": summary["steps"],
+    record = {"method": method, "seed": seed, "wall_s": None if wall_s is None else round(wall_s, 1),
+              "cpu_min": None if cpu_min is None else round(cpu_min, 2), "steps": summary["steps"],
               "train_seconds": round(summary["train_seconds"], 1), "epochs": len(epochs),
               "reward_per_epoch": [e["reward/mean"] for e in epochs],
-              "zero_std_per_epoch": [e["zero_std_fraction"] for e in epochs]}
+              "zero_std_per_epoch": [e["zero_std_fraction"] for e in epochs],
+              "rollout_seconds": round(sum(e["rollout_seconds"] for e in epochs), 1)}
     if epochs:
         group = next(int(x.split("=")[1]) for x in o if x.split("=")[0].endswith("group_size"))
         prompts = next(int(x.split("=")[1]) for x in o if x.split("=")[0].endswith("prompts_per_epoch"))
         record["rollout_images"] = len(epochs) * group * prompts
-    done.write_text(json.dumps(record))
+    (out / "run.json").write_text(json.dumps(record))
     return record
 
 
@@ -110,7 +116,7 @@ def evaluate(pipeline: str, lora: Path | None, args, cache: Path) -> dict:
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         pipe.load_lora_weights(str(lora))
-    captions = heldout_captions()[: args.eval_captions]
+    captions = heldout_captions()[:: args.eval_stride]
     result = evaluate_pipeline(pipe, captions, args.eval_seeds, num_inference_steps=10, return_images=True,
                                desc=None)
     reward = scorers.load_scorer("toy")
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default="dpo,online_dpo,grpo")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--eval-seeds", default="0")
-    parser.add_argument("--eval-captions", type=int, default=108)
+    parser.add_argument("--eval-stride", type=int, default=1, help="every n-th of the 108 held-out captions")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--sd3", default="outputs/toy_sd3/pipeline", help="toy SD3 pipeline (build_toy_sd3)")
     parser.add_argument("--out", default="outputs/bench_toy_online")
@@ -170,12 +176,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    jobs = [(m, s) for m in methods for s in seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        records = list(pool.map(lambda job: train(*job, args), jobs))
-    for record in records:
+    jobs = [(m, s) for s in seeds for m in methods]  # seed-major: every method has a seed early
+
+    def run(job: tuple[str, int]) -> dict:
+        record = train(*job, args)
         record.update(judge(record["method"], record["seed"], args))
         print(json.dumps(record), flush=True)
+        return record
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        records = list(pool.map(run, jobs))
     summary = {}
     for method in methods:
         rows = [r for r in records if r["method"] == method]
@@ -185,27 +195,28 @@ def main(argv: list[str] | None = None) -> dict:
             "win_rate_mean": float(np.mean([r["win_rate"] for r in rows])),
             "reward_gain_mean": float(np.mean([r["reward_gain"] for r in rows])),
             "judge_rises_with_reward": all((r["mean_gain"] > 0) or (r["reward_gain"] <= 0) for r in rows),
-            "cpu_min_mean": float(np.mean([r["cpu_min"] for r in rows])), "steps": rows[0]["steps"],
+            "cpu_min_mean": float(np.mean([r["cpu_min"] for r in rows if r["cpu_min"] is not None] or [np.nan])),
+            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])), "steps": rows[0]["steps"],
             "rollout_images": rows[0].get("rollout_images", 0), "seeds": len(rows)}
     plot(records, Path(args.plot))
     result = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "date": datetime.date.today().isoformat(),
-              "eval": {"captions": args.eval_captions, "seeds": args.eval_seeds}, "methods": summary}
+              "eval": {"caption_stride": args.eval_stride, "seeds": args.eval_seeds}, "methods": summary}
     print(json.dumps(result, indent=1))
     if args.results:
         from bench.results_section import replace_section
 
-        lines = ["| method | steps | rollouts | CPU-min | judge gain (mean +- std, seeds) | win rate | reward gain "
+        lines = ["| method | steps | rollouts | CPU-min (train s) | judge gain (mean +- std, seeds) | win rate | reward gain "
                  "| judge rises with reward |", "|---|---|---|---|---|---|---|---|"]
         for m, s in summary.items():
-            lines.append(f"| {m} | {s['steps']} | {s['rollout_images']} | {s['cpu_min_mean']:.1f} | "
+            lines.append(f"| {m} | {s['steps']} | {s['rollout_images']} | {s['cpu_min_mean']:.1f} ({s['train_seconds_mean']:.0f}) | "
                          f"{s['judge_gain_mean']:+.4f} +- {s['judge_gain_std']:.4f} ({s['seeds']}) | "
                          f"{s['win_rate_mean']:.1%} | {s['reward_gain_mean']:+.2f} | {s['judge_rises_with_reward']} |")
         body = (f"Machine: {result['machine']}, {result['date']}; `python bench/toy_online_quality.py "
-                f"--methods {args.methods} --seeds {args.seeds}`; judge on {args.eval_captions} held-out captions x "
+                f"--methods {args.methods} --seeds {args.seeds} --eval-stride {args.eval_stride}`; judge on "
+                f"{len(range(0, 108, args.eval_stride))} held-out captions x "
                 f"seeds {args.eval_seeds}; reward plot: bench/toy_online_reward.png.\n\n" + "\n".join(lines))
         replace_section(REPO / "bench" / "RESULTS.md", "toy_online_quality", body,
                         title="Online alignment in the toy world (issue 24)")
-    _ = resource
     return result
 
 
