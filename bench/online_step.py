@@ -24,6 +24,7 @@ Prints JSON: seconds of each phase on each side and the ratios (ours / theirs). 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -142,7 +143,8 @@ def mmalign_epoch(model_dir: Path, prompt_file: Path, out: Path, args) -> dict:
             "method.grpo.guidance_scale=4.5", "method.grpo.timestep_fraction=0.99", "method.grpo.clip_range=1e-4",
             "lora.rank=8", "lora.alpha=8", f"lora.target_modules=[{','.join(TARGETS)}]", "train.lr=1e-4",
             "train.log_every=1000", "toy_eval.enabled=false"]
-    summary = run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
+        summary = run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
     epoch = json.loads((out / "summary.json").read_text())["online_epochs"][0]
     rollout = epoch["rollout_seconds"]
     return {"rollout_and_score_s": rollout, "optimise_s": summary["train_seconds"] - rollout,
