@@ -173,22 +173,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/bench_toy_online")
     parser.add_argument("--plot", default=str(REPO / "bench" / "toy_online_reward.png"))
     parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
+    parser.add_argument("--only-done", action="store_true", help="report the finished runs only (train none)")
     args = parser.parse_args(argv)
     args.eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     jobs = [(m, s) for s in seeds for m in methods]  # seed-major: every method has a seed early
 
-    def run(job: tuple[str, int]) -> dict:
+    def run(job: tuple[str, int]) -> dict | None:
+        out = Path(args.out) / f"{job[0]}_seed{job[1]}"
+        if args.only_done and not (out / "pytorch_lora_weights.safetensors").is_file():
+            return None
         record = train(*job, args)
         record.update(judge(record["method"], record["seed"], args))
         print(json.dumps(record), flush=True)
         return record
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        records = list(pool.map(run, jobs))
+        records = [r for r in pool.map(run, jobs) if r is not None]
     summary = {}
     for method in methods:
         rows = [r for r in records if r["method"] == method]
+        if not rows:
+            continue
         gains = np.array([r["mean_gain"] for r in rows])
         summary[method] = {
             "judge_gain_mean": float(gains.mean()), "judge_gain_std": float(gains.std(ddof=1)) if len(rows) > 1 else 0.0,
@@ -211,6 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"| {m} | {s['steps']} | {s['rollout_images']} | {s['cpu_min_mean']:.1f} ({s['train_seconds_mean']:.0f}) | "
                          f"{s['judge_gain_mean']:+.4f} +- {s['judge_gain_std']:.4f} ({s['seeds']}) | "
                          f"{s['win_rate_mean']:.1%} | {s['reward_gain_mean']:+.2f} | {s['judge_rises_with_reward']} |")
+        lines += ["", "| run | judge gain +- paired SE | win rate (W/T/L) | reward gain (held-out) | training reward per "
+                  "epoch | zero-std fraction per epoch |", "|---|---|---|---|---|---|"]
+        for r in records:
+            lines.append(f"| {r['method']} seed {r['seed']} | {r['mean_gain']:+.4f} +- {r['gain_standard_error']:.4f} | "
+                         f"{r['win_rate']:.1%} ({r['wins']}/{r['ties']}/{r['losses']}) | {r['reward_gain']:+.2f} | "
+                         f"{', '.join(f'{v:.1f}' for v in r['reward_per_epoch']) or '-'} | "
+                         f"{', '.join(f'{v:.2f}' for v in r['zero_std_per_epoch']) or '-'} |")
         body = (f"Machine: {result['machine']}, {result['date']}; `python bench/toy_online_quality.py "
                 f"--methods {args.methods} --seeds {args.seeds} --eval-stride {args.eval_stride}`; judge on "
                 f"{len(range(0, 108, args.eval_stride))} held-out captions x "
