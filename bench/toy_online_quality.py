@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     jobs = [(m, s) for s in seeds for m in methods]  # seed-major: every method has a seed early
+    from diffusers import DiffusionPipeline  # noqa: F401  (once here: diffusers' lazy imports race in threads)
 
     def run(job: tuple[str, int]) -> dict | None:
         out = Path(args.out) / f"{job[0]}_seed{job[1]}"
