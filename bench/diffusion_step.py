@@ -130,6 +130,23 @@ def check_device(args: argparse.Namespace) -> torch.device:
 # Recipe objects
 
 
+def switched_yaml(base: Path, method: str) -> Path:
+    """``base`` as is, or a copy switched to ``method`` (mmalign.diffusion.registry.switch_method) in a temporary
+    folder."""
+    import tempfile
+
+    import yaml
+
+    from mmalign.diffusion.registry import switch_method
+
+    raw = yaml.safe_load(base.read_text())
+    if raw["method"]["name"] == method:
+        return base
+    out = Path(tempfile.mkdtemp(prefix="bench_config_")) / base.name
+    out.write_text(yaml.safe_dump(switch_method(raw, method), sort_keys=False))
+    return out
+
+
 def recipe_config(args: argparse.Namespace, arch: str, mode: str, method: str, baseline: bool = False):
     """The recipe's config for this configuration: the arch's DPO YAML (LoRA or ``_full``) + the benchmark's
     overrides; MaPO takes the method block of ``sdxl_mapo.yaml`` (the only MaPO recipe config)."""
@@ -146,13 +163,13 @@ def recipe_config(args: argparse.Namespace, arch: str, mode: str, method: str, b
         f"model.attention={'sdpa' if baseline else args.attention}",
         f"model.gradient_checkpointing={args.gradient_checkpointing}",
     ]
-    if method == "mapo":
+    if method == "mapo":  # the DPO YAML without what MaPO does not read (method.beta), then MaPO's own options
         mapo = load_config(DiffusionRecipeConfig, CONFIGS / "sdxl_mapo.yaml").method
-        overrides += ["method.name=mapo", f"method.beta={mapo.beta}", f"method.mapo.snr={mapo.mapo.snr}"]
+        overrides += [f"method.mapo.beta={mapo.mapo.beta}", f"method.mapo.snr={mapo.mapo.snr}"]
     overrides += list(args.overrides)
     if baseline:
         overrides.append("train.optimizer=adamw")
-    cfg = load_config(DiffusionRecipeConfig, base, overrides)
+    cfg = load_config(DiffusionRecipeConfig, switched_yaml(base, method), overrides)
     if str(cfg.train.mixed_precision).lower() == "false":  # YAML reads a bare `no` as false (as check_config)
         cfg.train.mixed_precision = "no"
     return cfg, base
@@ -434,7 +451,8 @@ def measure(args, device: torch.device, arch: str, mode: str, method: str, basel
         "tflops_per_s": round(tflops, 3), "mfu": round(tflops / args.peak_tflops, 5), "peak_tflops": args.peak_tflops,
         "steps": args.steps, "warmup": args.warmup, "baseline_eager_ref_copy": baseline,
         "setup": {**step.applied, "optimizer": cfg.train.optimizer, "max_grad_norm": cfg.train.max_grad_norm,
-                  "beta": cfg.method.beta, "lora_rank": cfg.lora.rank, "config": str(base.relative_to(REPO)),
+                  "beta": cfg.method.mapo.beta if method == "mapo" else cfg.method.beta,
+                  "lora_rank": cfg.lora.rank, "config": str(base.relative_to(REPO)),
                   "requested_attention": "sdpa" if baseline else args.attention},
         **environment(device),
     }

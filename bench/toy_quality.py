@@ -110,7 +110,12 @@ def train_one(spec: str, seed: int, args, out: Path) -> Path:
         f"train.seed={seed}", f"lora.rank={args.rank}", "validation.prompts=[]", f"output_dir={run_dir}",
         "train.progress_bar=false", "train.log_every=50", "toy_eval.enabled=false",  # evaluated below instead
     ] + _flatten("method.", block) + variant_overrides
-    cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / "toy_dpo.yaml"), *overrides]
+    from mmalign.diffusion.registry import switch_method  # toy_dpo.yaml without what the method does not read
+
+    base = out / "configs" / f"toy_dpo_as_{method}.yaml"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.write_text(yaml.safe_dump(switch_method(yaml.safe_load((CONFIGS / "toy_dpo.yaml").read_text()), method)))
+    cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(base), *overrides]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = run_dir.parent / f"{run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ POSIX filesystems). Older checkpoints beyond ``keep`` are deleted after the new 
 
 Contents (written by :meth:`accelerate.Accelerator.save_state` plus our hooks):
 ``trainable.safetensors`` (only parameters with ``requires_grad``: LoRA checkpoints stay small),
-optimizer / scheduler / RNG states, and ``trainer_state.json``: the loop's counters, :class:`LoopState` (the one
-schema of that file, written by :func:`save_loop_state` and read back by :func:`load_loop_state`).
+optimizer / scheduler / RNG states, ``trainer_state.json``: the loop's counters, :class:`LoopState` (the one
+schema of that file, written by :func:`save_loop_state` and read back by :func:`load_loop_state`), and
+``run_config.json``: the recipe config of the run that wrote it (what :mod:`mmalign.resume_check` compares a resumed
+config with before any model loads).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmalign.config_error import ConfigError
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "trainer_state.json"
+RUN_CONFIG_FILE = "run_config.json"
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
@@ -59,7 +64,8 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
         return latest_checkpoint(output_dir)
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"train.resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+        hint = f"; its newest is {latest_checkpoint(path)}" if latest_checkpoint(path) else ""
+        raise ConfigError(f"train.resume: {path} is not a complete checkpoint (no {STATE_FILE}){hint}")
     return path
 
 
@@ -71,8 +77,29 @@ def save_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:
     save_file(trainable_state_dict(model), str(Path(folder) / TRAINABLE_FILE))
 
 
+def check_trainable_file(folder: str | os.PathLike) -> None:
+    """``ConfigError`` naming ``<folder>/trainable.safetensors`` when it is not a safetensors file (reads the header
+    only; a missing file is not checked here: sharded checkpoints have none)."""
+    path = Path(folder) / TRAINABLE_FILE
+    if path.is_file():
+        check_safetensors_file(path, "the checkpoint is damaged: use another checkpoint")
+
+
+def check_safetensors_file(path: str | os.PathLike, advice: str = "the file is damaged") -> None:
+    """``ConfigError`` naming ``path`` when its header is not a safetensors header (nothing but the header is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # SafetensorError (header too large / invalid) or OSError: the file is not usable
+        raise ConfigError(f"{path} is not a safetensors file ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                          f"{advice}") from None
+
+
 def load_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:
-    """Load the trainable parameters saved by :func:`save_trainable`; every one must be present."""
+    """Load the trainable parameters saved by :func:`save_trainable`; every one must be present, in its shape."""
+    check_trainable_file(folder)
     state = load_file(str(Path(folder) / TRAINABLE_FILE))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -82,6 +109,12 @@ def load_trainable(model: torch.nn.Module, folder: str | os.PathLike) -> None:
         raise RuntimeError(
             f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    wrong = [(n, tuple(v.shape), tuple(params[n].shape)) for n, v in state.items() if v.shape != params[n].shape]
+    if wrong:
+        name, saved, now = wrong[0]
+        raise RuntimeError(f"checkpoint {folder} does not match the model: {name} has shape {saved} in the "
+                           f"checkpoint and {now} in the model ({len(wrong)} parameters differ; a different LoRA "
+                           "rank or model?)")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value.to(params[name].dtype))
@@ -153,6 +186,12 @@ def save_loop_state(folder: str | os.PathLike, state: LoopState) -> None:
 
 def load_loop_state(folder: str | os.PathLike) -> LoopState:
     return LoopState.from_dict(read_state(folder), source=str(Path(folder) / STATE_FILE))
+
+
+def save_run_config(folder: str | os.PathLike, run_config: dict[str, Any]) -> None:
+    """``run_config.json``: the recipe config of the run (read back by :mod:`mmalign.resume_check`)."""
+    with open(Path(folder) / RUN_CONFIG_FILE, "w", encoding="utf-8") as fh:
+        json.dump(run_config, fh, indent=2, default=str)
 
 
 def temp_path(output_dir: str | os.PathLike, step: int) -> Path:

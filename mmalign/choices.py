@@ -1,7 +1,7 @@
 """The choice vocabularies config schemas check values against, in a module that imports nothing heavy.
 
 The modules that implement the choices (torch code) import them from here, so a schema such as
-:mod:`mmalign.mllm.video_config` validates ``method.loss_type`` without importing torch.
+:mod:`mmalign.mllm.video.config` validates ``method.loss_type`` without importing torch.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ REFERENCE_FREE_KINDS = ("simpo", "orpo")
 """Pairwise preference losses on the policy's log-probs alone."""
 PREFERENCE_KINDS = REFERENCE_KINDS + REFERENCE_FREE_KINDS
 
-VIDEO_METHODS = ("sft", "dpo", "vdpo", "rrpo")
-"""``method.name`` of ``recipes/video.py`` (``mmalign.data.video_rows.METHODS``, which a test keeps equal)."""
 
 ON_BAD_ROW = ("skip", "error")
 """``data.on_bad_row`` of every recipe: skip and count the row (up to ``data.max_bad_fraction``) or stop on it

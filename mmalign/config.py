@@ -107,6 +107,7 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
             raise ConfigError(_yaml_error(path, exc)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        _refuse_nul(data, str(path))
         data = _rename_yaml_keys(schema_cls, data, overrides, str(path))
         _migrate(schema_cls, data, str(path))
         try:
@@ -115,11 +116,16 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
             raise ConfigError(f"{path}: {exc}") from None
         merged = _merge(merged, OmegaConf.create(data), source=str(path))
         given.update(_flatten(data))
+    for item in overrides:
+        _refuse_nul(item, "command line")
     context = _with_overrides(OmegaConf.to_container(merged), overrides)  # what renames may depend on
+    config_lora = OmegaConf.to_container(merged).get("lora")  # before the command line: rank_override_note
+    cli_keys: set[str] = set()
     for raw_item in parse_overrides(overrides):
         for item in _migrate_override(schema_cls, _rename_override(schema_cls, raw_item, context)):
             key = item.split("=", 1)[0]
             given.add(key)
+            cli_keys.add(key)
             _check_key_path(schema_cls, key, merged)
             try:  # OmegaConf.update per item: list entries (stages.0.data=...) are assigned in place
                 merged.merge_with_dotlist([item])
@@ -138,7 +144,36 @@ def load_config(schema_cls: type[T], path: str | os.PathLike | None = None, over
     check_values(obj)  # ranges and choices registered by the schema modules (mmalign.validate)
     if (check_given := getattr(schema_cls, "check_given", None)) is not None:
         check_given(obj, given)  # e.g. options of another method than method.name
+    _note_lora_scale(config_lora, obj, cli_keys)
     return obj  # type: ignore[return-value]
+
+
+def _note_lora_scale(config_lora: Any, obj: Any, cli_keys: set[str]) -> None:
+    """Print :func:`mmalign.lora_config.rank_override_note` when a command-line rank changes the LoRA scale."""
+    from mmalign.lora_config import LoraConfig, rank_override_note
+
+    lora = getattr(obj, "lora", None)
+    if not isinstance(lora, LoraConfig) or not isinstance(config_lora, dict) or "lora.rank" not in cli_keys:
+        return
+    note = rank_override_note(config_lora.get("rank"), config_lora.get("alpha"), lora, "lora.alpha" in cli_keys)
+    if note:
+        import sys
+
+        print(note, file=sys.stderr)
+
+
+def _refuse_nul(value: Any, source: str, key: str = "") -> None:
+    """A NUL character fits no path or name (``open`` raises "embedded null byte" deep in a run): refuse it here."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_nul(k, source, key)
+            _refuse_nul(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_nul(v, source, f"{key}.{i}")
+    elif isinstance(value, str) and "\x00" in value:
+        where = f"config key '{key}'" if key else f"'{value.split('=', 1)[0]}'"
+        raise ConfigError(f"{source}: {where} contains a NUL character, which no path or name can hold: {value!r}")
 
 
 def _renamer(schema_cls: type) -> RenameFn | None:
@@ -161,7 +196,7 @@ def _migrate_override(schema_cls: type, item: str) -> list[str]:
     key, value = item.split("=", 1)
     data: dict = {}
     try:
-        parsed = yaml.safe_load(value) if value else value
+        parsed = yaml.load(value, Loader=_BoundedSafeLoader) if value else value
     except yaml.YAMLError:
         parsed = value
     _put(data, key, parsed, overwrite=True)
@@ -270,8 +305,58 @@ def _rename_override(schema_cls: type, item: str, context: dict) -> str:
     return f"{new}={value}"
 
 
-class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key repeated in one mapping (plain safe_load keeps the last)."""
+MAX_YAML_NODES = 100_000
+"""The most nodes a config may hold with every alias expanded. A config is a few hundred; nested aliases (an
+"alias bomb": 1.7 KB expanding to billions of nodes) would otherwise exhaust memory in the deep copies of OmegaConf."""
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand past :data:`MAX_YAML_NODES` nodes, or that
+    refers to itself, before any Python object is built (composing keeps an alias as one shared node: linear)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, self.name)
+        return super().construct_document(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Size of ``root`` with aliases expanded (memoised per shared node, so linear in the file), capped."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_YAML_NODES:
+                line = node.start_mark.line + 1
+                raise ConfigError(
+                    f"{source}: line {line}: the YAML expands to more than {MAX_YAML_NODES} values through nested "
+                    "aliases (&anchor / *alias); refused (a config holds a few hundred: an alias bomb?)")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError(f"{source}: line {node.start_mark.line + 1}: a YAML alias refers to a value that "
+                              "contains it (a recursive structure); refused")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+class _UniqueKeySafeLoader(_BoundedSafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping (plain safe_load keeps the last) and alias
+    bombs (:class:`_BoundedSafeLoader`)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()

@@ -3,7 +3,8 @@
 torch's zip writer reports a full disk as ``basic_ios::clear: iostream error`` or ``unexpected pos ...`` and
 safetensors as an ``OSError`` deep in Rust; :func:`writing` turns all of them into :class:`DiskFullError`, naming
 the file or folder being written and what survives. A write error with an errno of ENOSPC / EDQUOT anywhere in
-its chain is a full disk; a torch stream error counts as one when the filesystem has less than
+its chain is a full disk; EFBIG (the process's file size limit, ``ulimit -f``: Python ignores SIGXFSZ) counts as
+one (a smaller write may still fit); a torch stream error counts as one when the filesystem has less than
 :data:`LOW_SPACE_BYTES` free afterwards.
 """
 
@@ -23,6 +24,9 @@ _STREAM_MESSAGES = ("iostream error", "unexpected pos", "file write failed", "no
 class DiskFullError(OSError):
     """The disk filled up while writing; the message names the path and what is left to recover from."""
 
+    path: str | None = None
+    """The file or folder being written."""
+
 
 def free_bytes(path: str | os.PathLike) -> int | None:
     probe = Path(path)
@@ -39,7 +43,7 @@ def is_disk_full(exc: BaseException, path: str | os.PathLike) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return True
         text = str(current).lower()
         if "no space left" in text or "disk quota exceeded" in text:
@@ -50,6 +54,18 @@ def is_disk_full(exc: BaseException, path: str | os.PathLike) -> bool:
                 return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def reason(exc: BaseException) -> str:
+    """What filled up, in words: the disk, or the file size limit of the process (``ulimit -f``: EFBIG)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.EFBIG:
+            return "file size limit reached (ulimit -f)"
+        current = current.__cause__ or current.__context__
+    return "no space left on device"
 
 
 @contextmanager
@@ -66,5 +82,7 @@ def writing(path: str | os.PathLike, survivor: Callable[[], str], cleanup: Calla
         if cleanup is not None:
             cleanup()
         if is_disk_full(exc, path):
-            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}; {survivor()}") from exc
+            error = DiskFullError(errno.ENOSPC, f"{reason(exc)} while writing {path}; {survivor()}")
+            error.path = str(path)
+            raise error from exc
         raise

@@ -15,14 +15,22 @@ from mmalign.validate import OneOf, Range, register
 
 ALL_LINEAR = "all-linear"
 """``target_modules: [all-linear]``: every ``nn.Linear`` of the language model (lm_head and, unless the vision side
-is trained, the vision tower and projector excluded): :func:`mmalign.mllm.vlm_model.lora_target_modules`."""
+is trained, the vision tower and projector excluded): :func:`mmalign.mllm.model.lora_target_modules`."""
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 """The diffusion default: the UNet's attention projections (the diffusers DPO scripts)."""
 
 
 @dataclass
 class LoraConfig:
-    """The ``lora:`` block (peft ``LoraConfig``)."""
+    """The ``lora:`` block (peft ``LoraConfig``).
+
+    The rank / alpha rule is peft's (and so TRL's, diffusers'): ``alpha`` is its own setting and does not follow
+    ``rank``; the adapter's output is scaled by ``alpha / rank``. A ``lora.rank=<r>`` override on the command line
+    therefore changes the scale whenever the config sets an ``alpha`` (``qwen25vl_rrpo``: rank 128, alpha 256 is a
+    scale of 2; ``lora.rank=8`` alone makes it 32). :func:`rank_override_note` says so when a config loads, and
+    names the ``lora.alpha`` that keeps the config's scale. With ``alpha: null`` the alpha is the rank (scale 1 at
+    every rank, the diffusers DPO scripts' choice).
+    """
 
     rank: int = 8
     """LoRA rank; 0 means full fine-tuning (reference = a frozen copy of the initial weights)."""
@@ -52,6 +60,22 @@ class LoraConfig:
         if value is None:
             raise ValueError(f"lora.init must be gaussian or true, got '{self.init}'")
         return value
+
+
+def rank_override_note(config_rank: int, config_alpha: float | None, lora: LoraConfig,
+                       alpha_overridden: bool) -> str | None:
+    """The note printed when a command-line ``lora.rank`` changes the LoRA scale ``alpha / rank`` of the config
+    (``config_rank`` / ``config_alpha``: the values before the command-line overrides); ``None`` when the scale
+    stays (alpha null, full fine-tuning, rank unchanged, or ``lora.alpha`` given on the command line too)."""
+    if alpha_overridden or lora.alpha is None or lora.rank == config_rank or 0 in (lora.rank, config_rank):
+        return None
+    before = (config_alpha if config_alpha is not None else config_rank) / config_rank
+    after = lora.alpha / lora.rank
+    if before == after:
+        return None
+    return (f"NOTE: lora.rank={lora.rank} (the config says {config_rank}) keeps lora.alpha={lora.alpha:g}, so the "
+            f"LoRA scale alpha/rank changes from {before:g} to {after:g} (peft's rule: alpha does not follow the "
+            f"rank); add lora.alpha={before * lora.rank:g} to keep the scale {before:g}")
 
 
 def diffusion_lora(**overrides: Any) -> LoraConfig:

@@ -45,11 +45,19 @@ def explained_faults() -> tuple[type[BaseException], ...]:
 
 def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
     """Run ``main(argv)`` (default ``sys.argv[1:]``), then end the process group; return the exit code."""
+    from mmalign import keep_weights
+    from mmalign.interrupt import StopAfterTraining
     from mmalign.train import finish_distributed
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        main(argv)
+        try:
+            main(argv)
+        except (KeyboardInterrupt, StopAfterTraining) as exc:  # between the loop and the export (keep_weights)
+            if (kept := keep_weights.pending()) is None:
+                raise
+            raise kept.failure(StopAfterTraining(getattr(exc, "signal_name", "SIGINT")), "the recipe's last steps"
+                               ) from exc
     except bad_input_errors() as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         return BAD_INPUT_EXIT
@@ -78,9 +86,12 @@ def run_recipe_file(recipe: str | os.PathLike, argv: list[str]) -> Any:
     follow each other; exceptions propagate (no exit codes: that is :func:`run_recipe`)."""
     import runpy
 
+    from mmalign import keep_weights
+
     main = runpy.run_path(str(recipe))["main"]
     reset_accelerate_state()
     try:
         return main(argv)
     finally:
+        keep_weights.forget()  # the run is over: do not hold its model
         reset_accelerate_state()

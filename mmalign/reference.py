@@ -91,8 +91,17 @@ class ReferenceProvider:
     @classmethod
     def for_training(cls, model: Any, use_lora: bool, needs_reference: bool, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> ReferenceProvider:
-        """LoRA → adapters disabled; full fine-tune → frozen copy (on ``device``, cast to ``dtype``); no reference →
-        none."""
+        """LoRA → adapters disabled; full fine-tune → frozen copy (on ``device``, cast to ``dtype`` when given); no
+        reference → none.
+
+        The recipes pass no ``dtype``: the frozen copy stays at the policy's own dtype (float32 trainable weights under
+        mixed precision) and runs under the same autocast context as the policy, so at step 0 policy and reference are
+        the same computation and give identical scores in every precision mode (pairwise losses start at exactly
+        log 2; issue 27). Casting the copy to the bf16/fp16 compute dtype instead (the official DiffusionDPO
+        ``ref_unet``) halves its memory but lets the reference's rounding enter the loss (step-0 loss 0.7273 / 0.8437
+        instead of 0.6931 for ``sd15_dpo_full`` without autocast): the loss would then measure the rounding, not the
+        policy's change. The price: the copy takes 4 bytes per parameter instead of 2 (about 10% of full
+        fine-tuning's AdamW memory: fp32 weights + gradients + two moments are 16 bytes per parameter)."""
         if not needs_reference:
             return cls("none")
         if use_lora:

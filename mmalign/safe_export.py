@@ -1,22 +1,26 @@
-"""An export that fails keeps the trained weights: a checkpoint to re-export from, and a message that says so.
+"""An export that fails keeps the trained weights: written where they fit, and a message that says where.
 
     out = export_or_keep_checkpoint(lambda: export_trained(...), accelerator, cfg.train, output_dir, summary)
 
 Without periodic checkpoints (the default ``train.checkpoint_every: 0``) the weights exist only in memory after
-training; a full disk or any other error while exporting would lose the run. On failure the final step's
-checkpoint is written (unless it exists) and :class:`ExportFailedError` names it and the ``mmalign export``
-command that finishes the job. Single-process runs only write it here (a checkpoint write is collective); a
-distributed recipe's non-main ranks have already moved on, so there the error only names the latest checkpoint.
+training; a full disk, a Ctrl-C (SIGINT / SIGTERM / SIGHUP raise at once during the export) or any other error while
+exporting would lose the run. On failure the weights of :func:`mmalign.train.train`'s last run are written by
+:mod:`mmalign.keep_weights` (the final step's checkpoint; when that does not fit, the trainable weights alone, in the
+output folder or on another filesystem) and :class:`ExportFailedError` (a full disk: ``DiskFullError``; a signal:
+``TrainingInterrupted``, exit 130) names them and the ``mmalign export`` command that finishes the job.
+Single-process runs write the checkpoint (a checkpoint write is collective); in a distributed run the main process
+writes the trainable weights.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from mmalign import checkpoint as ckpt
+from mmalign import keep_weights
+from mmalign.disk_errors import DiskFullError
 
 T = TypeVar("T")
 
@@ -25,22 +29,24 @@ class ExportFailedError(RuntimeError):
     """Exporting the trained model failed; the message names the checkpoint that keeps the weights."""
 
 
+class ExportDiskFullError(DiskFullError, ExportFailedError):
+    """The disk filled up during the export (both a full disk and a failed export)."""
+
+
 def export_or_keep_checkpoint(export: Callable[[], T], accelerator: Any, train_cfg: Any,
                               output_dir: str | os.PathLike, summary: dict[str, Any]) -> T:
-    from mmalign.train import save_final_checkpoint
+    kept = keep_weights.pending()
+    if kept is None:  # not after train() in this process: the weights of the summary's step, from this model-less call
+        kept = _from_summary(accelerator, train_cfg, output_dir, summary)
+    with kept.during("the export"):
+        out = export()
+    keep_weights.forget()  # exported: nothing left only in memory
+    return out
 
-    try:
-        return export()
-    except Exception as exc:
-        if accelerator.num_processes == 1:
-            kept: Path | None = save_final_checkpoint(accelerator, train_cfg, output_dir, summary)
-        else:
-            kept = ckpt.latest_checkpoint(output_dir)
-        reason = f"{type(exc).__name__}: {exc}"
-        if kept is None:
-            raise ExportFailedError(f"export to {output_dir} failed ({reason}); no checkpoint holds the weights") from exc
-        raise ExportFailedError(
-            f"export to {output_dir} failed ({reason}); the trained weights are kept in checkpoint {kept}; "
-            f"re-export with `mmalign export {kept} --out {output_dir}` (diffusion), or run the same command with "
-            "train.resume=latest (it resumes at the last step and exports)"
-        ) from exc
+
+def _from_summary(accelerator: Any, train_cfg: Any, output_dir: str | os.PathLike,
+                  summary: dict[str, Any]) -> keep_weights.KeptWeights:
+    from pathlib import Path
+
+    state = ckpt.LoopState.from_dict(summary["trainer_state"], source="summary trainer_state")
+    return keep_weights.KeptWeights(accelerator, train_cfg, Path(output_dir), state, model=None)

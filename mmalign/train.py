@@ -34,6 +34,7 @@ from mmalign import checkpoint as ckpt
 from mmalign import disk_errors
 from mmalign.config import ConfigError
 from mmalign.interrupt import StopRequest, TrainingInterrupted
+from mmalign.keep_weights import KeptWeights
 from mmalign.run_lock import lock_run_folder
 from mmalign.train_config import LR_SCHEDULERS, OPTIMIZER_EXTRAS, OPTIMIZERS, TrainConfig
 from mmalign.validate import check_values
@@ -194,12 +195,16 @@ def train(
     check_values(cfg, "train.")  # ConfigError naming the key (load_config already checked recipe configs)
     accelerator = accelerator or make_accelerator(cfg, output_dir)
     run = _prepare(cfg, accelerator, Path(output_dir), model, dataset, collate_fn, sample_weights)
+    run.run_config = run_config  # recorded in every checkpoint (run_config.json: what mmalign.resume_check compares)
     _resume(run)
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("mmalign", config=_flat_hparams(run_config or {}))
     meter, validation = _Meter(cfg.max_steps, run.state.step, cfg.progress_bar and accelerator.is_local_main_process), {}
     run.model.train()
-    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 (mmalign.interrupt)
+    kept = KeptWeights(accelerator, cfg, run.output_dir, run.state, accelerator.unwrap_model(run.model))
+    # Ctrl-C / SIGTERM / SIGHUP: finish the step, checkpoint, exit 130 (mmalign.interrupt); a full disk anywhere
+    # in the loop: the weights are written in the largest form that fits, and the error says where (keep_weights)
+    with StopRequest() as stop, kept.during("training", signals=False, any_error=False):
         for batch in _micro_batches(run):
             with accelerator.accumulate(run.model):
                 _micro_step(run, meter, step_fn, batch)
@@ -216,11 +221,13 @@ def train(
             if step >= cfg.max_steps:
                 break
     meter.progress.close()
-    if cfg.checkpoint_at_end and not run.checkpoint_due():
-        run.save()
-    if validate_fn is not None:
-        validation = _run_validation(accelerator, run.model, validate_fn, run.state.step)
-    return _finish(run, meter, validation)
+    kept.register()  # the weights are in memory only: the export keeps them (mmalign.safe_export)
+    with kept.during("the end of training (final checkpoint, validation, summary)"):  # Ctrl-C / full disk / error
+        if cfg.checkpoint_at_end and not run.checkpoint_due():
+            run.save()
+        if validate_fn is not None:
+            validation = _run_validation(accelerator, run.model, validate_fn, run.state.step)
+        return _finish(run, meter, validation)
 
 
 @dataclass
@@ -239,13 +246,15 @@ class _Run:
     sampler: EpochSampler
     loader_rng: torch.Generator
     state: ckpt.LoopState
+    run_config: dict[str, Any] | None = None
 
     def checkpoint_due(self) -> bool:
         """Whether ``checkpoint_every`` writes a checkpoint at the current step."""
         return bool(self.cfg.checkpoint_every) and self.state.step % self.cfg.checkpoint_every == 0
 
     def save(self) -> None:
-        _write_checkpoint(self.accelerator, self.output_dir, self.state.step, self.cfg.keep_checkpoints, self.state)
+        _write_checkpoint(self.accelerator, self.output_dir, self.state.step, self.cfg.keep_checkpoints, self.state,
+                          self.run_config)
 
 
 @dataclass
@@ -575,7 +584,7 @@ def _load_hook(model: torch.nn.Module, models: list, folder: str) -> None:
 
 
 def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int,
-                      state: ckpt.LoopState) -> None:
+                      state: ckpt.LoopState, run_config: dict[str, Any] | None = None) -> None:
     tmp = ckpt.temp_path(output_dir, step)
 
     def survivor() -> str:
@@ -589,6 +598,8 @@ def _write_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, kee
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt.save_loop_state(tmp, state)
+            if run_config is not None:
+                ckpt.save_run_config(tmp, run_config)
             ckpt.commit(output_dir, step, keep)
         accelerator.wait_for_everyone()
 

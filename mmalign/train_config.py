@@ -1,7 +1,7 @@
 """The ``train:`` block of every recipe config (:class:`TrainConfig`) and its value checks.
 
 A module of its own that imports no heavy library (no torch, transformers, accelerate), so the config schemas
-(:mod:`mmalign.mllm.vlm_config`, :mod:`mmalign.mllm.video_config`, :mod:`mmalign.diffusion.config`) load in a
+(:mod:`mmalign.mllm.vlm.config`, :mod:`mmalign.mllm.video.config`, :mod:`mmalign.diffusion.config`) load in a
 fraction of a second: ``mmalign <command> --help`` and config errors come before any model import.
 :mod:`mmalign.train` re-exports everything here.
 """

@@ -1,6 +1,6 @@
 """The one ``unwrap``: the bare module under DDP / DeepSpeed / accelerate (``.module``) and torch.compile
 (``._orig_mod``) wrappers. peft wrappers are kept (their adapter switches are what a reference needs); use
-:func:`mmalign.mllm.vlm_forward.base_model` for the transformers model under a peft model."""
+:func:`mmalign.mllm.forward.base_model` for the transformers model under a peft model."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from mmalign.diffusion.reference import unwrap
 from mmalign.diffusion.registry import method_spec
 from mmalign.diffusion.validation import load_validation_scorer, render_grid
 from mmalign.recipe_entry import run_recipe
+from mmalign.resume_check import check_resume
 from mmalign.run_lock import lock_run_folder
 from mmalign.safe_export import export_or_keep_checkpoint
 from mmalign.testing.placeholders import resolve_placeholders
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(DiffusionRecipeConfig, config_path, overrides)
     normalize_config(cfg)
     output_dir = Path(cfg.output_dir)
+    check_resume(cfg, output_dir)  # train.resume: the checkpoint's files and recorded shape keys, before anything
     if note := lock_run_folder(output_dir):  # one run per output folder, before anything is written there
         print(f"NOTE: {note}")
     accelerator = make_accelerator(cfg.train, output_dir)

@@ -6,7 +6,7 @@ Steps: parse and check the config (before any model loads) → load model and pr
 method → the shared training loop → export → toy metric → summary.json. With ``stages`` the run is a curriculum
 (TEMPLE): each stage merges the previous LoRA, starts a fresh one (so the reference resets to the previous stage's
 policy) and trains on its own file; finished stages are skipped on restart. Formulas: ``spec/vlm_video_objectives.md``
-§2 (RRPO), §3 (TEMPLE), §7 (VDPO); code in :mod:`mmalign.objectives.rrpo`, :mod:`mmalign.mllm.video_steps`.
+§2 (RRPO), §3 (TEMPLE), §7 (VDPO); code in :mod:`mmalign.objectives.rrpo`, :mod:`mmalign.mllm.video.steps`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from mmalign.config import load_config, to_dict
-from mmalign.mllm.curriculum import fresh_adapter, run_stages
-from mmalign.mllm.video_batch import VideoRowCollator
-from mmalign.mllm.video_build import (
+from mmalign.mllm.video.batch import VideoRowCollator
+from mmalign.mllm.video.build import (
     build_dataset,
     build_reference,
     build_step,
@@ -31,8 +31,10 @@ from mmalign.mllm.video_build import (
     lora_for,
     stage_train_config,
 )
-from mmalign.mllm.video_config import StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.config import StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.curriculum import fresh_adapter, run_stages
 from mmalign.recipe_entry import run_recipe
+from mmalign.resume_check import check_resume
 from mmalign.run_lock import lock_run_folder
 from mmalign.testing.placeholders import resolve_placeholders
 from mmalign.toy.video_eval import toy_accuracy
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(VideoRecipeConfig, args.config, overrides)
     check_inputs(cfg)
     output_dir = Path(cfg.output_dir)
+    check_resume(cfg, output_dir)  # train.resume: the checkpoint's files and recorded shape keys, before anything
     if note := lock_run_folder(output_dir):  # one run per output folder
         print(f"NOTE: {note}")
     accelerator = make_accelerator(cfg.train, output_dir)
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             accelerator.print(f"NOTE: {note}")
 
     # 2. Model and processor (pad token set, dropout off), the collator, the toy metric of the base.
+    set_seed(cfg.train.seed)  # before any random initialisation: two launches give the same weights
     model, processor = load_video_llm(cfg.model)
     collate = VideoRowCollator(processor, cfg.data.max_length)
     acc_before = toy_accuracy(cfg, model, processor)

@@ -4,7 +4,7 @@
 
 Reads top to bottom: config → model + processor (LoRA or full fine-tuning, vision side frozen) → rows →
 collator → step function (policy/reference scores → mmalign.objectives) → the shared training loop → export
-(peft adapter folder, optionally merged). Formulas: mmalign/mllm/vlm_objective.py.
+(peft adapter folder, optionally merged). Formulas: mmalign/mllm/vlm/objective.py.
 """
 
 from __future__ import annotations
@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import os
 
+from accelerate.utils import set_seed
+
 from mmalign.config import load_config, require_paths, to_dict
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.vlm_rows import VLMPreferenceDataset
 from mmalign.mllm.export import merge_adapter_folder, save_trained
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-from mmalign.mllm.vlm_config import VLMRecipeConfig
-from mmalign.mllm.vlm_model import load_vlm, prepare_policy
-from mmalign.mllm.vlm_objective import check_method, needs_reference, preference_step, vlm_method
+from mmalign.mllm.model import load_vlm, prepare_policy
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+from mmalign.mllm.vlm.config import VLMRecipeConfig
+from mmalign.mllm.vlm.objective import check_method, needs_reference, preference_step, vlm_method
 from mmalign.recipe_entry import run_recipe
+from mmalign.resume_check import check_resume
 from mmalign.run_lock import lock_run_folder
 from mmalign.safe_export import export_or_keep_checkpoint
 from mmalign.train import make_accelerator, train, write_summary
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
     method = cfg.method
     check_method(method)
-    spec = vlm_method(method.name)  # what the method needs of the data: mmalign/mllm/vlm_objective.py METHODS
+    spec = vlm_method(method.name)  # what the method needs of the data: mmalign/mllm/vlm/objective.py METHODS
+    check_resume(cfg, cfg.output_dir)  # train.resume: the checkpoint's files and recorded shape keys
     if note := lock_run_folder(cfg.output_dir):  # one run per output folder
         print(f"NOTE: {note}")
 
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_batch_fits(len(dataset), cfg.train.batch_size, int(os.environ.get("WORLD_SIZE", "1")), "rows")
 
     # 3. Model: LoRA (reference = adapters off) or full fine-tuning (reference = frozen copy).
+    set_seed(cfg.train.seed)  # before any random initialisation (LoRA A): two launches give the same weights
     model, processor = load_vlm(cfg.model)
     policy, ref_model = prepare_policy(model, cfg.model, cfg.lora, needs_reference=needs_reference(method))
     share_features = method.share_vision_features and cfg.model.freeze_vision

@@ -1,4 +1,5 @@
-"""Text-to-image preference scorers behind one API (HPSv2/HPSv2.1, PickScore, CLIPScore, LAION aesthetic, toy).
+"""Text-to-image preference scorers behind one API (HPSv2/HPSv2.1, PickScore, CLIPScore, LAION aesthetic, ImageReward,
+HPSv3, VLM judges, toy).
 
 >>> import scorers
 >>> s = scorers.load_scorer("hpsv2.1", checkpoint="/models/HPS_v2.1_compressed.pt", device="cuda", autocast="bf16")

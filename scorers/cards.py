@@ -31,13 +31,14 @@ import yaml
 CARD_DIR = Path(__file__).parent / "cards"
 SECTIONS = ("backbone", "preprocess", "text", "formula", "checkpoint")
 _CHOICES = {
-    "backbone": ("open_clip", "hf_clip"),
+    "backbone": ("open_clip", "hf_clip", "blip", "qwen2_vl", "image_text_to_text"),
     "resize": ("longest", "shortest"),
     "resize_on": ("pil", "tensor"),
     "crop_offset": ("floor", "round"),
-    "head": ("cosine", "aesthetic_mlp"),
+    "head": ("cosine", "aesthetic_mlp", "imagereward_mlp", "hpsv3_ranknet", "vlm_answer"),
     "scale_kind": ("constant", "logit_scale"),
-    "layout": ("open_clip_state_dict", "hf_clip_folder", "aesthetic_mlp"),
+    "layout": ("open_clip_state_dict", "hf_clip_folder", "aesthetic_mlp", "imagereward_state_dict", "hpsv3_state_dict",
+               "hf_vlm_folder"),
 }
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -52,7 +53,9 @@ class ScorerCard:
     scale: str = ""
     """Documented output scale of ``score()``."""
     backbone: str = "open_clip"
-    """``open_clip`` (open_clip ``CLIP``) or ``hf_clip`` (transformers ``CLIPModel``)."""
+    """``open_clip`` (open_clip ``CLIP``), ``hf_clip`` (transformers ``CLIPModel``), ``blip`` (ImageReward:
+    transformers ``BlipVisionModel`` + ``BlipTextModel``), ``qwen2_vl`` (HPSv3: transformers ``Qwen2VLModel`` + the
+    reward head) or ``image_text_to_text`` (VLM judge: any checkpoint ``mmalign.mllm`` loads)."""
     arch: Any = None
     """open_clip model name or config dict; for ``hf_clip`` a ``CLIPConfig`` dict (None: from the checkpoint)."""
     quick_gelu: bool = False
@@ -89,6 +92,27 @@ class ScorerCard:
     """Hub reference used when no checkpoint is given (``org/repo`` folder or ``org/repo/file``)."""
     backbone_checkpoint: str | None = None
     """Separate CLIP backbone checkpoint (aesthetic: the CLIP ViT-L/14 under the MLP head)."""
+    tokenizer: str | None = None
+    """Tokenizer folder or hub id (ImageReward: the ``bert-base-uncased`` tokenizer, plus BLIP's two added tokens)."""
+    max_length: int | None = None
+    """Text length the tokenizer pads / truncates to (ImageReward: 35)."""
+    reward_mean: float | None = None
+    """Reward standardisation: ``score = (head - reward_mean) / reward_std`` (ImageReward's constants)."""
+    reward_std: float | None = None
+    """See ``reward_mean``."""
+    pixels: int | None = None
+    """HPSv3: every image is resized (Qwen2-VL smart resize, factor 28) to about this many pixels (min = max)."""
+    question: str | None = None
+    """VLM judge: the user question, with ``{prompt}`` where the image's prompt goes (one image)."""
+    answers: tuple[str, ...] | None = None
+    """VLM judge: the answer strings whose log-probabilities are read (``[Yes, No]`` or ``[1, ..., 10]``)."""
+    answer_values: tuple[float, ...] | None = None
+    """VLM judge: the value of each answer; ``score = sum_a value_a p(a) / sum_a p(a)`` over ``answers``."""
+    pair_question: str | None = None
+    """VLM judge pairwise mode: a question about two images (first, second) with ``{prompt}``; ``pair_answers``
+    name the first and the second image."""
+    pair_answers: tuple[str, ...] | None = None
+    """VLM judge pairwise mode: ``[answer meaning the first image, answer meaning the second]``."""
     extra: dict = field(default_factory=dict)
     """Free-form notes (ignored by code)."""
 
@@ -130,6 +154,11 @@ def _validate(values: dict, source: str) -> dict:
             values[key] = tuple(float(v) for v in values[key])
     if "image_size" in values:
         values["image_size"] = int(values["image_size"])
+    for key in ("answers", "pair_answers"):
+        if values.get(key) is not None:
+            values[key] = tuple(str(v) for v in values[key])
+    if values.get("answer_values") is not None:
+        values["answer_values"] = tuple(float(v) for v in values["answer_values"])
     return values
 
 

@@ -107,8 +107,11 @@ def read_folder_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]
                             "or a sharded *.index.json)")
 
 
-def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str | Path, limit: int = 5) -> None:
-    """``load_state_dict`` that fails on missing/unexpected keys or shape mismatches, naming the first ones."""
+def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str | Path, limit: int = 5, *,
+                assign: bool = False) -> None:
+    """``load_state_dict`` that fails on missing/unexpected keys or shape mismatches, naming the first ones.
+
+    ``assign``: the checkpoint tensors become the parameters (for a module built on the meta device)."""
     expected = {k: v for k, v in module.state_dict().items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
     given = {k: v for k, v in sd.items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
     missing = [k for k in expected if k not in given]
@@ -125,4 +128,4 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str | Pa
             lines.append(f"  {len(shapes)} shape mismatch(es), first: {shapes[:limit]}")
         lines.append("  (wrong scorer name, wrong arch override, or a checkpoint of another layout?)")
         raise ValueError("\n".join(lines))
-    module.load_state_dict(given, strict=False)
+    module.load_state_dict(given, strict=False, assign=assign)

@@ -40,6 +40,20 @@ def run_diffusion_recipe(config: str, model_dir: str | os.PathLike, data_path: s
     return run_recipe_file(REPO / "recipes" / "diffusion.py", argv)
 
 
+def switched_config(config: str, method: str, out_dir: str | os.PathLike) -> str:
+    """A copy of ``recipes/configs/diffusion/<config>`` switched to ``method`` (what the old method read and the new
+    one does not dropped: :func:`mmalign.diffusion.registry.switch_method`), written under ``out_dir``."""
+    import yaml
+
+    from mmalign.diffusion.registry import switch_method
+
+    raw = yaml.safe_load((REPO / "recipes" / "configs" / "diffusion" / config).read_text())
+    path = Path(out_dir) / f"{method}_from_{config}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(switch_method(raw, method), sort_keys=False))
+    return str(path)
+
+
 def perturb_lora(model: Any, *, scale: float, seed: int) -> None:
     """Set every ``lora_B`` of ``model`` to seeded ``N(0, scale^2)`` noise: a "trained" adapter, so the policy
     differs from its adapters-off reference (LoRA starts with B = 0)."""

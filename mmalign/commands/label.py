@@ -7,7 +7,11 @@ ensemble). Steps:
    per prompt, so a run is reproducible and prompts are independent of batching).
 2. Every scorer scores every image; each scorer's scores are normalised **within the K candidates of a prompt**
    (``--normalize zscore`` default, ``rank`` or ``none``; see :mod:`scorers.ensemble`) and averaged.
-3. Written to ``--out`` (alias ``--output``):
+3. Written to ``--out`` (alias ``--output``) as the run goes: after each batch of prompts its images (``images/``,
+   PNG named by content) and one row per prompt (raw per-scorer scores) in ``label_progress.jsonl``. An interrupted
+   run (Ctrl-C: exit 130) keeps what it finished; the same command again continues from it, batch by batch as an
+   uninterrupted run, so the results are identical (other generation or scorer settings in the same ``--out`` are
+   refused; ``--normalize`` and ``--pairs`` only shape the files below and may change). At the end:
    * ``ranked.jsonl`` (+ ``images/``): ``{"prompt", "images", "scores"}`` with ``scores`` = ensemble scores, plus
      ``scorer_scores`` (raw per-scorer scores) — read with ``load_preference_data(path, "ranked")``;
    * ``pairs.parquet``: Pick-a-Pic v2 schema (``caption, jpg_0, jpg_1, label_0, ...``) — ``--pairs best-worst``
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 NAME = "label"
@@ -63,8 +68,9 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def generate(pipe, prompts: list[str], k: int, args) -> list[list]:
-    """K PIL images per prompt (prompt-major), one generator per image seeded from the prompt's index."""
+def generate(pipe, prompts: list[str], k: int, args, offset: int = 0) -> list[list]:
+    """K PIL images per prompt (prompt-major), one generator per image seeded from the prompt's index (``offset``:
+    the index of ``prompts[0]`` in the prompts file)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -72,11 +78,11 @@ def generate(pipe, prompts: list[str], k: int, args) -> list[list]:
 
     out: list[list] = []
     step = max(1, args.prompts_per_batch)
-    for start in tqdm(range(0, len(prompts), step), desc="generate", unit="batch"):
+    for start in tqdm(range(0, len(prompts), step), desc="generate", unit="batch", disable=len(prompts) <= step):
         chunk = prompts[start : start + step]
         generators = []
         for i in range(len(chunk)):
-            g = torch.Generator(device="cpu").manual_seed(args.seed + start + i)
+            g = torch.Generator(device="cpu").manual_seed(args.seed + offset + start + i)
             generators.extend([g] * k)  # one stream per prompt: draws for its K images come from it in order
         kwargs = {"height": args.height, "width": args.width} if args.height or args.width else {}
         images = generate_images(pipe, chunk, num_images_per_prompt=k, num_inference_steps=args.steps,
@@ -104,6 +110,69 @@ def make_pairs(prompt: str, images: list, scores: list[float], mode: str) -> lis
     return rows
 
 
+PROGRESS_FILE = "label_progress.jsonl"
+"""Written as the run goes: a header line (the settings that decide the images and scores), then one line per
+finished prompt (its image files and raw per-scorer scores). A rerun with the same settings continues from it."""
+INTERRUPTED_EXIT = 130
+
+
+def progress_settings(args: argparse.Namespace, prompts: list[str], device: str) -> dict:
+    """What decides a prompt's images and raw scores (``--normalize`` / ``--pairs`` only shape the final files)."""
+    import hashlib
+
+    return {"pipeline": str(args.pipeline), "prompts_sha1": hashlib.sha1("\n".join(prompts).encode()).hexdigest(),
+            "prompts": len(prompts), "per_prompt": args.per_prompt, "seed": args.seed, "steps": args.steps,
+            "guidance_scale": args.guidance_scale, "height": args.height, "width": args.width,
+            "pipeline_dtype": args.pipeline_dtype, "prompts_per_batch": max(1, args.prompts_per_batch),
+            "scorer": args.scorer, "scorer_arg": sorted(args.scorer_arg), "checkpoint": args.checkpoint,
+            "dtype": args.dtype, "autocast": args.autocast, "batch_size": args.batch_size, "device": device}
+
+
+def read_progress(path: Path, settings: dict) -> dict[int, dict]:
+    """The finished prompts of an earlier run into the same ``--out`` (``{}`` when there is none); a run with other
+    settings is refused (its images would not be the ones these arguments make)."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        header = {}
+    if header.get("settings") != settings:
+        theirs = header.get("settings") or {}
+        changed = sorted(k for k in set(theirs) | set(settings) if theirs.get(k) != settings.get(k))
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} now" for k in changed[:4])
+        raise ValueError(f"--out {path.parent} holds a labelling run with other settings ({detail or 'unreadable'}); "
+                         f"rerun with the same arguments to continue it, or choose another --out")
+    done: dict[int, dict] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines):  # the last line of a killed run, half written: that prompt is redone
+                break
+            raise ValueError(f"{path}: line {number} is not valid JSON") from None
+        if all((path.parent / image).is_file() for image in row["images"]):
+            done[int(row["index"])] = row
+    return done
+
+
+def _save_png(image, folder: Path, root: Path) -> str:
+    """``image`` as ``<folder>/<content key>.png`` (atomic); its path relative to ``root``."""
+    import os
+
+    from mmalign.data import image_key
+    from mmalign.data.images import encode_image
+
+    data = encode_image(image, "PNG")
+    target = folder / f"{image_key(data)}.png"
+    if not target.is_file():
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return os.path.relpath(target, root)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from diffusers import DiffusionPipeline
@@ -122,28 +191,49 @@ def run(args: argparse.Namespace) -> int:
     from scorers.devices import resolve_device
 
     device = torch.device(resolve_device(args.device))
-    pipe = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.pipeline_dtype))
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    k = args.per_prompt
-    images = generate(pipe, prompts, k, args)
-    del pipe
+    k, step = args.per_prompt, max(1, args.prompts_per_batch)
+    settings = progress_settings(args, prompts, str(device))
+    progress_path = out_dir / PROGRESS_FILE
+    done = read_progress(progress_path, settings)  # before loading the pipeline: a mismatch fails fast
+    if done:
+        print(f"resuming: {len(done)}/{len(prompts)} prompts already labelled in {progress_path}", file=sys.stderr)
+    todo = [start for start in range(0, len(prompts), step)
+            if any(i not in done for i in range(start, min(start + step, len(prompts))))]
+    if todo:
+        image_dir = out_dir / "images"
+        image_dir.mkdir(exist_ok=True)
+        pipe = DiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=getattr(torch, args.pipeline_dtype))
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        import os
 
-    flat_images = [im for group in images for im in group]
-    flat_prompts = [p for p in prompts for _ in range(k)]
-    per_scorer = {}
-    for name, scorer in scorer_map.items():
-        texts = flat_prompts if scorer.needs_text else None
-        per_scorer[name] = scorer.score(flat_images, texts, batch_size=args.batch_size).view(len(prompts), k)
+        from tqdm.auto import tqdm
+
+        tmp = progress_path.with_name(progress_path.name + ".tmp")  # rewritten whole: drops a half-written line
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in [{"settings": settings}, *map(done.get, sorted(done))]),
+                       encoding="utf-8")
+        os.replace(tmp, progress_path)
+        with open(progress_path, "a", encoding="utf-8") as fh:
+            try:
+                for start in tqdm(todo, desc="label", unit="batch"):  # the batches of an uninterrupted run
+                    _label_batch(pipe, prompts, start, step, k, args, scorer_map, image_dir, out_dir, done, fh)
+            except KeyboardInterrupt:
+                print(f"mmalign label: interrupted after {len(done)}/{len(prompts)} prompts; their images and rows "
+                      f"are kept in {progress_path}: run the same command again to continue", file=sys.stderr)
+                return INTERRUPTED_EXIT
+        del pipe
+
+    rows = [done[i] for i in range(len(prompts))]
+    per_scorer = {name: torch.tensor([row["scorer_scores"][name] for row in rows], dtype=torch.float32)
+                  for name in scorer_map}
     ensemble = ensemble_scores(per_scorer, args.normalize)
-
     ranked_rows, pair_rows = [], []
-    for p, prompt in enumerate(prompts):
+    for p, row in enumerate(rows):
         scores = [float(x) for x in ensemble[p]]
-        ranked_rows.append({"prompt": prompt, "images": images[p], "scores": scores,
-                            "scorer_scores": {n: [float(x) for x in v[p]] for n, v in per_scorer.items()},
-                            "seed": args.seed + p})
-        pair_rows.extend(make_pairs(prompt, images[p], scores, args.pairs))
+        images = [str(out_dir / image) for image in row["images"]]
+        ranked_rows.append({"prompt": row["prompt"], "images": images, "scores": scores,
+                            "scorer_scores": row["scorer_scores"], "seed": row["seed"]})
+        pair_rows.extend(make_pairs(row["prompt"], images, scores, args.pairs))
     ranked_path = write_ranked_jsonl(ranked_rows, out_dir / "ranked.jsonl")
     pairs_path = write_pickapic_parquet(pair_rows, out_dir / "pairs.parquet")
     summary = {
@@ -156,3 +246,26 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "label_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
+
+
+def _label_batch(pipe, prompts: list[str], start: int, step: int, k: int, args, scorer_map: dict, image_dir: Path,
+                 out_dir: Path, done: dict[int, dict], fh) -> None:
+    """Generate and score one batch of prompts; write its images, then append one row per prompt (fsync'ed)."""
+    import os
+
+    chunk = prompts[start : start + step]
+    images = generate(pipe, chunk, k, args, offset=start)  # one pipeline call: len(chunk) <= prompts_per_batch
+    flat = [im for group in images for im in group]
+    texts = [p for p in chunk for _ in range(k)]
+    scores = {name: scorer.score(flat, texts if scorer.needs_text else None,
+                                 batch_size=args.batch_size).view(len(chunk), k).tolist()
+              for name, scorer in scorer_map.items()}
+    for j, prompt in enumerate(chunk):
+        index = start + j
+        row = {"index": index, "prompt": prompt, "seed": args.seed + index,
+               "images": [_save_png(im, image_dir, out_dir) for im in images[j]],
+               "scorer_scores": {name: [float(x) for x in values[j]] for name, values in scores.items()}}
+        fh.write(json.dumps(row) + "\n")
+        done[index] = row
+    fh.flush()
+    os.fsync(fh.fileno())

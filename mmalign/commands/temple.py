@@ -3,7 +3,7 @@
     mmalign temple make-pairs --model <dir> --videos <dir|list> --out <dir>
 
 Writes ``pairs_r{16,8,4,2}.jsonl`` (the curriculum's stage files, ms-swift rows) and ``report.json`` (kept and
-filtered counts) into ``--out``. See :mod:`mmalign.mllm.temple_pairs` for the filters and the row format.
+filtered counts) into ``--out``. See :mod:`mmalign.mllm.video.temple_pairs` for the filters and the row format.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmalign.mllm.temple_pairs import PairFilter, make_pairs, write_pairs
-    from mmalign.mllm.video_io import VideoSampling, list_videos, read_videos
+    from mmalign.data.video_io import VideoSampling, list_videos, read_videos
+    from mmalign.mllm.video.temple_pairs import PairFilter, make_pairs, write_pairs
 
     paths = list_videos(args.videos)
     if not paths:
@@ -116,12 +116,12 @@ def _closing(out: str, n_videos: int, skipped, report) -> str:
 
 
 def _load(model: str, trust_remote_code: bool, out: str):
-    """The one loader (:func:`mmalign.mllm.vlm_model.load_vlm`) in inference mode, the checkpoint's own dtype
+    """The one loader (:func:`mmalign.mllm.model.load_vlm`) in inference mode, the checkpoint's own dtype
     (``tiny:<family>``: saved under ``<out>/tiny_inputs`` first, as the recipes do)."""
     from pathlib import Path
 
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.mllm.model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
     from mmalign.testing.placeholders import PREFIX, tiny_model_folder
 
     if model.startswith(PREFIX):

@@ -32,17 +32,26 @@ skips (:func:`collate_skipping` + :class:`SkipCounter`, or :meth:`PreferenceData
 ``ds.summary()``. ``mmalign check-data <path>`` runs all checks from the command line.
 """
 
-from mmalign.data.dataset import PreferenceDataset, ScanReport, load_preference_data
-from mmalign.data.errors import BadSample, DataFormatError, TooManyBadSamplesError
-from mmalign.data.images import DEFAULT_MIN_IMAGE_SIZE, decode_image, image_key, to_rgb
-from mmalign.data.skipping import SkipCounter, collate_skipping
-from mmalign.data.writers import (
-    write_pairs_jsonl,
-    write_parquet_rows,
-    write_pickapic_parquet,
-    write_ranked_jsonl,
-    write_unpaired_jsonl,
-)
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "PreferenceDataset": "dataset", "ScanReport": "dataset", "load_preference_data": "dataset",
+    "BadSample": "errors", "DataFormatError": "errors", "TooManyBadSamplesError": "errors",
+    "DEFAULT_MIN_IMAGE_SIZE": "images", "decode_image": "images", "image_key": "images", "to_rgb": "images",
+    "SkipCounter": "skipping", "collate_skipping": "skipping",
+    "write_pairs_jsonl": "writers", "write_parquet_rows": "writers", "write_pickapic_parquet": "writers",
+    "write_ranked_jsonl": "writers", "write_unpaired_jsonl": "writers",
+}
+"""Names of the package face and their modules, imported on first use: the light modules of this package (video
+sampling options, row readers) load without torch for the config schemas."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mmalign.data' has no attribute {name!r}")
+    return getattr(import_module(f"mmalign.data.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "DEFAULT_MIN_IMAGE_SIZE",

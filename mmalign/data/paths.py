@@ -23,6 +23,8 @@ class DataPathError(ValueError):
 
 def resolve_inside(ref: str | os.PathLike, root: str | os.PathLike, allow_outside: bool = False) -> Path:
     """``root / ref`` (or ``ref`` if absolute), checked to stay inside ``root`` after following symlinks."""
+    if "\x00" in os.fspath(ref):
+        raise DataPathError(f"{os.fspath(ref)!r} contains a NUL character, which no file name can hold")
     root = Path(root).expanduser()
     path = Path(ref).expanduser()
     path = path if path.is_absolute() else root / path
@@ -41,6 +43,8 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE
     """The bytes of a regular file of at most ``max_bytes``; :class:`DataPathError` otherwise (never blocks)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO does not wait for a writer
+    except ValueError as exc:  # a NUL character in the name
+        raise DataPathError(f"cannot read {os.fspath(path)!r} ({exc})") from exc
     except OSError as exc:
         raise DataPathError(f"cannot read {path} ({type(exc).__name__}: {exc.strerror or exc})") from exc
     try:

@@ -121,7 +121,7 @@ _MISSING = object()
 def jsonl_source(path: Path, name: str) -> RowsSource:
     """A jsonl file, one JSON object per line; blank lines are ignored (line numbers stay true)."""
     rows, lines = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f):
             if not line.strip():
                 continue
@@ -140,7 +140,7 @@ def csv_source(path: Path, name: str) -> RowsSource:
     """A csv file with a header line (Diffusion-KTO's ``file_path, caption, label``); all values are strings;
     a field missing from a short line is reported as missing."""
     rows, lines = [], []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, restval=_MISSING)
         start = 1
         for record in reader:

@@ -1,5 +1,5 @@
 """Video QA / preference rows: the jsonl readers of ``recipes/video.py`` (what one training item holds is
-:class:`mmalign.mllm.video_dataset.VideoPreferenceDataset`).
+:class:`mmalign.mllm.video.dataset.VideoPreferenceDataset`).
 
 Accepted jsonl row formats (one JSON object a line; the video path is resolved against ``video_root`` or, by
 default, the jsonl file's folder):
@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("sft", "dpo", "vdpo", "rrpo")
 _PLACEHOLDERS = ("<video>", "<image>")
 
 

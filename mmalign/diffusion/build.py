@@ -145,9 +145,10 @@ def training_set(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: Diffusio
 def sampling_weights(cfg: DiffusionRecipeConfig, train_set) -> list[float] | None:
     """Per-example sampling weights for the loop's sampler: Diffusion-KTO's desirable ratio
     (``method.kto.positive_ratio``, :mod:`mmalign.diffusion.kto_sampling`), else None (a permutation per epoch)."""
-    if cfg.method.name != "kto" or cfg.method.kto.positive_ratio is None:
+    ratio = getattr(getattr(cfg.method, cfg.method.name, None), "positive_ratio", None)  # an option of kto's
+    if ratio is None:
         return None
-    return positive_ratio_weights(training_labels(train_set), cfg.method.kto.positive_ratio)
+    return positive_ratio_weights(training_labels(train_set), ratio)
 
 
 def prebuild_cache(cfg: DiffusionRecipeConfig, kind: str, dataset, parts: DiffusionParts, device,
@@ -184,7 +185,8 @@ def prepare_unet(cfg: DiffusionRecipeConfig, parts: DiffusionParts, accelerator,
                 p.data = p.data.float()
     else:
         unet.to(device).requires_grad_(True)
-    reference = ReferenceProvider.for_training(unet, use_lora, needs_reference, weight_dtype).to(device)
+    # Full fine-tuning: the frozen copy keeps the policy's dtype (not weight_dtype), see ReferenceProvider.for_training
+    reference = ReferenceProvider.for_training(unet, use_lora, needs_reference).to(device)
     vae_dtype = torch.float32 if cfg.model.vae_dtype == "float32" else weight_dtype
     parts.vae.to(device, vae_dtype)
     for encoder in parts.text_encoders:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmalign import disk_errors
 from mmalign.diffusion.adapter import DiffusionParts
 from mmalign.diffusion.cache_check import safetensors_intact
 
@@ -123,5 +124,10 @@ class LatentTextCache:
             dtype = self.dtype if v.is_floating_point() and name != "time_ids" else v.dtype
             return v.detach().to("cpu", dtype).contiguous()
 
-        save_file({k: cast(k, v) for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        def survivor() -> str:
+            return (f"nothing trained is lost (the cache only saves re-encoding); free space under {self.root} or "
+                    "set data.cache_dir to a disk with room")
+
+        with disk_errors.writing(tmp, survivor, cleanup=lambda: tmp.unlink(missing_ok=True)):
+            save_file({k: cast(k, v) for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, path)

@@ -21,6 +21,7 @@ from mmalign.diffusion.registry import (
     MethodConfig,
     check_method_keys,
     chosen_sections,
+    migrate_method_values,
     renamed_method_key,
 )
 from mmalign.lora_config import LoraConfig, diffusion_lora
@@ -170,10 +171,9 @@ class DiffusionRecipeConfig:
         """A plain dict of the config with only the chosen method's options section (the saved run config)."""
         from dataclasses import asdict
 
-        out = asdict(self)
-        out["method"] = chosen_sections(out["method"])
+        out = chosen_sections(asdict(self))
         if REGISTRY[self.method.name].data != ONLINE_KIND:
-            del out["reward"]
+            out.pop("reward", None)  # offline methods read no reward block
         return out
 
     @staticmethod
@@ -181,6 +181,11 @@ class DiffusionRecipeConfig:
         """Keys renamed in the one-core release (read for one release): the pre-registry ``method.*`` keys
         (``method.loss_type`` → ``method.dpo.loss_type``, ...: registry.py) and ``data.max_skip_fraction``."""
         return renamed_method_key(key, raw) or {"data.max_skip_fraction": "data.max_bad_fraction"}.get(key)
+
+    @staticmethod
+    def migrate(raw: dict) -> list[tuple[str, str]]:
+        """Old values: ``method.beta`` of a MaPO / KTO YAML → ``method.<name>.beta`` (registry.py)."""
+        return migrate_method_values(raw)
 
     @staticmethod
     def check_given(cfg: DiffusionRecipeConfig, given: set[str]) -> None:
@@ -198,17 +203,20 @@ class DiffusionRecipeConfig:
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
+MAX_RESOLUTION = 4096
+"""Twice the largest native size of the supported models (FLUX.1: 2048); ``data.resolution=100000`` asked the VAE for
+a 10^10-pixel image (MemoryError after minutes)."""
 _FRACTION = Range(0, 1)
 _DTYPES = OneOf("float32", "float16", "bfloat16")
 register(ModelConfig, prediction_type=OneOf("epsilon", "v_prediction", "flow"),
          attention=OneOf("sdpa", "xformers", "auto"), vae_dtype=OneOf("float32", "float16", "bfloat16", "weight"),
          weighting_scheme=OneOf("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"),
          logit_std=Range(0, low_open=True), guidance=Range(0), max_sequence_length=Range(1))
-register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, multiple=8),
+register(DataConfig, kind=OneOf(*DATA_KINDS), resolution=Range(8, MAX_RESOLUTION, multiple=8),
          cache_dtype=_DTYPES, latent_sample=OneOf("sample", "mean"), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=_FRACTION,
          limit=Range(1))
 register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0), seed=Range(0),
-         height=Range(8, multiple=8))
+         height=Range(8, MAX_RESOLUTION, multiple=8))
 register(ExportConfig, ema_decay=_FRACTION)
 register(ToyEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
          batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))

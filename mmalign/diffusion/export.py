@@ -80,7 +80,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     from diffusers import DiffusionPipeline
 
     run_dir, ckpt_dir = _find_run(Path(checkpoint))
-    cfg = load_config(DiffusionRecipeConfig, run_dir / RUN_CONFIG)
+    recorded = ckpt_dir / ckpt.RUN_CONFIG_FILE if ckpt_dir is not None else None
+    # the config the checkpoint was trained with (a later launch into the same folder may have rewritten RUN_CONFIG)
+    cfg = load_config(DiffusionRecipeConfig, recorded if recorded and recorded.is_file() else run_dir / RUN_CONFIG)
+    if ckpt_dir is not None:
+        ckpt.check_trainable_file(ckpt_dir)  # one line naming the file, before the base pipeline loads
     from mmalign.diffusion.adapter import pipeline_load_kwargs
 
     pipe = DiffusionPipeline.from_pretrained(cfg.model.pretrained, **pipeline_load_kwargs(cfg.model.pretrained))

@@ -14,11 +14,12 @@ method     what the step does (spec section; official code)
 dpo        pairs ``[w; l]``, shared t and noise; ``preference_loss(loss_type)`` (§1; SalesforceAIResearch/
            DiffusionDPO ``train.py``; hinge/ipo as the diffusers script's ``--loss_type``)
 sft        winners only, independent t and noise; ``mean(e_w)`` (§1, official ``--sft``)
-mapo       pairs, shared t and noise, no reference; ``mapo_loss`` (§2; mapo-t2i/mapo ``utils.compute_loss``)
+mapo       pairs, shared t and noise, no reference; ``mapo_loss`` with ``method.mapo.beta`` (§2; mapo-t2i/mapo
+           ``utils.compute_loss``)
 dcpo       dpo whose winner and loser carry their own captions (§6; sahsaeedi/DCPO-T2I ``dcpo_trainer.py``)
 rankdpo    k ranked images per prompt, shared t and noise per prompt; ``rankdpo_loss`` (§7, paper Alg. 2)
 kto        unpaired images, independent t and noise; ``kto_loss`` with z0 = clamp(mean(rho), 0) over the batch
-           (§8.1; jacklishufan/diffusion-kto ``train_kto_sd_v1.5.py``). ``method.beta`` is Diffusion-KTO's
+           (§8.1; jacklishufan/diffusion-kto ``train_kto_sd_v1.5.py``). ``method.kto.beta`` is Diffusion-KTO's
            ``beta_dpo`` on ``g = e_ref - e``; with scores ``-e/2`` that is ``beta = 2 * beta_dpo`` for the core.
 smpo       pairs, shared t, ReNoise-inversion noise, beta * kappa per pair (§3; ``steps/smpo.py``)
 inpo       pairs, shared t, DDIM-inversion noise (§4; ``steps/inpo.py``)

@@ -30,6 +30,7 @@ from mmalign.diffusion.noise_config import NoiseConfig
 from mmalign.diffusion.online.options import GrpoOptions, OnlineDpoOptions
 from mmalign.diffusion.ppd.config import PpdConfig
 from mmalign.diffusion.smpo_config import SmpoConfig
+from mmalign.method_registry import MethodSpecBase, check_given_keys, chosen_view, method_spec_of, sections
 from mmalign.validate import OneOf, Range, register, register_check
 
 SHARED_KEYS = ("beta", "timestep_weight", "empty_prompt_prob", "sdxl_time_ids")
@@ -53,9 +54,25 @@ class DpoOptions:
 
 
 @dataclass
+class SftOptions:
+    """Diffusion-SFT (``method.sft.*``)."""
+
+    precondition_outputs: bool = False
+    """Flow families (SD3, FLUX) only: the EDM output preconditioning of diffusers' ``train_dreambooth_lora_sd3.py``
+    (``--precondition_outputs``, its default 1): the prediction ``x_t - sigma * v`` against ``x0``, i.e. each
+    sample's velocity error weighted by ``sigma^2``. Default false (= that script with ``--precondition_outputs 0``,
+    and diffusers' FLUX script, which has no such option): SFT is the baseline of the preference methods, so it
+    trains the same per-sample velocity error every flow objective here is built on (flow_grpo's
+    ``train_sd3_dpo.py``). True reproduces the SD3 DreamBooth script's loss."""
+
+
+@dataclass
 class MapoOptions:
     """MaPO (``method.mapo.*``)."""
 
+    beta: float = 0.1
+    """``beta_mapo``, the weight of the margin term against the SFT term (official ``mapo-t2i/mapo`` argparse
+    ``--beta_mapo`` default 0.1; not a temperature, so not ``method.beta``)."""
     snr: float = 0.5
     """``s`` in the bounded link g_s(l) = s*l / (exp(s*l) - 1) (official ``--mapo_snr``... ``snr_value`` 0.5)."""
 
@@ -72,6 +89,10 @@ class RankDpoOptions:
 class KtoOptions:
     """Diffusion-KTO (``method.kto.*``)."""
 
+    beta: float = 1000.0
+    """Diffusion-KTO's ``beta_dpo`` on ``g = e_ref - e`` (official ``jacklishufan/diffusion-kto``
+    ``train_kto_sd_v1.5.py`` argparse default 1000); the step uses ``2 * beta`` on the scores ``-e/2``. Its own
+    key: it is not the DPO temperature of ``method.beta`` (same number, different scale)."""
     lambda_desirable: float = 1.0
     lambda_undesirable: float = 1.0
     positive_ratio: float | None = None
@@ -95,8 +116,9 @@ class MethodConfig:
     name: str = "dpo"
     """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo | ppd | grpo | online_dpo (the registry below)."""
     beta: float = 5000.0
-    """DPO-family temperature (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1), MaPO beta (0.1),
-    KTO beta (1000)."""
+    """The preference temperature of the DPO family (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1)
+    and of the methods built on it (RankDPO, SmPO, InPO, PPD). MaPO's margin weight and KTO's weight are other
+    quantities: ``method.mapo.beta`` / ``method.kto.beta``."""
     timestep_weight: str = "none"
     """Per-timestep weight omega(t) multiplying the per-sample error: none (official, 1) | snr_inverse."""
     empty_prompt_prob: float = 0.0
@@ -104,6 +126,7 @@ class MethodConfig:
     sdxl_time_ids: str = "constant"
     """SDXL micro-conditioning: constant [res,res,0,0,res,res] (official DPO) | original (image size + crop)."""
     dpo: DpoOptions = field(default_factory=DpoOptions)
+    sft: SftOptions = field(default_factory=SftOptions)
     dcpo: DpoOptions = field(default_factory=DpoOptions)
     mapo: MapoOptions = field(default_factory=MapoOptions)
     rankdpo: RankDpoOptions = field(default_factory=RankDpoOptions)
@@ -120,8 +143,8 @@ class MethodConfig:
 
 
 @dataclass
-class MethodSpec:
-    """One diffusion method (see the module docstring)."""
+class MethodSpec(MethodSpecBase):
+    """One diffusion method (see the module docstring; the key policy's fields: :mod:`mmalign.method_registry`)."""
 
     name: str
     data: str
@@ -137,6 +160,8 @@ class MethodSpec:
     """Whether the step runs on the flow-matching families (SD3, FLUX); False for steps written for DDPM UNets
     (inversion noise providers, UNet user cross-attention)."""
     summary: str = ""
+    ignores: tuple[str, ...] = ()
+    """Top-level blocks the method does not read (PPD: ``lora``); setting one is a ConfigError."""
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The callable of hook ``name`` (``step``, ``prepare``, ``training_set``, ``setup_model``, ``export``),
@@ -158,15 +183,15 @@ _ONLINE = "mmalign.diffusion.online"
 REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("dpo", "pairs", True, f"{_STEPS}.dpo:dpo_step", DpoOptions,
                summary="Diffusion-DPO: pairs, shared t and noise (Wallace et al. 2024)"),
-    MethodSpec("sft", "pairs", False, f"{_STEPS}.sft:sft_step", uses=SHARED_KEYS[1:],
+    MethodSpec("sft", "pairs", False, f"{_STEPS}.sft:sft_step", SftOptions, uses=SHARED_KEYS[1:],
                summary="Diffusion-SFT: the denoising loss on winners only"),
-    MethodSpec("mapo", "pairs", False, f"{_STEPS}.mapo:mapo_step", MapoOptions,
+    MethodSpec("mapo", "pairs", False, f"{_STEPS}.mapo:mapo_step", MapoOptions, uses=SHARED_KEYS[1:],
                summary="MaPO: reference-free margin-aware preference optimisation (Hong et al. 2024)"),
     MethodSpec("dcpo", "pairs", True, f"{_STEPS}.dpo:dpo_step", DpoOptions,
                summary="DCPO: Diffusion-DPO with per-side captions (DCPO-T2I)"),
     MethodSpec("rankdpo", "ranked", True, f"{_STEPS}.rankdpo:rankdpo_step", RankDpoOptions,
                summary="RankDPO: k ranked images per prompt, DCG-weighted pairwise DPO (Karthik et al. 2025)"),
-    MethodSpec("kto", "unpaired", True, f"{_STEPS}.kto:kto_step", KtoOptions,
+    MethodSpec("kto", "unpaired", True, f"{_STEPS}.kto:kto_step", KtoOptions, uses=SHARED_KEYS[1:],
                summary="Diffusion-KTO: unpaired desirable / undesirable images (Li et al. 2024)"),
     MethodSpec("smpo", "pairs", True, f"{_STEPS}.smpo:smpo_step", SmpoConfig,
                prepare="mmalign.diffusion.soft_labels:prepare_soft_labels", flow_matching=False,
@@ -176,6 +201,7 @@ REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("ppd", "pairs", True, "mmalign.diffusion.ppd.step:ppd_step", PpdConfig,
                uses=("beta", "empty_prompt_prob", "sdxl_time_ids"), training_set=f"{_PPD}:ppd_training_set",
                setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export", flow_matching=False,
+               ignores=("lora",),
                summary="PPD: personalised DPO with user-conditioned cross-attention (Dang et al. 2025)"),
     MethodSpec("grpo", "prompts", True, f"{_ONLINE}.grpo_step:grpo_step", GrpoOptions, uses=("sdxl_time_ids",),
                training_set=f"{_ONLINE}.setup:online_training_set",
@@ -193,59 +219,50 @@ ONLINE_KIND = "prompts"
 
 def method_spec(name: str) -> MethodSpec:
     """The entry of ``name``; a ConfigError naming ``method.name`` and the registered methods otherwise."""
-    if name not in REGISTRY:
-        raise ConfigError(f"config key 'method.name': unknown method '{name}' ({', '.join(METHODS)})")
-    return REGISTRY[name]
+    return method_spec_of(REGISTRY, name)  # type: ignore[return-value]
 
 
 def option_sections() -> dict[str, type]:
     """``{section: options dataclass}`` — the ``method.<name>`` sections of :class:`MethodConfig`."""
-    return {m.name: m.options for m in REGISTRY.values() if m.options is not None}
+    return sections(REGISTRY)
 
 
 def check_method_keys(method: MethodConfig, given: set[str]) -> None:
-    """Options the user set (dotted keys of the YAML and the overrides) that ``method.name`` would silently ignore
-    are a ConfigError naming the key and the methods that read it: a key of another method's section
-    ``method.<other>.*`` or a shared key the method does not read. A key left at its default changes nothing and
-    is accepted, so one base YAML can serve several methods (``sd15_dpo.yaml method.name=mapo``)."""
-    spec = method_spec(method.name)
-    sections = option_sections()
-    for key in sorted(given):
-        parts = key.split(".")
-        if parts[0] != "method" or len(parts) < 2 or not _differs_from_default(method, parts[1:]):
-            continue
-        option = parts[1]
-        if option in sections and option != spec.name:
-            raise ConfigError(f"config key '{key}' is an option of method '{option}', but method.name is "
-                              f"'{spec.name}' (its options: {_section_hint(spec.name)})")
-        if option in SHARED_KEYS and option not in spec.uses:
-            users = ", ".join(m.name for m in REGISTRY.values() if option in m.uses)
-            raise ConfigError(f"config key '{key}' does not apply to method '{spec.name}' (read by: {users})")
+    """Keys the user set (dotted keys of the YAML and the overrides) that ``method.name`` does not read are a
+    ConfigError naming the key and the method (:func:`mmalign.method_registry.check_given_keys`): a key of another
+    method's section, a shared key it does not read (``sd15_dpo.yaml method.name=mapo``: ``method.beta`` is the
+    DPO temperature, MaPO's weight is ``method.mapo.beta``), a block it ignores (PPD: ``lora``)."""
+    check_given_keys(REGISTRY, method.name, given, SHARED_KEYS)
 
 
-def _differs_from_default(method: MethodConfig, path: list[str]) -> bool:
-    value, default = method, MethodConfig()
-    for part in path:
-        if not hasattr(value, part):
-            return True
-        value, default = getattr(value, part), getattr(default, part, None)
-    return value != default
+def chosen_sections(config: dict) -> dict:
+    """A plain recipe config mapping with only what its method reads (no other method's section, no unread shared
+    key, no ignored block): what a saved run config holds, so that it loads again under :func:`check_method_keys`."""
+    return chosen_view(REGISTRY, config, SHARED_KEYS)
 
 
-def chosen_sections(method: dict) -> dict:
-    """A ``method`` mapping (of :class:`MethodConfig`) without the sections of the methods not chosen: what a saved
-    run config holds, so that it loads again under :func:`check_method_keys`."""
-    sections = option_sections()
-    return {k: v for k, v in method.items() if k not in sections or k == method.get("name")}
+def switch_method(config: dict, name: str) -> dict:
+    """A plain recipe config mapping (a YAML's) switched to method ``name``: what the old method read and the new
+    one does not is dropped (``sd15_dpo.yaml``'s ``beta`` for ``mapo``), so it loads under :func:`check_method_keys`
+    (benchmarks and tests that run one YAML with several methods)."""
+    return chosen_sections({**config, "method": {**(config.get("method") or {}), "name": name}})
 
 
-def _section_hint(name: str) -> str:
-    options = REGISTRY[name].options
-    if options is None:
-        return "none"
-    from dataclasses import fields
-
-    return ", ".join(f"method.{name}.{f.name}" for f in fields(options))
+def migrate_method_values(raw: dict) -> list[tuple[str, str]]:
+    """Old spelling of a YAML written for MaPO or KTO: ``method.beta`` was their weight (``name: mapo`` and
+    ``beta: 0.1`` in the same file) and becomes ``method.<name>.beta``, with a note. Only within one mapping: a
+    DPO YAML switched on the command line (``sd15_dpo.yaml method.name=mapo``) keeps its DPO temperature and is
+    a ConfigError (:func:`check_method_keys`)."""
+    method = raw.get("method")
+    if not isinstance(method, dict) or method.get("name") not in ("mapo", "kto") or "beta" not in method:
+        return []
+    name = method["name"]
+    section = method.setdefault(name, {}) or {}
+    if "beta" in section:
+        raise ConfigError(f"config keys 'method.beta' (deprecated for {name}) and 'method.{name}.beta' are both "
+                          f"set; keep 'method.{name}.beta'")
+    method[name] = {**section, "beta": method.pop("beta")}
+    return [("method.beta", f"method.{name}.beta")]
 
 
 LEGACY_KEYS = {
@@ -282,9 +299,9 @@ register(DpoOptions, loss_type=OneOf("sigmoid", "hinge", "ipo", "cdpo", "robust"
          label_smoothing=Range(0, 0.5, high_open=True))
 register_check(DpoOptions, lambda o: None if o.label_smoothing == 0 or o.loss_type in ("cdpo", "robust") else
                f"label_smoothing ({o.label_smoothing}) is read by loss_type cdpo and robust only, not {o.loss_type}")
-register(MapoOptions, snr=Range(0, low_open=True))
+register(MapoOptions, beta=Range(0, low_open=True), snr=Range(0, low_open=True))
 register(RankDpoOptions, rank_source=OneOf("model", "label"))
-register(KtoOptions, lambda_desirable=Range(0), lambda_undesirable=Range(0),
+register(KtoOptions, beta=Range(0, low_open=True), lambda_desirable=Range(0), lambda_undesirable=Range(0),
          positive_ratio=Range(0, 1, low_open=True, high_open=True))
 register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), timestep_weight=OneOf("none", "snr_inverse"),
          empty_prompt_prob=_FRACTION, sdxl_time_ids=OneOf("constant", "original"))

@@ -35,8 +35,8 @@ point, a velocity error is an ε error divided by ``(1 - sigma)^2`` (spec §0.4)
 logit-normal (median ``1/(1-sigma)^2`` = 16) and ~1250 for FLUX's unshifted one (median 4). Published flow DPO:
 beta 100 for SD3.5-M (yifan123/flow_grpo ``config/dpo.py``), the shipped SD3 default; for FLUX no published
 offline DPO setting exists (the flow_grpo maintainer advised 500-2000 for FLUX LoRA, 2000 when 500 spiked:
-flow_grpo#45/#47), the shipped FLUX default is 2000. Diffusion-KTO's beta transfers the same way (sd35m/flux
-configs: 100 / 2000); RankDPO uses the DPO value (its paper's SD3-M beta is unpublished); MaPO's beta weights its
+flow_grpo#45/#47), the shipped FLUX default is 2000. Diffusion-KTO's weight (``method.kto.beta``, 1000 for eps)
+transfers the same way (about 100 / 2000 on SD3 / FLUX); RankDPO uses the DPO value (its paper's SD3-M beta is unpublished); MaPO's beta weights its
 margin against the SFT term and does not transfer (official 0.1 kept; no flow-model MaPO reference); SFT has
 none. Computed by ``python -c`` over 200k draws, diffusers 0.42 schedulers (SD3 shift 3.0; FLUX dynamic shift).
 """
@@ -44,6 +44,7 @@ none. Computed by ``python -c`` over 200k draws, diffusers 0.42 schedulers (SD3 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -84,10 +85,14 @@ def sample_shared_timesteps_and_noise(
 
 def unet_errors(
     unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
-    prediction_type: str, weight: TimestepWeight | None = None,
+    prediction_type: str, weight: TimestepWeight | None = None, model_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Per-sample errors of ``unet`` on ``x0`` (N, C, H, W) with conditioning ``cond`` (keys ``prompt_embeds``,
-    optional ``pooled`` and ``time_ids`` for SDXL), multiplied by the optional weight ``omega(t)``."""
+    optional ``pooled`` and ``time_ids`` for SDXL), multiplied by the optional weight ``omega(t)``.
+
+    Latents and conditioning are cast to the UNet's weight dtype (no autocast needed). ``model_kwargs`` go to the
+    model unchanged: inputs of a trainable part that owns its dtype (PPD's ``user_embeds``, cast by the
+    user-conditioned UNet to its float32 projection)."""
     x_t, target = noisy_input_and_target(scheduler, x0, noise, t, prediction_type)
     timestep = t.float() if prediction_type == "flow" else t
     added = None
@@ -96,7 +101,7 @@ def unet_errors(
     dtype = next(p.dtype for p in _params(unet))
     pred = unet(
         x_t.to(dtype), timestep, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
-        added_cond_kwargs=_cast(added, dtype),
+        added_cond_kwargs=_cast(added, dtype), **(model_kwargs or {}),
     ).sample
     errors = per_sample_error(pred, target)
     if weight is not None:

@@ -99,6 +99,11 @@ def export_vlm(path: str | os.PathLike, out: str | os.PathLike, *, merge: bool, 
     source = vlm_adapter_source(path)
     if source is None:
         raise ValueError(f"{path}: neither a peft adapter folder nor a VLM run folder with adapter/")
+    if (source / "adapter_model.safetensors").is_file():  # one line naming it, before the base model loads
+        from mmalign.checkpoint import check_safetensors_file
+
+        check_safetensors_file(source / "adapter_model.safetensors",
+                               "the adapter is damaged: train.resume=latest on its run re-exports it")
     if merge:
         return merge_adapter_folder(source, out, base=base)
     shutil.copytree(source, out, dirs_exist_ok=True)

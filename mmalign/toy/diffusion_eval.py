@@ -8,8 +8,9 @@ On the main process, after the training loop, the recipe calls :func:`run_toy_ev
    or for full fine-tuning the frozen reference copy (re-read from ``model.pretrained`` when the method is
    reference-free and none was built);
 3. both models sample every (caption, seed) with the same per-image generators and are scored by the toy judge
-   through :func:`mmalign.toy.evaluate.evaluate_pipeline` / :func:`~mmalign.toy.evaluate.compare` (the judge is not
-   re-implemented here);
+   through :func:`mmalign.toy.evaluate.evaluate_pipeline` / :func:`~mmalign.toy.evaluate.compare` — the plan,
+   sampler, ``toy-judge`` scorer, win counts and bootstrap of ``mmalign evaluate`` (:mod:`mmalign.evaluation`), so
+   ``mmalign evaluate <output_dir> --scorer toy-judge`` on the same captions / seeds / sampler reports these numbers;
 4. a short table is printed, ``summary.json["toy_eval"]`` gets base / aligned means, the gain, the win rate of
    aligned over base (ties count half), the std over sampling seeds and the number of images; the side-by-side grid
    (base | aligned) goes to ``<output_dir>/toy_eval/side_by_side.png``, the per-image scores to
@@ -29,6 +30,7 @@ import numpy as np
 from mmalign.config import ConfigError
 from mmalign.diffusion.config import DiffusionRecipeConfig, ToyEvalConfig
 from mmalign.diffusion.reference import ReferenceProvider, adapters_disabled, unwrap
+from mmalign.diffusion.registry import method_spec
 
 EVAL_DIR = "toy_eval"
 GRID_FILE = "side_by_side.png"
@@ -66,9 +68,10 @@ def check_toy_eval(cfg: DiffusionRecipeConfig) -> None:
     settings = cfg.toy_eval
     if not settings.enabled:
         return
-    if cfg.method.name == "ppd":
-        raise ConfigError("config key 'toy_eval.enabled': PPD has its own per-user evaluation "
-                          "(mmalign.diffusion.ppd); toy_eval compares one base and one aligned model")
+    if method_spec(cfg.method.name).export is not None:  # e.g. PPD's user adapter: no one aligned model
+        raise ConfigError(f"config key 'toy_eval.enabled': method '{cfg.method.name}' exports its own model "
+                          "(PPD: a user adapter, evaluated per user by mmalign.diffusion.ppd); toy_eval compares "
+                          "one base and one aligned model")
     if not settings.seeds:
         raise ConfigError("config key 'toy_eval.seeds' needs at least one seed")
     if settings.num_inference_steps < 1 or settings.grid_rows < 1 or settings.grid_columns < 1:
@@ -132,18 +135,23 @@ def summarize(base: dict[str, Any], aligned: dict[str, Any], settings: ToyEvalCo
 
     ``gain_std_over_seeds`` is the std (ddof=1) over sampling seeds of the per-seed gain (aligned - base mean over
     captions); ``gain_over_seed_std`` = gain / max(base, aligned std over seeds); ``gain_standard_error`` is the
-    paired standard error of the gain over the matched images (:func:`mmalign.toy.evaluate.compare`). These are
+    paired standard error of the gain over the matched images (:func:`mmalign.toy.evaluate.compare`);
+    ``win_rate_ci95`` the paired bootstrap interval over captions of ``mmalign evaluate`` (same defaults). These are
     sampling spreads of one trained model; the spread over *training* seeds is measured by ``bench/toy_quality.py``.
     """
+    from mmalign.evaluation.generation import Plan
+    from mmalign.evaluation.stats import outcomes, paired_bootstrap_ci
     from mmalign.toy.evaluate import compare
 
     cmp = compare(base, aligned)
+    groups = Plan(base["captions"], base["seeds"]).groups()  # bootstrap over captions, as `mmalign evaluate`
+    win_ci = paired_bootstrap_ci(outcomes(base["scores"], aligned["scores"]), groups)
     per_seed_gain = np.asarray(aligned["per_seed"]) - np.asarray(base["per_seed"])
     gain_std = float(per_seed_gain.std(ddof=1)) if len(per_seed_gain) > 1 else 0.0
     seed_std = max(base["std_over_seeds"], aligned["std_over_seeds"])
     return {
         "base_mean": cmp["base_mean"], "aligned_mean": cmp["aligned_mean"], "mean_gain": cmp["mean_gain"],
-        "win_rate": cmp["win_rate"], "wins": cmp["wins"], "ties": cmp["ties"], "losses": cmp["losses"],
+        "win_rate": cmp["win_rate"], "win_rate_ci95": win_ci, "wins": cmp["wins"], "ties": cmp["ties"], "losses": cmp["losses"],
         "base_std_over_seeds": base["std_over_seeds"], "aligned_std_over_seeds": aligned["std_over_seeds"],
         "gain_std_over_seeds": gain_std, "gain_standard_error": cmp["gain_standard_error"],
         "gain_over_seed_std": cmp["mean_gain"] / seed_std if seed_std > 0 else None,
@@ -168,6 +176,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"  gain {summary['mean_gain']:+.4f} +- {se:.4f} (paired standard error over {summary['num_images']} "
         f"images: gain / SE = {summary['mean_gain'] / se if se > 0 else float('inf'):.1f})",
         f"  win rate of aligned over base: {100 * summary['win_rate']:.1f}% "
+        f"[{100 * summary['win_rate_ci95'][0]:.1f}, {100 * summary['win_rate_ci95'][1]:.1f}] "
         f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses)",
     ]
     return "\n".join(lines)

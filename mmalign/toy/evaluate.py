@@ -19,30 +19,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .judge import combine, judge_terms
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_images
+from mmalign.evaluation.generation import SEED_STRIDE, Plan, image_seed, sample_plan
+from mmalign.evaluation.stats import win_counts
+
+from .judge_scorer import ToyJudgeScorer
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+__all__ = ["SEED_STRIDE", "compare", "evaluate_pipeline", "image_seed", "save_side_by_side_grid", "score_images"]
 
 
 def score_images(images: np.ndarray, captions: Sequence[str]) -> dict[str, Any]:
     """Judge scores of given images: ``{"mean", "scores", "terms": {term: mean}}``."""
-    terms = judge_terms(images, list(captions))
-    scores = combine(terms)
+    judge = ToyJudgeScorer()  # the `toy-judge` scorer of `mmalign evaluate`
+    scores, terms = judge.score(images, list(captions)), judge.terms(images, list(captions))
     return {"mean": float(scores.mean()) if len(scores) else float("nan"), "scores": scores.tolist(),
             "terms": {k: float(v.mean()) for k, v in terms.items()}}
-
-
-SEED_STRIDE = 1_000_003
-
-
-def image_seed(seed: int, caption_index: int) -> int:
-    """The generator seed of one evaluation image: ``seed * SEED_STRIDE + caption_index``.
-
-    Every (caption, sampling seed) starts from its own initial noise. Re-using one noise per seed for every caption
-    (as the first toy evaluations did) correlates all images of a seed: a base model that mostly ignores its
-    caption then draws near-identical images per seed and the "seed-to-seed" spread measures three noises, not the
-    model (per-seed means 0.020 / 0.003 / 0.085 for the same base, 10 DDIM steps).
-    """
-    return int(seed) * SEED_STRIDE + int(caption_index)
 
 
 def evaluate_pipeline(pipe, captions: Sequence[str], seeds: Sequence[int], *,
@@ -59,10 +50,10 @@ def evaluate_pipeline(pipe, captions: Sequence[str], seeds: Sequence[int], *,
     captions, seeds = list(captions), [int(s) for s in seeds]
     if not captions or not seeds:
         raise ValueError("evaluate_pipeline needs at least one caption and one seed")
-    all_caps = [c for c in captions for _ in seeds]
-    all_seeds = [image_seed(s, i) for i in range(len(captions)) for s in seeds]
-    images = sample_images(pipe, all_caps, all_seeds, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, batch_size=batch_size, desc=desc)
+    plan = Plan(captions, seeds)  # the evaluation grid of `mmalign evaluate` (mmalign.evaluation.generation)
+    all_caps = [plan.prompt(k) for k in range(len(plan))]
+    images = sample_plan(pipe, plan, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                         batch_size=batch_size, desc=desc)
     result = score_images(images, all_caps)
     grid = np.asarray(result["scores"]).reshape(len(captions), len(seeds))
     per_seed = grid.mean(axis=0)
@@ -89,10 +80,8 @@ def compare(base: dict[str, Any], aligned: dict[str, Any], *, tie_margin: float 
         raise ValueError("compare: base and aligned must be evaluated on the same captions and seeds")
     b, a = torch.tensor(base["scores"], dtype=torch.float64), torch.tensor(aligned["scores"], dtype=torch.float64)
     diff = a - b
-    wins, ties = (diff > tie_margin).double(), (diff.abs() <= tie_margin).double()
     return {
-        "win_rate": float((wins + 0.5 * ties).mean()),
-        "wins": int(wins.sum()), "ties": int(ties.sum()), "losses": int(len(diff) - wins.sum() - ties.sum()),
+        **win_counts(b.numpy(), a.numpy(), tie_margin),  # the win rate of `mmalign evaluate` (evaluation.stats)
         "mean_gain": float(a.mean() - b.mean()),
         "gain_standard_error": float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0,
         "base_mean": float(b.mean()), "aligned_mean": float(a.mean()),

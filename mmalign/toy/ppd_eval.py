@@ -61,8 +61,10 @@ def user_scores(images: np.ndarray, captions: Sequence[str], weights: dict[str, 
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> float:
-    diff = a - b
-    return float(((diff > TIE).double() + 0.5 * (diff.abs() <= TIE).double()).mean())
+    """Win rate of ``a`` over ``b`` (|a - b| <= TIE counts half): the win counts of ``mmalign evaluate``."""
+    from mmalign.evaluation.stats import win_counts
+
+    return win_counts(b.double().numpy(), a.double().numpy(), TIE)["win_rate"]
 
 
 def evaluate_users(base_pipe, dpo_pipe, ppd_pipe, ppd_model, embeddings: dict[str, torch.Tensor],

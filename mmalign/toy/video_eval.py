@@ -3,7 +3,7 @@
 For each clip the model scores the four one-word answers ``left / right / up / down`` to the direction question
 (summed completion log-probs, same batching as training) and the highest-scoring one is its answer —
 forced-choice accuracy, chance = 0.25. Greedy generation is available through
-:func:`mmalign.mllm.temple_pairs.generate_answer` when free-form answers are wanted.
+:func:`mmalign.mllm.video.temple_pairs.generate_answer` when free-form answers are wanted.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, score_logits
-from mmalign.mllm.video_io import read_video
-from mmalign.mllm.vlm_forward import forward_logits
+from mmalign.data.video_io import read_video
+from mmalign.mllm.forward import forward_logits
+from mmalign.mllm.video.batch import VideoRow, VideoRowCollator, score_logits
 from mmalign.toy.videos import DIRECTIONS, load_manifest
 
 

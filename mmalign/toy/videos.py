@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmalign.mllm.video_io import write_video
+from mmalign.data.video_io import write_video
 
 DIRECTIONS = ("left", "right", "up", "down")
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}

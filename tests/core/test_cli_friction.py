@@ -38,7 +38,7 @@ def bars(monkeypatch) -> list[str]:
     """Descriptions of the progress bars made (the suite sets TQDM_DISABLE, so they are recorded, not drawn)."""
     import tqdm.auto
 
-    import mmalign.mllm.temple_pairs as temple_pairs
+    import mmalign.mllm.video.temple_pairs as temple_pairs
 
     made: list[str] = []
     real = tqdm.auto.tqdm

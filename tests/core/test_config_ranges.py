@@ -12,8 +12,8 @@ import pytest
 
 from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
-from mmalign.mllm.video_config import VideoRecipeConfig
-from mmalign.mllm.vlm_config import VLMRecipeConfig
+from mmalign.mllm.video.config import VideoRecipeConfig
+from mmalign.mllm.vlm.config import VLMRecipeConfig
 from mmalign.train import TrainConfig, train
 from tests.helpers import REPO
 

@@ -7,8 +7,8 @@ import pytest
 
 from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
-from mmalign.mllm.video_config import VideoRecipeConfig
-from mmalign.mllm.vlm_config import VLMRecipeConfig
+from mmalign.mllm.video.config import VideoRecipeConfig
+from mmalign.mllm.vlm.config import VLMRecipeConfig
 from tests.helpers import REPO
 
 DIFFUSION = REPO / "recipes/configs/diffusion/toy_dpo.yaml"

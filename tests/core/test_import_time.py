@@ -19,8 +19,8 @@ HEAVY = ("torch", "transformers", "diffusers", "accelerate")
 LIGHT_SCHEMAS = [
     "mmalign.train_config",
     "mmalign.choices",
-    "mmalign.mllm.vlm_config",
-    "mmalign.mllm.video_config",
+    "mmalign.mllm.vlm.config",
+    "mmalign.mllm.video.config",
     "mmalign.diffusion.config",
     "mmalign.diffusion.registry",
 ]
@@ -58,14 +58,19 @@ def test_heavy_detection_is_not_vacuous():
     assert "torch" in names and "accelerate" in names
 
 
-def test_video_methods_match_the_video_data_module():
-    """mmalign.choices.VIDEO_METHODS is what video_config validates; the data module's tuple and the step table
-    must agree."""
-    from mmalign.choices import VIDEO_METHODS
-    from mmalign.data.video_rows import METHODS
-    from mmalign.mllm.video_build import STEPS
+def test_the_video_method_list_is_one_table():
+    """Issue 23: the video method names live in mmalign.mllm.video.methods.SPECS only (main wrote them in
+    choices.VIDEO_METHODS, data/video_rows.METHODS and video_build.STEPS); every entry's hooks import."""
+    import mmalign.choices
+    import mmalign.data.video_rows
+    from mmalign.mllm.video.config import MethodConfig
+    from mmalign.mllm.video.methods import SPECS
+    from mmalign.validate import rules_for
 
-    assert METHODS == VIDEO_METHODS == tuple(STEPS)
+    assert not hasattr(mmalign.choices, "VIDEO_METHODS") and not hasattr(mmalign.data.video_rows, "METHODS")
+    assert rules_for(MethodConfig)["name"].choices == tuple(SPECS)
+    for spec in SPECS.values():
+        assert callable(spec.hook("item")) and callable(spec.hook("step"))
 
 
 def test_train_re_exports_the_light_config():

@@ -26,7 +26,7 @@ def _interrupt(tiny, out, sig: int, after_micro: int = 7) -> tuple[int, str]:
     proc = subprocess.Popen(
         [sys.executable, str(tiny.__file__), str(out), json.dumps(RUN), "--noise", "--announce"], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
     )
     lines = []
     try:
@@ -72,6 +72,18 @@ def test_sigint_saves_a_checkpoint_and_resume_equals_the_uninterrupted_run(tiny,
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+def test_sighup_behaves_as_sigterm(tiny, tmp_path):
+    """A closed terminal or a dropped ssh session (SIGHUP) killed the run with nothing saved (issue 28)."""
+    out = tmp_path / "run"
+    code, output = _interrupt(tiny, out, signal.SIGHUP)
+    assert code == 130, output[-3000:]
+    found = re.search(r"training stopped by SIGHUP after step (\d+)/12; checkpoint: (\S+)", output)
+    assert found and "Traceback" not in output, output[-3000:]
+    step = int(found.group(1))
+    assert [p.name for p in ckpt.list_checkpoints(out)] == [f"checkpoint-{step}"]
+    assert ckpt.read_state(ckpt.final_path(out, step))["step"] == step
+
+
 def test_sigterm_checkpoints_and_raises_training_interrupted(tiny, tmp_path):
     """In-process: the step function sends this very process a real SIGTERM during micro-batch 3 (optimizer step 2)."""
     from mmalign.interrupt import TrainingInterrupted
@@ -93,19 +105,20 @@ def test_sigterm_checkpoints_and_raises_training_interrupted(tiny, tmp_path):
 
 
 def test_handlers_are_restored_after_training(tiny, tmp_path):
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
     train(TrainConfig(max_steps=1, batch_size=2, progress_bar=False), output_dir=tmp_path, model=tiny.make_model(),
           dataset=tiny.TinyRegression(), step_fn=tiny.make_step_fn())
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 @pytest.mark.parametrize("ignored", [True, False])
-def test_an_inherited_ignored_sigint_stays_ignored(ignored):
+def test_an_inherited_ignored_sigint_or_sighup_stays_ignored(ignored, sig):
     from mmalign.interrupt import StopRequest
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    previous = signal.signal(sig, signal.SIG_IGN if ignored else signal.default_int_handler)
     try:
-        with StopRequest():
-            assert (signal.getsignal(signal.SIGINT) == signal.SIG_IGN) == ignored
+        with StopRequest():  # nohup ignores SIGHUP, background jobs SIGINT: the user asked for that
+            assert (signal.getsignal(sig) == signal.SIG_IGN) == ignored
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(sig, previous)

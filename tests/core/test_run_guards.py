@@ -98,10 +98,16 @@ def test_disk_full_during_a_checkpoint_names_path_and_last_checkpoint(tiny, tmp_
     monkeypatch.setattr(ckpt, "save_trainable", full_at_step_4)
     with pytest.raises(disk_errors.DiskFullError) as info:
         _run(tiny, out)
-    assert str(info.value) == (f"[Errno 28] no space left on device while writing {ckpt.temp_path(out, 4)}; "
-                               f"the last complete checkpoint is {ckpt.final_path(out, 2)}")
+    # the weights of step 4 are kept in the largest form that fits (issue 28: before, steps 3-4 were lost)
+    weights = ckpt.checkpoints_dir(out) / "weights-4"
+    assert str(info.value).startswith(
+        f"[Errno 28] no space left on device while writing {ckpt.temp_path(out, 4)} during training; the trained "
+        f"weights of step 4/4 are kept in {weights / ckpt.TRAINABLE_FILE} (weights only, no optimizer state (a full "
+        f"checkpoint was not written: checkpoint {ckpt.final_path(out, 4)}: no space left on device)); export with "
+        f"`mmalign export {weights} --out <dir>`"), str(info.value)
     assert not ckpt.temp_path(out, 4).exists()  # the half-written folder is removed (frees the space)
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
+    assert ckpt.read_state(weights)["step"] == 4
 
 
 @pytest.mark.parametrize(("free", "translated"), [(1024, True), (50 * 2**30, False)])

@@ -7,7 +7,11 @@ subprocess tests (kill during a checkpoint write; two processes under ``torchrun
         [--then-resume-from=K] [--announce]
 
 ``--announce`` prints ``micro <n>`` before each micro-batch (and sleeps 50 ms), so a test can signal the run
-mid-training.
+mid-training. ``--validate-sleep=S``: a final validation that prints ``validating`` and takes S seconds.
+``--export``: ``final.safetensors`` is written as a recipe's export (through
+:func:`mmalign.safe_export.export_or_keep_checkpoint`); ``--export-sleep=S`` prints ``exporting`` and waits S
+seconds first, ``--export-pad=BYTES`` also writes ``export_pad.bin`` of that size (a merged model is larger than
+the LoRA). ``--recipe-entry``: run under :func:`mmalign.recipe_entry.run_recipe` (explained faults: one line, exit 1).
 
 Writes ``OUTPUT_DIR/final.safetensors`` (the trained weights, main process only) next to the loop's
 own ``summary.json``. With ``MMALIGN_TEST_KILL_AT_CHECKPOINT=k`` the process SIGKILLs itself in the
@@ -31,7 +35,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import TrainConfig, train
+from mmalign.train import TrainConfig, make_accelerator, train
 
 IN_FEATURES = 4
 
@@ -126,15 +130,50 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _flag_value(flags: set[str], name: str) -> float | None:
+    found = [f.split("=", 1)[1] for f in flags if f.startswith(f"{name}=")]
+    return float(found[0]) if found else None
+
+
 def run_once(output_dir: Path, overrides: dict[str, Any], flags: set[str]) -> None:
     model = make_model(seed=7 if "resume" not in overrides else 999, dropout=0.25 if "--dropout" in flags else 0.0)
-    train(TrainConfig(**overrides), output_dir=output_dir, model=model, dataset=TinyRegression(),
-          step_fn=make_step_fn(noise="--noise" in flags, announce="--announce" in flags))
-    if int(os.environ.get("RANK", "0")) == 0:
+    validate_fn = None
+    if (validate_sleep := _flag_value(flags, "--validate-sleep")) is not None:
+        def validate_fn(step: int) -> dict[str, Any]:
+            print("validating", flush=True)
+            time.sleep(validate_sleep)
+            return {"done": 1.0}
+    cfg = TrainConfig(**overrides)
+    accelerator = make_accelerator(cfg, output_dir)
+    summary = train(cfg, output_dir=output_dir, model=model, dataset=TinyRegression(), accelerator=accelerator,
+                    step_fn=make_step_fn(noise="--noise" in flags, announce="--announce" in flags),
+                    validate_fn=validate_fn)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if "--export" not in flags:
         save_file(weights(model), str(output_dir / "final.safetensors"))
+        return
+    from mmalign.safe_export import export_or_keep_checkpoint
+
+    def export() -> Path:
+        if (export_sleep := _flag_value(flags, "--export-sleep")) is not None:
+            print("exporting", flush=True)
+            time.sleep(export_sleep)
+        if pad := int(_flag_value(flags, "--export-pad") or 0):
+            with open(output_dir / "export_pad.bin", "wb") as fh:
+                for _ in range(pad // 2**16):
+                    fh.write(b"\0" * 2**16)
+        save_file(weights(model), str(output_dir / "final.safetensors"))
+        return output_dir / "final.safetensors"
+
+    export_or_keep_checkpoint(export, accelerator, cfg, output_dir, summary)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # rank 0 has written final.safetensors before anyone goes on or exits
 
 
 if __name__ == "__main__":
+    if "--recipe-entry" in sys.argv:
+        from mmalign.recipe_entry import run_recipe
+
+        raise SystemExit(run_recipe(main, sys.argv[1:]))
     raise SystemExit(main(sys.argv[1:]))

@@ -16,6 +16,11 @@ from tests.helpers import perturb_lora
 
 TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
            "attn.add_v_proj", "attn.to_add_out"]
+DIFFUSERS_FLUX_TARGETS = ["attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                          "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                          "ff_context.net.2"]
+"""huggingface/diffusers ``examples/dreambooth/train_dreambooth_lora_flux.py``: ``target_modules`` when
+``--lora_layers`` is not given (transcribed)."""
 
 
 def _forward(family: str, model):
@@ -32,7 +37,7 @@ def _forward(family: str, model):
 
 
 @pytest.mark.parametrize("kind,rank,alpha,targets", [("sd3", 4, 4.0, None), ("sd3", 4, 16.0, TARGETS),
-                                                     ("flux", 2, 8.0, TARGETS)])
+                                                     ("flux", 2, 8.0, DIFFUSERS_FLUX_TARGETS)])
 def test_flow_lora_roundtrip_is_exact(tiny_model_dirs, tmp_path, kind, rank, alpha, targets):
     parts = load_parts(tiny_model_dirs[kind])
     settings = diffusion_lora(rank=rank, alpha=alpha) if targets is None else diffusion_lora(rank=rank, alpha=alpha,
@@ -64,3 +69,15 @@ def test_flow_lora_roundtrip_is_exact(tiny_model_dirs, tmp_path, kind, rank, alp
     with torch.no_grad():
         merged = _forward(kind, model)
     torch.testing.assert_close(merged, trained, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["flux_dpo.yaml", "flux_mapo.yaml"])
+def test_flux_configs_target_what_the_diffusers_flux_script_targets(config):
+    """Issue 23 item 7: the shipped FLUX LoRA = the diffusers script's default targets, its four feed-forward
+    layers included (main's YAMLs named the script but left ff.* / ff_context.* out)."""
+    from mmalign.config import load_config
+    from mmalign.diffusion.config import DiffusionRecipeConfig
+    from tests.helpers import REPO
+
+    cfg = load_config(DiffusionRecipeConfig, str(REPO / "recipes" / "configs" / "diffusion" / config))
+    assert sorted(cfg.lora.target_modules) == sorted(DIFFUSERS_FLUX_TARGETS)

@@ -164,3 +164,53 @@ def test_sd3_without_t5_and_unsupported_methods(tmp_path):
     cfg.method.name, cfg.method.timestep_weight = "dpo", "snr_inverse"
     with pytest.raises(ConfigError, match="timestep_weight"):
         check_family_options(cfg, "flux")
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_sd3_sft_equals_the_diffusers_dreambooth_formula(tiny_model_dirs, monkeypatch, precondition):
+    """SD3 SFT == diffusers ``examples/dreambooth/train_dreambooth_lora_sd3.py`` (huggingface/diffusers, the loss
+    block after "Preconditioning of the model outputs") with ``--precondition_outputs`` 0 (our default) and 1
+    (``method.sft.precondition_outputs=true``): transcribed here on the raw transformer call, weighting
+    ``compute_loss_weighting_for_sd3`` (1 for logit_normal)."""
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    from mmalign.diffusion import methods
+    from mmalign.diffusion.registry import SftOptions
+    from mmalign.diffusion.steps.sft import sft_step
+
+    parts = load_parts(tiny_model_dirs["sd3"])
+    model = parts.denoiser
+    add_lora(model, diffusion_lora(rank=4))
+    perturb_lora(model, scale=0.3, seed=2)
+    inputs = InputBuilder(parts, 32, latent_sample="mean")
+    method = MethodConfig(name="sft", sft=SftOptions(precondition_outputs=precondition))
+    ctx = methods.StepContext(parts, inputs, ReferenceProvider("none"), method, torch.device("cpu"))
+    batch = _pair_batch(parts)
+    drawn = {}
+    real = methods.training_timesteps_and_noise
+
+    def record(*args, **kwargs):
+        drawn["t"], drawn["noise"] = real(*args, **kwargs)
+        return drawn["t"], drawn["noise"]
+
+    monkeypatch.setattr(methods, "training_timesteps_and_noise", record)
+    torch.manual_seed(3)
+    loss, _ = sft_step(ctx, model, batch)
+    t, noise = drawn["t"], drawn["noise"]
+    with torch.no_grad():
+        x0 = encode_pixels(parts, batch["pixels"][:2])[0]
+        embeds, _, pooled, _ = parts.pipeline.encode_prompt(batch["prompts"][:2], None, None,
+                                                            do_classifier_free_guidance=False,
+                                                            max_sequence_length=256, device="cpu")
+        sigmas = (t / 1000.0).view(-1, 1, 1, 1)
+        noisy_model_input = (1.0 - sigmas) * x0 + sigmas * noise
+        model_pred = model(hidden_states=noisy_model_input, timestep=t, encoder_hidden_states=embeds,
+                           pooled_projections=pooled, return_dict=False)[0]
+        if precondition:
+            model_pred = model_pred * (-sigmas) + noisy_model_input
+        weighting = compute_loss_weighting_for_sd3(weighting_scheme="logit_normal", sigmas=sigmas)
+        target = x0 if precondition else noise - x0
+        expected = torch.mean((weighting.float() * (model_pred.float() - target.float()) ** 2).reshape(2, -1), 1)
+    torch.testing.assert_close(loss.detach(), expected.mean(), rtol=1e-4, atol=1e-6)
+    other = (noise - x0) if precondition else x0  # the two settings differ on these inputs
+    assert not torch.allclose(expected, ((model_pred.float() - other) ** 2).flatten(1).mean(1), rtol=1e-3)

@@ -82,7 +82,7 @@ def test_dpo_at_init_is_log2_and_gradient_flows(tiny_model_dirs):
 
 
 def test_mapo_step_matches_official_expression(tiny_model_dirs):
-    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="mapo", beta=0.1, mapo=MapoOptions(snr=0.5)))
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="mapo", mapo=MapoOptions(beta=0.1, snr=0.5)))
     torch.manual_seed(5)
     loss, metrics = mapo_step(ctx, parts.unet, batch)
     torch.manual_seed(5)
@@ -101,7 +101,7 @@ def test_mapo_step_matches_official_expression(tiny_model_dirs):
 
 def test_kto_step_matches_diffusion_kto(tiny_model_dirs):
     """Diffusion-KTO: g = e_ref - e, z0 = clamp(mean g, 0), loss = 1 - sigmoid(y * beta * (g - z0))."""
-    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="kto", beta=1000.0, kto=KtoOptions()))
+    parts, ctx, batch = _setup(tiny_model_dirs["sd15"], MethodConfig(name="kto", kto=KtoOptions(beta=1000.0)))
     batch = {**batch, "groups": 2 * B, "group_size": 1, "label": torch.tensor([True, False, True, False])}
     torch.manual_seed(9)
     loss, _ = kto_step(ctx, parts.unet, batch)

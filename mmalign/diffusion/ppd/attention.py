@@ -31,6 +31,22 @@ from torch import nn
 INITS = ("zero", "text")
 
 
+class MixedLinear(nn.Linear):
+    """A linear layer that computes in its own weight dtype and answers in its input's dtype, so a float32
+    trainable branch meets a bf16/fp16 frozen UNet without autocast (as a peft LoRA layer does); under autocast
+    the matmul runs in the autocast dtype as before. Parameter names are those of ``nn.Linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> MixedLinear:
+        mixed = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        mixed.load_state_dict(linear.state_dict())
+        return mixed
+
+
 class UserAttnProcessor(nn.Module):
     """``base`` processor for the text attention; ``user`` (an ``IPAdapterAttnProcessor2_0``) when user tokens
     are given. ``user.to_k_ip[0]`` / ``user.to_v_ip[0]`` are the trainable ``W_k'`` / ``W_v'``."""
@@ -40,6 +56,8 @@ class UserAttnProcessor(nn.Module):
         self.base = base
         self.user = IPAdapterAttnProcessor2_0(hidden_size, cross_attention_dim=token_dim, num_tokens=(num_tokens,),
                                               scale=scale)
+        for layers in (self.user.to_k_ip, self.user.to_v_ip):
+            layers[0] = MixedLinear.of(layers[0])
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -50,7 +68,7 @@ class UserAttnProcessor(nn.Module):
         if ip_hidden_states.shape[0] != hidden_states.shape[0]:
             raise ValueError(f"user tokens have batch {ip_hidden_states.shape[0]}, the UNet input "
                              f"{hidden_states.shape[0]}; repeat them per row (e.g. for classifier-free guidance)")
-        tokens = ip_hidden_states.to(self.user.to_k_ip[0].weight.dtype)
+        tokens = ip_hidden_states.to(hidden_states.dtype)  # W_k' / W_v' (MixedLinear) answer in this dtype
         return self.user(attn, hidden_states, encoder_hidden_states=(encoder_hidden_states, [tokens]),
                          attention_mask=attention_mask, temb=temb)
 

@@ -47,7 +47,9 @@ class UserConditionedUNet(nn.Module):
         return self.unet.device
 
     def user_tokens(self, user_embeds: torch.Tensor) -> torch.Tensor:
-        return self.projection(user_embeds.to(self.projection_device))
+        """User tokens in the projection's own dtype (float32 when trained next to a bf16/fp16 frozen UNet)."""
+        weight = next(self.projection.parameters())
+        return self.projection(user_embeds.to(weight.device, weight.dtype))
 
     @property
     def projection_device(self) -> torch.device:

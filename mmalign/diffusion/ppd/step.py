@@ -18,23 +18,7 @@ import torch
 
 from mmalign.diffusion.methods import dpo_terms
 from mmalign.diffusion.reference import unwrap
-from mmalign.diffusion.scores import noisy_input_and_target, per_sample_error
-
-
-def user_errors(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                cond: dict[str, torch.Tensor], prediction_type: str,
-                user_embeds: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample errors of a :class:`~mmalign.diffusion.ppd.model.UserConditionedUNet` (``user_embeds=None``:
-    the base UNet)."""
-    x_t, target = noisy_input_and_target(scheduler, x0, noise, t, prediction_type)
-    timestep = t.float() if prediction_type == "flow" else t
-    dtype = unwrap(model).unet.dtype
-    added = None
-    if "pooled" in cond:
-        added = {"text_embeds": cond["pooled"].to(dtype), "time_ids": cond["time_ids"].to(dtype)}
-    pred = model(x_t.to(dtype), timestep, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
-                 user_embeds=user_embeds, added_cond_kwargs=added).sample
-    return per_sample_error(pred, target)
+from mmalign.diffusion.scores import unet_errors
 
 
 def drop_users(user_embeds: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -53,11 +37,11 @@ def ppd_loss(model, scheduler, prediction_type: str, x0: torch.Tensor, cond: dic
     from contextlib import nullcontext
 
     autocast = autocast or nullcontext
-    users = torch.cat([user_embeds, user_embeds])
-    with autocast():
-        e = user_errors(model, scheduler, x0, noise, t, cond, prediction_type, users)
+    users = {"user_embeds": torch.cat([user_embeds, user_embeds])}
+    with autocast():  # the shared error path (its casts); the base UNet without user tokens is the reference
+        e = unet_errors(model, scheduler, x0, noise, t, cond, prediction_type, model_kwargs=users)
     with torch.no_grad(), autocast():
-        e_ref = user_errors(unwrap(model), scheduler, x0, noise, t, cond, prediction_type, None)
+        e_ref = unet_errors(unwrap(model), scheduler, x0, noise, t, cond, prediction_type)
     losses, metrics = dpo_terms(e, e_ref, beta)
     return losses.mean(), metrics
 

@@ -17,8 +17,8 @@ from mmalign.diffusion.ppd.embeddings import (
     vlm_source_id,
     vlm_user_embedding,
 )
-from mmalign.mllm.vlm_config import VLMModelConfig
-from mmalign.mllm.vlm_model import load_vlm
+from mmalign.mllm.model import load_vlm
+from mmalign.mllm.model_config import VLMModelConfig
 
 EMBEDDINGS = ("vlm", "clip", "clip_margin")
 CLIP_EMBEDDINGS = {"clip": clip_user_embedding, "clip_margin": clip_margin_user_embedding}

@@ -1,5 +1,5 @@
 """Diffusion-KTO on unpaired images with per-image t and noise; ``kto_loss`` with z0 = clamp(mean(rho), 0) over
-the global batch (spec §8.1; jacklishufan/diffusion-kto ``train_kto_sd_v1.5.py``). ``method.beta`` is
+the global batch (spec §8.1; jacklishufan/diffusion-kto ``train_kto_sd_v1.5.py``). ``method.kto.beta`` is
 Diffusion-KTO's ``beta_dpo`` on ``g = e_ref - e``; with scores ``-e/2`` that is ``beta = 2 * beta_dpo`` for the
 core."""
 
@@ -24,7 +24,7 @@ def kto_step(ctx: StepContext, policy: Any, batch: dict[str, Any]) -> tuple[torc
     score, ref_score = -0.5 * e, -0.5 * e_ref
     options = ctx.options
     losses, metrics = objectives.kto_loss(
-        score, ref_score, batch["label"].bool(), beta=2.0 * ctx.method.beta, z0=global_kto_z0(score, ref_score),
+        score, ref_score, batch["label"].bool(), beta=2.0 * ctx.options.beta, z0=global_kto_z0(score, ref_score),
         lambda_d=options.lambda_desirable, lambda_u=options.lambda_undesirable,
     )
     # keep only keys present in every batch: the shared loop reduces one metrics vector across ranks

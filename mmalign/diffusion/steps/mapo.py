@@ -17,7 +17,7 @@ def mapo_step(ctx: StepContext, policy: Any, batch: dict[str, Any]) -> tuple[tor
     e = ctx.errors(policy, x0, noise, t, cond)
     e_w, e_l = e.chunk(2)
     losses, metrics = objectives.mapo_loss(
-        e_w, e_l, beta=ctx.method.beta, snr_value=ctx.options.snr, num_train_timesteps=ctx.num_train_timesteps
+        e_w, e_l, beta=ctx.options.beta, snr_value=ctx.options.snr, num_train_timesteps=ctx.num_train_timesteps
     )
     metrics.update(error_metrics(e, None))
     return losses.mean(), metrics

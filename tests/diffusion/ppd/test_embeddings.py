@@ -15,8 +15,8 @@ from mmalign.diffusion.ppd.embeddings import (
     vlm_user_embedding,
 )
 from mmalign.diffusion.ppd.users import embed_users
-from mmalign.mllm.vlm_config import VLMModelConfig
-from mmalign.mllm.vlm_model import load_vlm
+from mmalign.mllm.model import load_vlm
+from mmalign.mllm.model_config import VLMModelConfig
 
 from .conftest import square
 

@@ -70,3 +70,22 @@ def test_few_steps_train_only_the_user_branch(sd15):
     assert all(torch.equal(after[k], v) for k, v in base_before.items())  # frozen base: bit-identical
     changed = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, new_before[n])}
     assert changed == set(new_before)  # every new parameter moved (k/v of every layer and the projection)
+
+
+def test_mixed_precision_without_autocast_matches_float32(sd15):
+    """A bf16 frozen UNet with the float32 user branch (the recipe's ``prepare_user_unet``) runs without
+    autocast (``train.autocast=false``, as under DeepSpeed): on main the user attention crashed on a bf16 query
+    against float32 keys. The loss is close to the all-float32 one and gradients reach the float32 branch."""
+    x0, cond, t, noise, users = _batch(pairs=2, seed=2)
+    ref = UserConditionedUNet.build(tiny_pipeline("sd15").unet, (3, 24), init="text")
+    ref_loss, _ = ppd_loss(ref, sd15.scheduler, "epsilon", x0, cond, users, t, noise, beta=50.0)
+    model = UserConditionedUNet.build(tiny_pipeline("sd15").unet.to(torch.bfloat16), (3, 24), init="text")
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    loss, _ = ppd_loss(model, sd15.scheduler, "epsilon", x0, cond, users, t, noise, beta=50.0)
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trainable} == {torch.float32}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+    assert math.isfinite(loss.item()) and abs(loss.item() - ref_loss.item()) < 0.05, (loss.item(), ref_loss.item())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmalign.mllm.video_io import VideoSampling, read_video
+from mmalign.data.video_io import VideoSampling, read_video
 from mmalign.toy.videos import load_manifest
 
 TOY_MANIFEST = "assets/videos/toy/manifest.jsonl"

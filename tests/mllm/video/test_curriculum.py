@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import torch
 
 from mmalign.lora_config import LoraConfig
-from mmalign.mllm.curriculum import StageAdapter, fresh_adapter, run_stages
-from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, score_logits
-from mmalign.mllm.video_steps import reference_logits
-from mmalign.mllm.vlm_forward import forward_logits
+from mmalign.mllm.forward import forward_logits
+from mmalign.mllm.video.batch import VideoRow, VideoRowCollator, score_logits
+from mmalign.mllm.video.curriculum import StageAdapter, fresh_adapter, run_stages
+from mmalign.mllm.video.steps import reference_logits
 
 
 def _scores(model, batch, reference=False):

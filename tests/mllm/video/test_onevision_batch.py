@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from mmalign.lora_config import LoraConfig
-from mmalign.mllm.curriculum import StageAdapter, fresh_adapter
-from mmalign.mllm.video_batch import (
+from mmalign.mllm.forward import forward_logits
+from mmalign.mllm.video.batch import (
     VideoRow,
     VideoRowCollator,
     completion_suffix,
     score_logits,
 )
-from mmalign.mllm.video_steps import make_rrpo_step
-from mmalign.mllm.vlm_forward import forward_logits
+from mmalign.mllm.video.curriculum import StageAdapter, fresh_adapter
+from mmalign.mllm.video.steps import make_rrpo_step
 from mmalign.testing.tiny_video import write_tiny_video_llm
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmalign.mllm.temple_pairs import PairFilter, filter_reason
+from mmalign.mllm.video.temple_pairs import PairFilter, filter_reason
 
 F = PairFilter()
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmalign.mllm.rrpo_phrases import (
+from mmalign.mllm.video.rrpo_phrases import (
     PhraseTagError,
     filter_pairs,
     phrase_ids_from_diff,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmalign.mllm.temporal import (
+from mmalign.mllm.video.temporal import (
     MAGNITUDES,
     contiguous_groups,
     perturb_frames,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mmalign.mllm.video_batch import VideoRow, VideoRowCollator, encode_row, score_logits
-from mmalign.mllm.vlm_forward import forward_logits
+from mmalign.mllm.forward import forward_logits
+from mmalign.mllm.video.batch import VideoRow, VideoRowCollator, encode_row, score_logits
 
 
 def test_masks_phrases_and_pixels(tiny_qwen2vl, toy_clips):

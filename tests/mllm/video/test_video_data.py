@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mmalign.data.skipping import SkipCounter
+from mmalign.data.video_io import VideoSampling
 from mmalign.data.video_rows import read_records
-from mmalign.mllm.video_dataset import VideoPreferenceDataset
-from mmalign.mllm.video_io import VideoSampling
+from mmalign.mllm.video.dataset import VideoPreferenceDataset
 from mmalign.testing.tiny_vlm import build_tokenizer
 from tests.helpers import REPO
 

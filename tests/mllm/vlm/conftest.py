@@ -82,8 +82,8 @@ def lora_policy(folder, *, seed: int = 0, scale: float = 0.5):
     """Tiny model from ``folder`` with vision frozen and a LoRA adapter whose B matrices are random (so that
     policy != reference); returns ``(peft_model, processor)``."""
     from mmalign.lora_config import LoraConfig
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm, prepare_policy
+    from mmalign.mllm.model import load_vlm, prepare_policy
+    from mmalign.mllm.model_config import VLMModelConfig
 
     model, processor = load_vlm(VLMModelConfig(pretrained=str(folder)))
     policy, _ = prepare_policy(model, VLMModelConfig(pretrained=str(folder)), LoraConfig(rank=4, alpha=8),

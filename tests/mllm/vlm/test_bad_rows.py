@@ -9,7 +9,7 @@ import pytest
 from mmalign.data.errors import DataFormatError, TooManyBadSamplesError
 from mmalign.data.skipping import SkipCounter
 from mmalign.data.vlm_rows import VLMPreferenceDataset
-from mmalign.mllm.vlm_batch import OverlongPromptError, VisionPreferenceCollator, render_row
+from mmalign.mllm.vlm.batch import OverlongPromptError, VisionPreferenceCollator, render_row
 
 
 def _edit(path, index, **changes):

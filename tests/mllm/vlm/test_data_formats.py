@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmalign.data.vlm_rows import VLMPreferenceDataset, VLMRow
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator, render_row
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator, render_row
 
 
 def _png(rgb) -> bytes:

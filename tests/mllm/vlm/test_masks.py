@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_objective import preference_step
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+from mmalign.mllm.vlm.config import VLMMethodConfig
+from mmalign.mllm.vlm.objective import preference_step
 
 FAMILIES = ["qwen2vl", "qwen25vl", "llava", "idefics3"]
 COMPLETION_TEXT = {"llava": " a red square "}
@@ -51,7 +51,7 @@ def _loss_with(policy, batch, select):
 @pytest.mark.parametrize("window", [True, False], ids=["completion-window", "full-logits"])
 def test_only_completion_logits_change_the_loss(family, window, make_policy, vlm_rows, monkeypatch):
     if not window:  # score from full logits, so that the mask alone must exclude prompt / visual positions
-        monkeypatch.setattr("mmalign.mllm.vlm_objective.completion_window", lambda text: 0)
+        monkeypatch.setattr("mmalign.mllm.vlm.objective.completion_window", lambda text: 0)
     policy, processor = make_policy(family)
     batch = VisionPreferenceCollator(processor)(vlm_rows)
     pair = batch["pair"]

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_forward import forward_logits
-from mmalign.mllm.vlm_objective import preference_step
+from mmalign.mllm.forward import forward_logits
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+from mmalign.mllm.vlm.config import VLMMethodConfig
+from mmalign.mllm.vlm.objective import preference_step
 from mmalign.objectives.dynamic_beta import per_sample_beta
 
 LABEL_PAD = -100

@@ -13,10 +13,11 @@ from mmalign import checkpoint as ckpt
 from mmalign.config import load_config
 from mmalign.data.vlm_rows import VLMPreferenceDataset
 from mmalign.mllm.export import load_trained
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-from mmalign.mllm.vlm_config import VLMModelConfig, VLMRecipeConfig
-from mmalign.mllm.vlm_forward import forward_logits
-from mmalign.mllm.vlm_model import load_vlm, prepare_policy
+from mmalign.mllm.forward import forward_logits
+from mmalign.mllm.model import load_vlm, prepare_policy
+from mmalign.mllm.model_config import VLMModelConfig
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+from mmalign.mllm.vlm.config import VLMRecipeConfig
 from tests.helpers import REPO
 
 CONFIGS = {"qwen2vl_dpo": "qwen2vl", "qwen25vl_dpo": "qwen25vl", "llava_dpo": "llava", "qwen25vl_mdpo": "qwen25vl",

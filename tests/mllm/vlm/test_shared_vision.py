@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator
-from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_forward import vision_tower
-from mmalign.mllm.vlm_objective import preference_step
+from mmalign.mllm.forward import vision_tower
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator
+from mmalign.mllm.vlm.config import VLMMethodConfig
+from mmalign.mllm.vlm.objective import preference_step
 
 
 def _run(policy, batch, method, share):
@@ -48,8 +48,8 @@ def test_shared_features_same_loss_fewer_calls(family, method_name, make_policy,
 
 
 def test_completion_window_scores_equal_full_logits(make_policy, vlm_rows):
+    from mmalign.mllm.forward import completion_window, forward_logits, score_rows
     from mmalign.mllm.logprobs import sequence_logps
-    from mmalign.mllm.vlm_forward import completion_window, forward_logits, score_rows
 
     policy, processor = make_policy("llava")
     batch = VisionPreferenceCollator(processor)(vlm_rows)

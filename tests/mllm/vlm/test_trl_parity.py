@@ -9,9 +9,9 @@ import torch
 
 trl = pytest.importorskip("trl")
 
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator  # noqa: E402
-from mmalign.mllm.vlm_config import VLMMethodConfig  # noqa: E402
-from mmalign.mllm.vlm_objective import preference_step  # noqa: E402
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator  # noqa: E402
+from mmalign.mllm.vlm.config import VLMMethodConfig  # noqa: E402
+from mmalign.mllm.vlm.objective import preference_step  # noqa: E402
 
 
 def _trl_rows(rows):
@@ -56,8 +56,8 @@ def test_dpo_loss_equals_trl_with_adapter_off_reference(family, share, make_poli
 
 @pytest.mark.parametrize("family,loss_type", [("llava", "sigmoid"), ("qwen2vl", "ipo")])
 def test_loss_equals_trl_with_frozen_reference_copy(family, loss_type, tiny_vlm, vlm_rows, tmp_path):
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.mllm.model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
 
     model, processor = load_vlm(VLMModelConfig(pretrained=str(tiny_vlm(family)), attn_implementation="eager"))
     ref = copy.deepcopy(model).eval()

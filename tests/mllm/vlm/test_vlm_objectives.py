@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmalign.mllm.vlm_batch import VisionPreferenceCollator, mdpo_crop
-from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_forward import score_rows
-from mmalign.mllm.vlm_objective import preference_step
+from mmalign.mllm.forward import score_rows
+from mmalign.mllm.vlm.batch import VisionPreferenceCollator, mdpo_crop
+from mmalign.mllm.vlm.config import VLMMethodConfig
+from mmalign.mllm.vlm.objective import preference_step
 from mmalign.objectives.dynamic_beta import per_sample_beta
 
 

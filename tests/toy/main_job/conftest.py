@@ -22,7 +22,7 @@ SMALL_RUN = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def tiny_inputs(tmp_path_factory):
     """``(model_dir, pairs_jsonl, captions_file)``: a tiny random SD1.x pipeline, generated pairs, 3 toy captions."""
     from mmalign.testing.placeholders import write_tiny_data
@@ -34,17 +34,22 @@ def tiny_inputs(tmp_path_factory):
     return str(save_tiny_pipeline("sd15", root / "model")), str(write_tiny_data("pairs", root / "data")), str(captions)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def run_recipe(tmp_path_factory, tiny_inputs):
-    """``run_recipe(name, *overrides) -> (summary, output_dir)``: recipes/diffusion.py on toy_dpo.yaml with the tiny
-    inputs and toy_eval enabled on 3 captions x 2 seeds."""
+    """``run_recipe(name, *overrides) -> (result, output_dir, summary)``: recipes/diffusion.py on toy_dpo.yaml with
+    the tiny inputs and toy_eval enabled on 3 captions x 2 seeds; each (name, overrides) runs once for the folder
+    (test_toy_eval.py and test_evaluate_matches_toy_eval.py read the same runs)."""
     model_dir, data_path, captions = tiny_inputs
     root = tmp_path_factory.mktemp("toy_main_job_runs")
+    done: dict = {}
 
     def run(name: str, *overrides: str):
+        if (name, overrides) in done:
+            return done[(name, overrides)]
         out = root / name
         result = run_diffusion_recipe("toy_dpo.yaml", model_dir, data_path, out, *EVAL, f"toy_eval.captions={captions}",
                                       *overrides, cache_dir=root / "cache", small_run=SMALL_RUN)
-        return result, out, json.loads((out / "summary.json").read_text())
+        done[(name, overrides)] = result, out, json.loads((out / "summary.json").read_text())
+        return done[(name, overrides)]
 
     return run

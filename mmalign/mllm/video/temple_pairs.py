@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmalign.mllm.temporal import perturb_frames
-from mmalign.mllm.video_batch import prompt_text
+from mmalign.mllm.video.batch import prompt_text
+from mmalign.mllm.video.temporal import perturb_frames
 
 CAPTION_PROMPTS = (
     "Describe the video in detail.",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmalign.mllm.video_io import (
+from mmalign.data.video_io import (
     VideoDecodeError,
     VideoSampling,
     fit_pixels,

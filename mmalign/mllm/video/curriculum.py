@@ -43,8 +43,8 @@ class StageAdapter:
 
 def fresh_adapter(model: torch.nn.Module, adapter: StageAdapter) -> torch.nn.Module:
     """Merge any existing adapter, freeze the base, attach a new zero-initialised LoRA (the one selector and peft
-    config of :func:`mmalign.mllm.vlm_model.add_lora`)."""
-    from mmalign.mllm.vlm_model import add_lora
+    config of :func:`mmalign.mllm.model.add_lora`)."""
+    from mmalign.mllm.model import add_lora
 
     base = merge_adapter(model)
     for p in base.parameters():

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from mmalign.mllm.logprobs import sequence_logps
-from mmalign.mllm.vlm_config import VLMMethodConfig
-from mmalign.mllm.vlm_forward import (
+from mmalign.mllm.forward import (
     completion_window,
     encode_images,
     forward_logits,
     noisy_sequence_logps,
     reference_mode,
 )
+from mmalign.mllm.logprobs import sequence_logps
+from mmalign.mllm.vlm.config import VLMMethodConfig
 from mmalign.objectives import REFERENCE_FREE_KINDS, preference_loss
 from mmalign.objectives.dynamic_beta import per_sample_beta
 
@@ -45,6 +45,10 @@ class VLMMethod:
     extra_image: str
     """The second image the chosen answer is also scored under: ``none``; ``row`` (every row names one in
     ``data.extra_image_field``, required); ``row_or_crop`` (the row's when the field is set, else a random crop)."""
+    anchor: bool = False
+    """Adds mDPO's anchor term ``-logsig(beta rho_w - delta)`` (``method.anchor_delta``)."""
+    noisy_scoring: bool = False
+    """Reads ``method.rdpo_noisy`` (rDPO's official top-1-non-label scoring of the rejected / extra rows)."""
 
     @property
     def requires_extra_image(self) -> bool:
@@ -55,7 +59,7 @@ class VLMMethod:
         return self.extra_image != "none"
 
     def collator_extra(self, extra_image_field: str | None) -> str:
-        """The :class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator` ``extra`` mode for this data set."""
+        """The :class:`~mmalign.mllm.vlm.batch.VisionPreferenceCollator` ``extra`` mode for this data set."""
         if self.extra_image == "row_or_crop":
             return "row_or_crop" if extra_image_field else "crop"
         return self.extra_image
@@ -63,8 +67,8 @@ class VLMMethod:
 
 METHODS: dict[str, VLMMethod] = {
     "dpo": VLMMethod(extra_image="none"),
-    "mdpo": VLMMethod(extra_image="row_or_crop"),  # L_CoPO on a corrupted (cropped) image, L_AncPO
-    "rdpo": VLMMethod(extra_image="row"),  # L_vDPO on the row's retrieved image
+    "mdpo": VLMMethod(extra_image="row_or_crop", anchor=True),  # L_CoPO on a corrupted (cropped) image, L_AncPO
+    "rdpo": VLMMethod(extra_image="row", noisy_scoring=True),  # L_vDPO on the row's retrieved image
 }
 """The VLM methods; a new one is an entry here, its terms in :func:`preference_step`, a YAML and a test."""
 
@@ -96,7 +100,7 @@ def check_method(method: VLMMethodConfig) -> None:
 
 def needs_reference(method: VLMMethodConfig) -> bool:
     """Reference-free objectives (SimPO, ORPO) load no reference unless an mDPO/rDPO term needs one."""
-    return method.loss_type not in REFERENCE_FREE_KINDS or method.name != "dpo"
+    return method.loss_type not in REFERENCE_FREE_KINDS or METHODS[method.name].scores_extra_image
 
 
 def _scores(model, text, vision, features, *, times, noisy_from: int | None = None):
@@ -112,7 +116,7 @@ def _scores(model, text, vision, features, *, times, noisy_from: int | None = No
 
 
 def _all_scores(model, batch, method, features, extra_features) -> dict[str, torch.Tensor]:
-    noisy = method.name == "rdpo" and method.rdpo_noisy
+    noisy = METHODS[method.name].noisy_scoring and method.rdpo_noisy
     n_pairs = len(batch["row_ids"])
     scores, n_tokens = _scores(model, batch["pair"], batch["vision"], features, times=2,
                                noisy_from=n_pairs if noisy else None)
@@ -133,7 +137,7 @@ def preference_step(
     ref_model: torch.nn.Module | None = None,
     share_features: bool = True,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Loss (mean over pairs) and metrics of one collated batch (:class:`~mmalign.mllm.vlm_batch.VisionPreferenceCollator`).
+    """Loss (mean over pairs) and metrics of one collated batch (:class:`~mmalign.mllm.vlm.batch.VisionPreferenceCollator`).
 
     ``share_features``: encode each image once and reuse the features everywhere (valid only when the vision
     tower and projector are frozen and un-adapted; the recipe decides). ``ref_model=None`` with a peft
@@ -175,7 +179,7 @@ def preference_step(
         )
         metrics[f"{method.name}/conditional_loss"] = conditional.detach().mean()
         losses = losses + conditional
-        if method.name == "mdpo":
+        if METHODS[method.name].anchor:
             offset = torch.full_like(policy["chosen"], method.anchor_delta) / torch.as_tensor(beta)
             anchor, _ = preference_loss(
                 "sigmoid", chosen=policy["chosen"], rejected=offset.detach(),

@@ -11,7 +11,7 @@ prompt part and zero for completions.
 Two differences from TRL, both deliberate:
 
 * vision tensors (``pixel_values``, ``image_grid_thw``, ...) are produced **once per pair** (``vision``) and
-  repeated (or their encoder features reused) at forward time, see :mod:`mmalign.mllm.vlm_forward`;
+  repeated (or their encoder features reused) at forward time, see :mod:`mmalign.mllm.forward`;
 * truncation never cuts visual tokens: a row whose prompt (with its expanded image tokens) leaves no room
   for one completion token within ``max_length`` is an error naming the row id (``on_overlong="error"``), or
   is dropped and counted (``"drop"``); otherwise completions are cut at the end (TRL ``keep_start``).
@@ -32,8 +32,6 @@ from PIL import Image
 from mmalign.data.vlm_rows import VLMRow, split_bad
 from mmalign.mllm.chat import assistant_turn, render, typed_messages
 
-PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
-"""Vision inputs consumed only by the vision encoder (replaced by cached features when shared)."""
 TYPE_ID_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 

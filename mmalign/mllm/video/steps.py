@@ -1,6 +1,6 @@
 """Training steps for video LLMs: ``step_fn(model, batch) -> (loss, metrics)`` for :func:`mmalign.train.train`.
 
-Each step runs the policy forward on a batch built by :class:`mmalign.mllm.video_batch.VideoRowCollator`
+Each step runs the policy forward on a batch built by :class:`mmalign.mllm.video.batch.VideoRowCollator`
 (rows ``[first ; second]``), the reference forward under ``no_grad``, and one objective:
 
 * ``sft``: token-mean NLL of the (single-row) completions;
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from mmalign.mllm.video_batch import score_logits, shifted
-from mmalign.mllm.vlm_forward import forward_logits, reference_mode
+from mmalign.mllm.forward import forward_logits, reference_mode
+from mmalign.mllm.video.batch import score_logits, shifted
 from mmalign.objectives import preference_loss
 from mmalign.objectives.rrpo import rrpo_loss, token_kl
 

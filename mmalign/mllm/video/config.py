@@ -3,14 +3,14 @@ curriculum + SFT), VDPO and plain SFT on video LLMs. Ranges and choices are chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from mmalign.choices import ON_BAD_ROW, PREFERENCE_KINDS
-from mmalign.choices import VIDEO_METHODS as METHODS
 from mmalign.config import MISSING
+from mmalign.data.video_io import VideoSampling
 from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
-from mmalign.mllm.temporal import KINDS
-from mmalign.mllm.video_io import VideoSampling
+from mmalign.mllm.video.methods import METHODS, check_method_keys
+from mmalign.mllm.video.temporal import KINDS
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
@@ -46,6 +46,10 @@ class MethodConfig:
     """Preference loss of ``dpo``/``vdpo`` (any kind of ``mmalign.objectives.preference_loss``)."""
     sft_weight: float = 0.0
     """Weight of the token-mean NLL of chosen rows added to dpo/vdpo (TEMPLE's ms-swift rpo_alpha = 1.0)."""
+    label_smoothing: float = 0.0
+    """dpo/vdpo: eps of loss_type cdpo / robust / simpo (main could not set it: they ran with 0)."""
+    gamma: float = 0.0
+    """dpo/vdpo: SimPO target margin (loss_type simpo)."""
     perturbations: list[str] = field(default_factory=lambda: ["reverse", "shuffle"])
     """VDPO: temporal perturbations drawn per example for the rejected video."""
     magnitude: int = 16
@@ -131,6 +135,12 @@ class VideoRecipeConfig:
         ``data.on_bad_row: error|skip``; ``stages[i].lora_r`` → ``lora_rank``; the ``lora:`` block's old forms."""
         return [*_migrate_video(raw), *migrate_lora_block(raw)]
 
+    @staticmethod
+    def check_given(cfg: VideoRecipeConfig, given: set[str]) -> None:
+        """A ``method.*`` key no method of the run reads is a ConfigError (:mod:`mmalign.mllm.video.methods`)."""
+        shared = tuple(f.name for f in fields(MethodConfig) if f.name != "name")
+        check_method_keys([s.method for s in cfg.stages] or [cfg.method.name], given, shared)
+
 
 _RENAMED = {"model.lora_r": "lora.rank", "model.lora_alpha": "lora.alpha", "model.lora_dropout": "lora.dropout",
             "model.lora_target": "lora.target_modules", "data.train": "data.path",
@@ -161,7 +171,8 @@ def _migrate_video(raw: dict) -> list[tuple[str, str]]:
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
 register(ModelConfig, dtype=OneOf("float32", "bfloat16", "float16"))
 register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), alpha=Range(0),
-         loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), perturbations=OneOf(*KINDS), magnitude=Range(1),
+         loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), label_smoothing=Range(0, 0.5), gamma=Range(0),
+         perturbations=OneOf(*KINDS), magnitude=Range(1),
          frames_per_clip=Range(1), kl_chunk_size=Range(1))
 register(DataConfig, max_length=Range(1), on_bad_row=OneOf(*ON_BAD_ROW), max_bad_fraction=Range(0, 1))
 register(StageConfig, method=OneOf(*METHODS), epochs=Range(0, low_open=True), max_steps=Range(0),

@@ -1,12 +1,10 @@
-"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video_config.VideoRecipeConfig`: input checks,
+"""The parts ``recipes/video.py`` builds from a :class:`~mmalign.mllm.video.config.VideoRecipeConfig`: input checks,
 model + processor, the dataset and step function of a method, per-stage LoRA and train settings, the toy metric."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,12 @@ import torch
 
 from mmalign.config import ConfigError, require_paths
 from mmalign.data.skipping import SkipCounter
-from mmalign.data.video_rows import METHODS, read_records
-from mmalign.mllm.curriculum import StageAdapter
-from mmalign.mllm.video_config import ModelConfig, StageConfig, VideoRecipeConfig
-from mmalign.mllm.video_dataset import VideoPreferenceDataset
-from mmalign.mllm.video_steps import StepFn, make_pair_step, make_rrpo_step, sft_step
+from mmalign.data.video_rows import read_records
+from mmalign.mllm.video.config import ModelConfig, StageConfig, VideoRecipeConfig
+from mmalign.mllm.video.curriculum import StageAdapter
+from mmalign.mllm.video.dataset import VideoPreferenceDataset
+from mmalign.mllm.video.methods import METHODS, SPECS
+from mmalign.mllm.video.steps import StepFn, make_pair_step, make_rrpo_step, sft_step
 from mmalign.objectives.rrpo import rrpo_defaults
 from mmalign.reference import frozen_copy
 from mmalign.train_config import TrainConfig
@@ -38,10 +37,10 @@ def check_inputs(cfg: VideoRecipeConfig) -> None:
 
 
 def load_video_llm(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` through the one loader :func:`mmalign.mllm.vlm_model.load_vlm` (pad token set,
+    """``(model, processor)`` through the one loader :func:`mmalign.mllm.model.load_vlm` (pad token set,
     dropout off)."""
-    from mmalign.mllm.vlm_config import VLMModelConfig
-    from mmalign.mllm.vlm_model import load_vlm
+    from mmalign.mllm.model import load_vlm
+    from mmalign.mllm.model_config import VLMModelConfig
 
     return load_vlm(VLMModelConfig(pretrained=cfg.pretrained, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                    attn_implementation=cfg.attn_implementation))
@@ -56,48 +55,32 @@ def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any
     )
 
 
-def _sft(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
+def sft_builder(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
     return sft_step
 
 
-def _pair(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
+def pair_builder(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
     beta = cfg.method.beta if cfg.method.beta is not None else 0.1
-    return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model)
+    return make_pair_step(beta, cfg.method.loss_type, cfg.method.sft_weight, ref_model,
+                          label_smoothing=cfg.method.label_smoothing, gamma=cfg.method.gamma)
 
 
-def _rrpo(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
+def rrpo_builder(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
     defaults = rrpo_defaults(cfg.model.family)
     beta = cfg.method.beta if cfg.method.beta is not None else defaults["beta"]
     alpha = cfg.method.alpha if cfg.method.alpha is not None else defaults["alpha"]
     return make_rrpo_step(beta, alpha, ref_model, cfg.method.kl_chunk_size)
 
 
-@dataclass(frozen=True)
-class VideoMethod:
-    """A video method: how its step is built and whether it scores against a reference."""
-
-    build: Callable[[VideoRecipeConfig, torch.nn.Module | None], StepFn]
-    needs_reference: bool = True
-
-
-STEPS: dict[str, VideoMethod] = {
-    "sft": VideoMethod(_sft, needs_reference=False),
-    "dpo": VideoMethod(_pair),  # TEMPLE: chosen / rejected answers on the same video
-    "vdpo": VideoMethod(_pair),  # the same loss, rejected = the answer on the perturbed video
-    "rrpo": VideoMethod(_rrpo),
-}
-"""One entry per ``method.name`` (the names of :data:`mmalign.choices.VIDEO_METHODS`, which a test keeps equal)."""
-
-
 def build_step(cfg: VideoRecipeConfig, method: str, ref_model: torch.nn.Module | None) -> StepFn:
     """The step of ``method``; ``ref_model=None`` means the reference is the policy with its adapter off."""
-    return STEPS[method].build(cfg, ref_model)
+    return SPECS[method].hook("step")(cfg, ref_model)
 
 
 def build_reference(cfg: VideoRecipeConfig, model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
     """A frozen copy of the base on ``device`` for full fine-tuning of a method with a reference; with LoRA the
     reference is the policy with its adapter off (None)."""
-    if cfg.lora.enabled or not STEPS[cfg.method.name].needs_reference:
+    if cfg.lora.enabled or not SPECS[cfg.method.name].needs_reference:
         return None
     return frozen_copy(model, device)
 

@@ -1,9 +1,10 @@
 """The video training set: :class:`~mmalign.data.video_rows.VideoRecord` rows → items of
-:class:`~mmalign.mllm.video_batch.VideoRow` tuples, one shape per method.
+:class:`~mmalign.mllm.video.batch.VideoRow` tuples, one shape per method.
 
-``sft`` → ``(row,)``; ``dpo`` → ``(chosen, rejected)`` on the same video; ``vdpo`` → ``(response | clean video,
-response | perturbed video)``; ``rrpo`` → ``(chosen, rejected)`` with phrase ids (pairs without phrase tokens on
-either side are dropped and counted). Unreadable videos are skipped and counted (:class:`SkipCounter`).
+Each method's entry (:data:`mmalign.mllm.video.methods.SPECS`) names its item builder here: ``sft`` →
+:func:`response_item` ``(row,)``; ``dpo`` → :func:`pair_item` ``(chosen, rejected)`` on the same video; ``vdpo`` →
+:func:`perturbed_item` ``(response | clean video, response | perturbed video)``; ``rrpo`` → :func:`pair_item` with
+phrase ids (``phrases``: pairs without phrase tokens on either side are dropped and counted). Unreadable videos are skipped and counted (:class:`SkipCounter`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from torch.utils.data import Dataset
 
 from mmalign.data.errors import TooManyBadSamplesError
 from mmalign.data.skipping import SkipCounter
-from mmalign.data.video_rows import METHODS, VideoRecord
-from mmalign.mllm.rrpo_phrases import filter_pairs, phrase_ids_from_diff, phrase_ids_from_tags
-from mmalign.mllm.temporal import perturb_frames
-from mmalign.mllm.video_batch import VideoRow
-from mmalign.mllm.video_io import VideoDecodeError, VideoSampling, read_video
+from mmalign.data.video_io import VideoDecodeError, VideoSampling, read_video
+from mmalign.data.video_rows import VideoRecord
+from mmalign.mllm.video.batch import VideoRow
+from mmalign.mllm.video.methods import METHODS, SPECS
+from mmalign.mllm.video.rrpo_phrases import filter_pairs, phrase_ids_from_diff, phrase_ids_from_tags
+from mmalign.mllm.video.temporal import perturb_frames
 
 
 @dataclass
@@ -42,14 +44,15 @@ class VideoPreferenceDataset(Dataset):
         ``on_bad_row`` and ``max_bad_fraction``); default: the first one is an error."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got '{method}'")
-        self.method, self.sampling = method, sampling
+        self.method, self.sampling, spec = method, sampling, SPECS[method]
+        self._item = spec.hook("item")
         self.perturbations, self.magnitude, self.frames_per_clip, self.seed = perturbations, magnitude, frames_per_clip, seed
         self.report = DataReport(total=len(records))
         self.skips = skips if skips is not None else SkipCounter(len(records), 0.0, "error", what="rows")
         self._frames: dict[str, np.ndarray] = {}
         kept = []
         for rec in records:
-            if method in ("dpo", "rrpo") and not rec.rejected:
+            if spec.needs_rejected and not rec.rejected:
                 raise ValueError(f"{rec.row_id}: missing field 'rejected' (or 'rejected_response' / 'pred')")
             try:
                 self._frames[rec.video] = read_video(rec.video, sampling).frames
@@ -62,9 +65,9 @@ class VideoPreferenceDataset(Dataset):
                 continue
             kept.append(rec)
         self.phrases: list[tuple[list[int], list[int]] | None] = [None] * len(kept)
-        if method == "rrpo":
+        if spec.phrases:
             if tokenizer is None:
-                raise ValueError("method 'rrpo' needs the tokenizer to compute phrase ids")
+                raise ValueError(f"method '{method}' needs the tokenizer to compute phrase ids")
             kept = self._attach_phrases(kept, tokenizer)
         self.skips.note_dropped([f"{k}: {v}" for k, v in self.report.dropped.items() if k not in self.skips.bad_ids])
         if not kept:
@@ -94,16 +97,28 @@ class VideoPreferenceDataset(Dataset):
         rec = self.records[i]
         frames = self._frames[rec.video]
         row = VideoRow(frames, rec.question, rec.chosen, row_id=rec.row_id)
-        if self.method == "sft":
-            return (row,)
-        if self.method == "vdpo":
-            rng = random.Random(self.seed * 1_000_003 + i)
-            kind = rng.choice(list(self.perturbations))
-            pert, _ = perturb_frames(frames, kind, self.magnitude, rng, frames_per_clip=self.frames_per_clip,
-                                     avoid_identity=True)
-            return row, VideoRow(pert, rec.question, rec.chosen, row_id=rec.row_id)
-        rejected = VideoRow(frames, rec.question, rec.rejected or "", row_id=rec.row_id)
-        if self.method == "rrpo":
-            c, r = self.phrases[i]
-            row.phrase_ids, rejected.phrase_ids = c, r
-        return row, rejected
+        return self._item(self, i, rec, frames, row)
+
+
+def response_item(ds: VideoPreferenceDataset, i: int, rec: VideoRecord, frames: np.ndarray,
+                  row: VideoRow) -> tuple[VideoRow, ...]:
+    """``(row,)``: the response on its video."""
+    return (row,)
+
+
+def perturbed_item(ds: VideoPreferenceDataset, i: int, rec: VideoRecord, frames: np.ndarray,
+                   row: VideoRow) -> tuple[VideoRow, ...]:
+    """``(response | clean video, response | perturbed video)``: one perturbation per item, seeded by the index."""
+    rng = random.Random(ds.seed * 1_000_003 + i)
+    kind = rng.choice(list(ds.perturbations))
+    pert, _ = perturb_frames(frames, kind, ds.magnitude, rng, frames_per_clip=ds.frames_per_clip, avoid_identity=True)
+    return row, VideoRow(pert, rec.question, rec.chosen, row_id=rec.row_id)
+
+
+def pair_item(ds: VideoPreferenceDataset, i: int, rec: VideoRecord, frames: np.ndarray,
+              row: VideoRow) -> tuple[VideoRow, ...]:
+    """``(chosen, rejected)`` on the same video, with phrase ids where the dataset computed them (RRPO)."""
+    rejected = VideoRow(frames, rec.question, rec.rejected or "", row_id=rec.row_id)
+    if ds.phrases[i] is not None:
+        row.phrase_ids, rejected.phrase_ids = ds.phrases[i]
+    return row, rejected

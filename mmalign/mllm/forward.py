@@ -22,9 +22,11 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmalign.mllm.logprobs import sequence_logps, token_logps
-from mmalign.mllm.vlm_batch import PIXEL_KEYS
 from mmalign.reference import reference_model
 from mmalign.unwrap import unwrap
+
+PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
+"""Vision inputs consumed only by the vision encoder (replaced by cached features when shared)."""
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config import MISSING
 from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
+from mmalign.mllm.model_config import VLMModelConfig
+from mmalign.mllm.vlm.methods import check_method_keys
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
-
-
-@dataclass
-class VLMModelConfig:
-    """The ``model:`` block."""
-
-    pretrained: str = MISSING
-    """Hub id or local folder of an ``AutoModelForImageTextToText`` checkpoint (and its processor)."""
-    processor: str | None = None
-    """Processor folder / hub id when it differs from ``pretrained``."""
-    dtype: str = "float32"
-    """float32 | bfloat16 | float16: weights dtype."""
-    attn_implementation: str | None = "sdpa"
-    """sdpa | eager | flash_attention_2 (``None``: transformers' default)."""
-    trust_remote_code: bool = False
-    """Only for models whose code is not in transformers; off unless you trust the repository."""
-    freeze_vision: bool = True
-    """Freeze the vision tower and projector (no gradients, no LoRA there). Enables shared vision features."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward (saves memory)."""
 
 
 @dataclass
@@ -136,14 +118,19 @@ class VLMRecipeConfig:
         """Old values: ``lora.enabled: false`` → ``lora.rank: 0``; ``lora.target_modules`` string → list."""
         return migrate_lora_block(raw)
 
+    @staticmethod
+    def check_given(cfg: VLMRecipeConfig, given: set[str]) -> None:
+        """A ``method.*`` key ``method.name`` does not read is a ConfigError (:mod:`mmalign.mllm.vlm.methods`)."""
+        shared = tuple(f.name for f in fields(VLMMethodConfig) if f.name != "name")
+        check_method_keys(cfg.method.name, given, shared)
+
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss_type
-# and method.beta_mode are checked by mmalign.mllm.vlm_objective.check_method.
+# and method.beta_mode are checked by mmalign.mllm.vlm.objective.check_method.
 _FRACTION = Range(0, 1)
-register(VLMModelConfig, dtype=OneOf("float32", "bfloat16", "float16"))
 register(VLMMethodConfig, beta=Range(0, low_open=True), label_smoothing=Range(0, 0.5), gamma=Range(0),
          sft_weight=Range(0), crop_scale_min=Range(0, 1, low_open=True), crop_scale_max=Range(0, 1, low_open=True),
          beta_weight=Range(0), beta_k=Range(0, low_open=True))

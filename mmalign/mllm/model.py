@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from mmalign.lora_config import ALL_LINEAR, LoraConfig
-from mmalign.mllm.vlm_config import VLMModelConfig
-from mmalign.mllm.vlm_forward import base_model, vision_modules
+from mmalign.mllm.forward import base_model, vision_modules
+from mmalign.mllm.model_config import VLMModelConfig
 from mmalign.reference import frozen_copy
 
 _DTYPES: dict[str, Any] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
