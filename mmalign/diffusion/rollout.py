@@ -24,7 +24,7 @@ Typical GRPO use (:mod:`mmalign.objectives.grpo`)::
         new = step_log_prob(parts.denoiser, r, idx, steps[idx], detach_uncond=True)      # idx: a micro-batch
         ref = reference_step_log_prob(parts.denoiser, r, idx, steps[idx]) if beta > 0 else None
         loss, metrics = grpo_loss(new.log_prob, r.log_probs[idx, steps[idx]], A[idx], clip_range=1e-4,
-                                  adv_clip_max=5, beta=beta, mean=new.mean, mean_ref=ref and ref.mean,
+                                  adv_clip_max=5, beta=beta, mean=new.mean, mean_ref=ref.mean if ref else None,
                                   std_dev_t=new.std_dev_t)
 
 How: :func:`rollout` swaps a recording scheduler (:mod:`mmalign.diffusion.rollout_schedulers`) into the diffusers

@@ -188,3 +188,27 @@ def test_same_seed_same_rollout_chunked_decode_and_custom_sigmas():
         c.step_params["sigma_prev"][0], shifted[1:], atol=1e-7)
     out = step_log_prob(denoiser(pipe), c, torch.arange(4), 2)
     assert torch.allclose(out.log_prob, c.log_probs[:, 2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_one_grpo_step_raises_the_log_prob_of_advantaged_samples(kind):
+    from mmalign.objectives.grpo import group_advantages, grpo_loss
+
+    pipe = _pipe(kind, lora=True)
+    net = denoiser(pipe)
+    r = _rollout(pipe, kind)
+    rewards = torch.tensor([1.0, 0.0, 0.2, 0.9])
+    adv = group_advantages(rewards, r.prompt_ids).advantages
+    samples, steps = torch.arange(4), r.train_steps[:, 0]
+    params = [p for n, p in net.named_parameters() if "lora" in n]
+    opt = torch.optim.Adam(params, lr=1e-3)  # first step: -lr * sign(grad), a first-order loss decrease
+    new = step_log_prob(net, r, samples, steps)
+    loss, metrics = grpo_loss(new.log_prob, r.log_probs[samples, steps], adv, clip_range=0.2, adv_clip_max=5.0)
+    assert float(metrics["approx_kl"]) < 1e-10 and float(metrics["clipfrac"]) == 0  # ratio 1 at the first step
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = step_log_prob(net, r, samples, steps).log_prob
+    gain = after - r.log_probs[samples, steps]
+    assert float((adv * gain).sum()) > 0  # the step moved probability towards the advantaged samples
+    assert gain[adv > 0].mean() > gain[adv < 0].mean()
