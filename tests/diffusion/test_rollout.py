@@ -212,3 +212,20 @@ def test_one_grpo_step_raises_the_log_prob_of_advantaged_samples(kind):
     gain = after - r.log_probs[samples, steps]
     assert float((adv * gain).sum()) > 0  # the step moved probability towards the advantaged samples
     assert gain[adv > 0].mean() > gain[adv < 0].mean()
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "flux"])
+def test_ratio_one_in_the_training_layout_bf16_base_fp32_lora(kind):
+    """The LoRA run's layout (mmalign.diffusion.build: frozen base in bf16, trainable LoRA weights in fp32), no
+    autocast: rollout and recomputation still agree exactly, and the reference (adapters off) differs."""
+    pipe = _pipe(kind, torch.bfloat16, lora=True)
+    net = denoiser(pipe)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    r = _rollout(pipe, kind)
+    samples, steps = torch.tensor([3, 0, 2]), torch.tensor([0, 2, 1])
+    out = step_log_prob(net, r, samples, steps, detach_uncond=True)
+    assert torch.allclose(out.log_prob, r.log_probs[samples, steps], atol=1e-5, rtol=0)
+    ref = reference_step_log_prob(net, r, samples, steps)
+    assert (ref.log_prob - out.log_prob.detach()).abs().max() > 1e-4
