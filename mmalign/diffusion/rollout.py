@@ -274,7 +274,8 @@ def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tenso
     conditional branch alone, flow_grpo / DDPO ``train.cfg = False`` — then the ratio is not 1 for a CFG rollout)
     and step coefficients.
     Returns :class:`~mmalign.diffusion.sde_steps.StepOutput` (``log_prob`` (n,), ``mean`` and ``std_dev_t`` for the
-    KL)."""
+    KL). A rollout made under ``autocast`` must be recomputed under the same autocast (then the ratio is 1; tiny
+    SD3 / FLUX without it: |delta log p| ~ 5e-4)."""
     device = rollout.latents.device
     samples = torch.as_tensor(samples, dtype=torch.long, device=device).reshape(-1)
     steps = _as_index(steps, samples.numel(), device)

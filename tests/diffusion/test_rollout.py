@@ -229,3 +229,16 @@ def test_ratio_one_in_the_training_layout_bf16_base_fp32_lora(kind):
     assert torch.allclose(out.log_prob, r.log_probs[samples, steps], atol=1e-5, rtol=0)
     ref = reference_step_log_prob(net, r, samples, steps)
     assert (ref.log_prob - out.log_prob.detach()).abs().max() > 1e-4
+
+
+def test_autocast_rollout_recomputes_under_the_same_autocast():
+    from functools import partial
+
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    pipe = _pipe("sd3", lora=True)
+    r = _rollout(pipe, "sd3", autocast=autocast)
+    samples, steps = torch.tensor([3, 0, 2]), torch.tensor([0, 2, 1])
+    with autocast():
+        out = step_log_prob(denoiser(pipe), r, samples, steps)
+    assert out.log_prob.dtype == torch.float32
+    assert torch.allclose(out.log_prob, r.log_probs[samples, steps], atol=1e-5, rtol=0)
