@@ -50,7 +50,9 @@ CFG in float32.
 Options: ``group_size`` G images per prompt in one batch (sample ``i`` belongs to prompt ``i // G``;
 ``same_noise_per_group``: DanceGRPO's ``init_same_noise``); ``num_inference_steps`` for training rollouts may be fewer
 than for evaluation; ``timestep_fraction``: flow_grpo's ``train.timestep_fraction`` — the first
-``int(K * fraction)`` of the K stochastic steps are trained (``scripts/train_sd3.py`` line 345; 0.99 of 10 -> 9);
+``int(K * fraction)`` of the K stochastic steps are trained (``scripts/train_sd3.py`` line 345; 0.99 of 10 -> 9;
+DanceGRPO's SD script trains ``int((T - 1) * fraction)``, ``fastvideo/train_grpo_sd.py`` line 86: choose the
+fraction accordingly);
 ``sde_window`` / ``sde_window_range``: Flow-GRPO-Fast (flow_grpo ``sd3_pipeline_with_logprob_fast.py``) — only
 ``sde_window`` consecutive steps starting at ``start ~ U{lo, hi - size}`` (drawn from ``generator``, one window per
 call) are stochastic, the others ODE steps (log-prob 0, never trained).
