@@ -15,7 +15,7 @@ from tests.helpers import perturb_lora
 
 PROMPTS = ["a red square", "a blue circle"]
 KINDS = ["sd15", "sdxl", "sd3", "flux"]
-GUIDANCE = {"sd15": 5.0, "sdxl": 5.0, "sd3": 4.5, "flux": 3.5}
+GUIDANCE = {"sd15": 5.0, "sd2v": 5.0, "sdxl": 5.0, "sd3": 4.5, "flux": 3.5}
 
 
 def _pipe(kind: str, dtype: torch.dtype = torch.float32, lora: bool = False):
@@ -39,7 +39,7 @@ def _pipe(kind: str, dtype: torch.dtype = torch.float32, lora: bool = False):
 
 def _embeds(pipe, kind: str, prompts: list[str]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        if kind == "sd15":
+        if kind in ("sd15", "sd2v"):
             return {"prompt_embeds": pipe.encode_prompt(prompts, "cpu", 1, False)[0]}
         if kind == "sdxl":
             e, _, p, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
@@ -86,7 +86,7 @@ def test_rollout_log_probs_equal_the_recomputation(kind, dtype):
     assert (moved.log_prob - r.log_probs[:, 0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "sd2v"])
 def test_noise_level_zero_is_the_plain_pipeline(kind):
     pipe = _pipe(kind)
     r = _rollout(pipe, kind, noise_level=0.0)
@@ -106,7 +106,10 @@ def test_noise_level_zero_is_the_plain_pipeline(kind):
     if kind == "flux":
         final = pipe._unpack_latents(final, 32, 32, pipe.vae_scale_factor)
     assert torch.equal(final, plain.float()) and torch.equal(r.final_latents, final)
-    assert not torch.equal(_rollout(pipe, kind).final_latents, r.final_latents)  # noise on: another sample
+    noisy = _rollout(pipe, kind)
+    assert not torch.equal(noisy.final_latents, r.final_latents)  # noise on: another sample
+    out = step_log_prob(denoiser(pipe), noisy, torch.arange(4), 1)
+    assert torch.allclose(out.log_prob, noisy.log_probs[:, 1], atol=1e-5, rtol=0)
 
 
 def test_timestep_fraction_sde_window_and_shared_noise():
