@@ -95,7 +95,8 @@ def _draw(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | Non
 
 
 def flow_sde_step(velocity: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor | float,
-                  sigma_prev: torch.Tensor | float, *, sigma_max: float, noise_level: torch.Tensor | float = 0.7,
+                  sigma_prev: torch.Tensor | float, *, sigma_max: torch.Tensor | float,
+                  noise_level: torch.Tensor | float = 0.7,
                   kind: str = "flow_grpo", prev_sample: torch.Tensor | None = None,
                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StepOutput:
     """Flow-matching SDE step (module docstring). ``velocity``: the (guided) model output at ``sample``;
@@ -109,7 +110,7 @@ def flow_sde_step(velocity: torch.Tensor, sample: torch.Tensor, sigma: torch.Ten
     level = _bcast(noise_level, x)
     dt = s_prev - s
     if kind == "flow_grpo":
-        std_dev_t = torch.sqrt(s / (1 - torch.where(s == 1, torch.full_like(s, float(sigma_max)), s))) * level
+        std_dev_t = torch.sqrt(s / (1 - torch.where(s == 1, _bcast(sigma_max, x), s))) * level
         mean = x * (1 + std_dev_t**2 / (2 * s) * dt) + v * (1 + std_dev_t**2 * (1 - s) / (2 * s)) * dt
         std = std_dev_t * torch.sqrt(-dt)
     else:
@@ -168,7 +169,7 @@ def step_from_params(kind: str, model_output: torch.Tensor, sample: torch.Tensor
     """The step of sampler ``kind`` with coefficients ``params`` (as :class:`StepRecord`; (n,) tensors)."""
     if kind in FLOW_SDE_KINDS:
         return flow_sde_step(model_output, sample, params["sigma"], params["sigma_prev"],
-                             sigma_max=params["sigma_max"].reshape(-1)[0].item(), noise_level=params["noise_level"],
+                             sigma_max=params["sigma_max"], noise_level=params["noise_level"],
                              kind=kind, prev_sample=prev_sample, generator=generator)
     if kind == "ddim":
         return ddim_step(model_output, sample, params["alpha_prod_t"], params["alpha_prod_t_prev"],

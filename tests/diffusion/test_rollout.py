@@ -15,7 +15,7 @@ from tests.helpers import perturb_lora
 
 PROMPTS = ["a red square", "a blue circle"]
 KINDS = ["sd15", "sdxl", "sd3", "flux"]
-GUIDANCE = {"sd15": 5.0, "sdxl": 5.0, "sd3": 4.5, "flux": 3.5}
+GUIDANCE = {"sd15": 5.0, "sd2v": 5.0, "sdxl": 5.0, "sd3": 4.5, "flux": 3.5}
 
 
 def _pipe(kind: str, dtype: torch.dtype = torch.float32, lora: bool = False):
@@ -39,7 +39,7 @@ def _pipe(kind: str, dtype: torch.dtype = torch.float32, lora: bool = False):
 
 def _embeds(pipe, kind: str, prompts: list[str]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        if kind == "sd15":
+        if kind in ("sd15", "sd2v"):
             return {"prompt_embeds": pipe.encode_prompt(prompts, "cpu", 1, False)[0]}
         if kind == "sdxl":
             e, _, p, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
@@ -86,7 +86,7 @@ def test_rollout_log_probs_equal_the_recomputation(kind, dtype):
     assert (moved.log_prob - r.log_probs[:, 0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "sd2v"])
 def test_noise_level_zero_is_the_plain_pipeline(kind):
     pipe = _pipe(kind)
     r = _rollout(pipe, kind, noise_level=0.0)
@@ -106,7 +106,10 @@ def test_noise_level_zero_is_the_plain_pipeline(kind):
     if kind == "flux":
         final = pipe._unpack_latents(final, 32, 32, pipe.vae_scale_factor)
     assert torch.equal(final, plain.float()) and torch.equal(r.final_latents, final)
-    assert not torch.equal(_rollout(pipe, kind).final_latents, r.final_latents)  # noise on: another sample
+    noisy = _rollout(pipe, kind)
+    assert not torch.equal(noisy.final_latents, r.final_latents)  # noise on: another sample
+    out = step_log_prob(denoiser(pipe), noisy, torch.arange(4), 1)
+    assert torch.allclose(out.log_prob, noisy.log_probs[:, 1], atol=1e-5, rtol=0)
 
 
 def test_timestep_fraction_sde_window_and_shared_noise():
@@ -188,3 +191,57 @@ def test_same_seed_same_rollout_chunked_decode_and_custom_sigmas():
         c.step_params["sigma_prev"][0], shifted[1:], atol=1e-7)
     out = step_log_prob(denoiser(pipe), c, torch.arange(4), 2)
     assert torch.allclose(out.log_prob, c.log_probs[:, 2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_one_grpo_step_raises_the_log_prob_of_advantaged_samples(kind):
+    from mmalign.objectives.grpo import group_advantages, grpo_loss
+
+    pipe = _pipe(kind, lora=True)
+    net = denoiser(pipe)
+    r = _rollout(pipe, kind)
+    rewards = torch.tensor([1.0, 0.0, 0.2, 0.9])
+    adv = group_advantages(rewards, r.prompt_ids).advantages
+    samples, steps = torch.arange(4), r.train_steps[:, 0]
+    params = [p for n, p in net.named_parameters() if "lora" in n]
+    opt = torch.optim.Adam(params, lr=1e-3)  # first step: -lr * sign(grad), a first-order loss decrease
+    new = step_log_prob(net, r, samples, steps)
+    loss, metrics = grpo_loss(new.log_prob, r.log_probs[samples, steps], adv, clip_range=0.2, adv_clip_max=5.0)
+    assert float(metrics["approx_kl"]) < 1e-10 and float(metrics["clipfrac"]) == 0  # ratio 1 at the first step
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = step_log_prob(net, r, samples, steps).log_prob
+    gain = after - r.log_probs[samples, steps]
+    assert float((adv * gain).sum()) > 0  # the step moved probability towards the advantaged samples
+    assert gain[adv > 0].mean() > gain[adv < 0].mean()
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "flux"])
+def test_ratio_one_in_the_training_layout_bf16_base_fp32_lora(kind):
+    """The LoRA run's layout (mmalign.diffusion.build: frozen base in bf16, trainable LoRA weights in fp32), no
+    autocast: rollout and recomputation still agree exactly, and the reference (adapters off) differs."""
+    pipe = _pipe(kind, torch.bfloat16, lora=True)
+    net = denoiser(pipe)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    r = _rollout(pipe, kind)
+    samples, steps = torch.tensor([3, 0, 2]), torch.tensor([0, 2, 1])
+    out = step_log_prob(net, r, samples, steps, detach_uncond=True)
+    assert torch.allclose(out.log_prob, r.log_probs[samples, steps], atol=1e-5, rtol=0)
+    ref = reference_step_log_prob(net, r, samples, steps)
+    assert (ref.log_prob - out.log_prob.detach()).abs().max() > 1e-4
+
+
+def test_autocast_rollout_recomputes_under_the_same_autocast():
+    from functools import partial
+
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    pipe = _pipe("sd3", lora=True)
+    r = _rollout(pipe, "sd3", autocast=autocast)
+    samples, steps = torch.tensor([3, 0, 2]), torch.tensor([0, 2, 1])
+    with autocast():
+        out = step_log_prob(denoiser(pipe), r, samples, steps)
+    assert out.log_prob.dtype == torch.float32
+    assert torch.allclose(out.log_prob, r.log_probs[samples, steps], atol=1e-5, rtol=0)

@@ -2,7 +2,8 @@
 
 * SD3: yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd
   ``flow_grpo/diffusers_patch/sd3_pipeline_with_logprob.py`` lines 102-172 (CFG on ``[negative; positive]``, one
-  ``sde_step_with_logprob`` per step, all latents and log-probs stored);
+  ``sde_step_with_logprob`` per step, all latents and log-probs stored), and the training-time recomputation
+  ``scripts/train_sd3.py`` lines 180-215 (``compute_log_prob``: CFG with the unconditional branch detached);
 * SD1.5: kvablack/ddpo-pytorch@1958463f020112c9a7bc85768d296daacc2e1b4b
   ``ddpo_pytorch/diffusers_patch/pipeline_with_logprob.py`` lines 160-222 (``ddim_step_with_logprob`` with eta).
 
@@ -83,3 +84,38 @@ def test_sd15_rollout_equals_ddpo_sampler():
     lat, lp = _ddpo_loop(pipe, _repeat(embeds, 2), neg, 4, 5.0, 1.0, torch.Generator().manual_seed(7), 4)
     assert torch.allclose(ours.latents, lat, atol=1e-5, rtol=1e-5)
     assert torch.allclose(ours.log_probs, lp, atol=1e-4, rtol=1e-5)
+
+
+def _flow_grpo_compute_log_prob(transformer, scheduler, sample, j, embeds, pooled_embeds, guidance, noise_level):
+    """flow_grpo ``scripts/train_sd3.py`` lines 180-215 (``compute_log_prob``, ``train.cfg=True``)."""
+    noise_pred = transformer(hidden_states=torch.cat([sample["latents"][:, j]] * 2),
+                             timestep=torch.cat([sample["timesteps"][:, j]] * 2), encoder_hidden_states=embeds,
+                             pooled_projections=pooled_embeds, return_dict=False)[0]
+    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+    noise_pred_uncond = noise_pred_uncond.detach()
+    noise_pred = noise_pred_uncond + guidance * (noise_pred_text - noise_pred_uncond)
+    return _flow_grpo_sde_step(scheduler, noise_pred.float(), sample["timesteps"][:, j],
+                               sample["latents"][:, j].float(), prev_sample=sample["next_latents"][:, j].float(),
+                               noise_level=noise_level)
+
+
+def test_sd3_recomputation_equals_flow_grpo_compute_log_prob():
+    from mmalign.diffusion.rollout import step_log_prob
+
+    pipe = _pipe("sd3")
+    embeds, neg = _embeds(pipe, "sd3", PROMPTS), _embeds(pipe, "sd3", [""])
+    r = rollout(pipe, embeds, negative=neg, group_size=2, num_inference_steps=4, guidance_scale=4.5, height=32,
+                width=32, generator=torch.Generator().manual_seed(3))
+    pipe.scheduler.set_timesteps(4)
+    sample = {"latents": r.latents[:, :-1], "next_latents": r.latents[:, 1:],
+              "timesteps": pipe.scheduler.timesteps.repeat(4, 1)}
+    full = _repeat(embeds, 2)
+    cat_embeds = torch.cat([neg["prompt_embeds"].repeat(4, 1, 1), full["prompt_embeds"]])
+    cat_pooled = torch.cat([neg["pooled"].repeat(4, 1), full["pooled"]])
+    for j in range(4):
+        _, lp, mean, std_dev_t = _flow_grpo_compute_log_prob(pipe.transformer, pipe.scheduler, sample, j, cat_embeds,
+                                                             cat_pooled, 4.5, 0.7)
+        ours = step_log_prob(pipe.transformer, r, torch.arange(4), j, detach_uncond=True)
+        assert torch.allclose(ours.log_prob, lp, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(ours.mean, mean, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(ours.std_dev_t, std_dev_t.expand_as(ours.std_dev_t), rtol=1e-6)
