@@ -104,9 +104,14 @@ def check_family_options(cfg: DiffusionRecipeConfig, family: str | None) -> None
 
 def load_data(cfg: DiffusionRecipeConfig, kind: str):
     """Validated records with lazily decoded images (:func:`mmalign.data.load_preference_data`), with the row
-    fields the method reads besides its kind's (the registry's ``columns``: PPD's ``user_id``)."""
+    fields the method reads besides its kind's (the registry's ``columns``: PPD's ``user_id``); the train prompts
+    for the online methods (kind ``prompts``: :func:`mmalign.data.prompts.load_prompts`)."""
     from mmalign.data import load_preference_data
 
+    if kind == "prompts":
+        from mmalign.data.prompts import load_prompts
+
+        return load_prompts(cfg.data.path, "train", cfg.data.test_fraction, max_items=cfg.data.max_rows)
     return load_preference_data(
         cfg.data.path, kind=kind, max_bad_fraction=_fraction(cfg), max_items=cfg.data.max_rows,
         bad_image="drop" if cfg.data.cache else "replace", allow_outside_paths=cfg.data.allow_outside_paths,

@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config_blocks import DTYPES, DataConfig, EvalConfig, ExportConfig, ModelConfig, renamed_block_key
+from mmalign.config_error import ConfigError
 from mmalign.diffusion.flow_options import FlowOptions
+from mmalign.diffusion.online.options import RewardConfig
 from mmalign.diffusion.registry import (
     DATA_KINDS,
     METHODS,
+    ONLINE_KIND,
+    REGISTRY,
     MethodConfig,
     check_method_keys,
     chosen_sections,
@@ -51,11 +55,15 @@ class DiffusionModelConfig(ModelConfig, FlowOptions):
 @dataclass
 class DiffusionDataConfig(DataConfig):
     """The ``data:`` block: the shared keys (:class:`mmalign.config_blocks.DataConfig`; ``path``: folder, file or hub
-    id read by mmalign.data.load_preference_data; ``media_root`` is not read here: image paths resolve against the
-    data file's folder) and the diffusion readers' own."""
+    id read by mmalign.data.load_preference_data, or for the online methods (data kind prompts) a .txt / .jsonl of
+    prompts or a folder with train.* / test.* (mmalign.data.prompts); ``media_root`` is not read here: image paths
+    resolve against the data file's folder) and the diffusion readers' own."""
 
     kind: str | None = None
-    """pairs | ranked | unpaired (null: pairs, or as the method requires)."""
+    """pairs | ranked | unpaired | prompts (null: as the method requires)."""
+    test_fraction: float = 0.0
+    """prompts: the last fraction of the prompts held out (when the data has no test file) for the end-of-run
+    reward on unseen prompts."""
     resolution: int = 512
     """Images are resized (shorter side) and center-cropped to this size."""
     random_flip: bool = False
@@ -146,6 +154,8 @@ class DiffusionRecipeConfig:
     export: DiffusionExportConfig = field(default_factory=DiffusionExportConfig)
     eval: DiffusionEvalConfig = field(default_factory=DiffusionEvalConfig)
     """Optional toy-world evaluation of base vs aligned on held-out captions (the main job's quality report)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """The reward of the online methods (grpo, online_dpo): a weighted sum of scorers (mmalign/diffusion/online)."""
     output_dir: str = "outputs/diffusion"
     """Where checkpoints, logs, validation grids, the exported model and summary.json go."""
     note: str = ""
@@ -155,7 +165,10 @@ class DiffusionRecipeConfig:
         """A plain dict of the config with only the chosen method's options section (the saved run config)."""
         from dataclasses import asdict
 
-        return chosen_sections(asdict(self))
+        out = chosen_sections(asdict(self))
+        if REGISTRY[self.method.name].data != ONLINE_KIND:
+            out.pop("reward", None)  # offline methods read no reward block
+        return out
 
     @staticmethod
     def renamed_key(key: str, raw: dict) -> str | None:
@@ -172,8 +185,17 @@ class DiffusionRecipeConfig:
 
     @staticmethod
     def check_given(cfg: DiffusionRecipeConfig, given: set[str]) -> None:
-        """Options the chosen method does not read are a ConfigError naming the key (registry.py)."""
+        """Options the chosen method does not read are a ConfigError naming the key (registry.py); so is a
+        ``reward.*`` key for an offline method."""
         check_method_keys(cfg.method, given)
+        online = REGISTRY[cfg.method.name].data == ONLINE_KIND
+        default = RewardConfig()
+        changed = sorted(k for k in given if k.split(".")[0] == "reward" and len(k.split(".")) > 1
+                         and getattr(cfg.reward, k.split(".")[1], None) != getattr(default, k.split(".")[1], None))
+        if not online and (keys := changed):
+            raise ConfigError(f"config key '{keys[0]}' is read by the online methods only "
+                              f"({', '.join(m for m in METHODS if REGISTRY[m].data == ONLINE_KIND)}), "
+                              f"not by method '{cfg.method.name}'")
 
 
 # Ranges and choices, checked by load_config before any model loads (mmalign.validate).
@@ -194,4 +216,22 @@ register(ValidationConfig, every=Range(0), num_inference_steps=Range(1), guidanc
 register(DiffusionExportConfig, ema_decay=_FRACTION)
 register(DiffusionEvalConfig, max_captions=Range(1), seeds=Range(0), num_inference_steps=Range(1), guidance_scale=Range(0),
          batch_size=Range(1), grid_rows=Range(1), grid_columns=Range(1))
+register(DiffusionDataConfig, test_fraction=Range(0, 1, high_open=True))
 register_check(DiffusionRecipeConfig, lambda c: output_dir_problem(c.output_dir))
+
+
+def _online_problem(c: DiffusionRecipeConfig) -> str | None:
+    if c.method.name not in REGISTRY or REGISTRY[c.method.name].data != ONLINE_KIND:
+        return None
+    if not c.reward.scorers:
+        return (f"method '{c.method.name}' learns from a reward: set reward.scorers (e.g. {{pickscore: 1.0}}; "
+                "scorer names from scorers/cards)")
+    if c.train.num_workers:
+        return (f"train.num_workers ({c.train.num_workers}) must be 0 for method '{c.method.name}': its rollouts "
+                "are made in the training process")
+    if c.data.kind not in (None, ONLINE_KIND):
+        return f"data.kind ('{c.data.kind}'): method '{c.method.name}' reads prompts"
+    return None
+
+
+register_check(DiffusionRecipeConfig, _online_problem)

@@ -2,7 +2,8 @@
 
 An entry says what the recipe needs to know about a method and nothing else:
 
-* ``data`` — the preference-data kind it reads (pairs | ranked | unpaired);
+* ``data`` — the data kind it reads (pairs | ranked | unpaired preference data; prompts for the online methods,
+  which make their own images: :mod:`mmalign.diffusion.online`);
 * ``reference`` — whether its loss needs a reference model (LoRA: adapters off; full fine-tuning: a frozen copy);
 * ``options`` — its own options dataclass, read from ``method.<name>.*`` of the recipe YAML (every other method's
   section is an error there, :func:`check_method_keys`);
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmalign.config_error import ConfigError
+from mmalign.diffusion.online.options import GrpoOptions, OnlineDpoOptions
 from mmalign.diffusion.options import NoiseConfig, PpdConfig, SmpoConfig
 from mmalign.method_registry import MethodSpecBase, check_given_keys, chosen_view, method_spec_of, sections
 from mmalign.validate import OneOf, Range, register, register_check
@@ -113,7 +115,7 @@ class MethodConfig:
     (only ``method.<name>`` of the chosen method may be set: :func:`check_method_keys`)."""
 
     name: str = "dpo"
-    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo | ppd (the registry below)."""
+    """dpo | sft | mapo | dcpo | rankdpo | kto | smpo | inpo | ppd | grpo | online_dpo (the registry below)."""
     beta: float = 5000.0
     """The preference temperature of the DPO family (official -(beta/2) form; 5000 SD1.5/SDXL, 500 DCPO SD2.1)
     and of the methods built on it (RankDPO, SmPO, InPO, PPD). MaPO's margin weight and KTO's weight are other
@@ -135,6 +137,10 @@ class MethodConfig:
     inpo: InpoOptions = field(default_factory=InpoOptions)
     ppd: PpdConfig = field(default_factory=PpdConfig)
     """PPD user embeddings and user cross-attention (shots, VLM / CLIP source, dropout); see mmalign/diffusion/ppd."""
+    grpo: GrpoOptions = field(default_factory=GrpoOptions)
+    """Online GRPO (rollouts, group advantages, PPO clip, KL): mmalign/diffusion/online; rewards from ``reward:``."""
+    online_dpo: OnlineDpoOptions = field(default_factory=OnlineDpoOptions)
+    """Online Diffusion-DPO (best vs worst of each prompt's rollouts, the Diffusion-DPO step)."""
 
 
 @dataclass
@@ -176,6 +182,7 @@ DEFAULT_HOOKS = {
 
 _STEPS = "mmalign.diffusion.steps"
 _PPD = "mmalign.diffusion.ppd.setup"
+_ONLINE = "mmalign.diffusion.online"
 REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("dpo", "pairs", True, f"{_STEPS}.dpo:dpo_step", DpoOptions,
                summary="Diffusion-DPO: pairs, shared t and noise (Wallace et al. 2024)"),
@@ -199,10 +206,18 @@ REGISTRY: dict[str, MethodSpec] = {m.name: m for m in (
                setup_model=f"{_PPD}:ppd_setup_model", export=f"{_PPD}:ppd_export", columns=("user_id",),
                flow_matching=False, ignores=("lora",),
                summary="PPD: personalised DPO with user-conditioned cross-attention (Dang et al. 2025)"),
+    MethodSpec("grpo", "prompts", True, f"{_ONLINE}.grpo_step:grpo_step", GrpoOptions, uses=("sdxl_time_ids",),
+               training_set=f"{_ONLINE}.setup:online_training_set",
+               summary="GRPO: online RL on reward-scored rollouts (Flow-GRPO, DanceGRPO, DDPO)"),
+    MethodSpec("online_dpo", "prompts", True, f"{_ONLINE}.dpo_step:online_dpo_step", OnlineDpoOptions,
+               uses=("beta", "timestep_weight", "sdxl_time_ids"), training_set=f"{_ONLINE}.setup:online_training_set",
+               summary="Online Diffusion-DPO: best vs worst of the policy's own samples (flow_grpo train_sd3_dpo)"),
 )}
 
 METHODS = tuple(REGISTRY)
-DATA_KINDS = ("pairs", "ranked", "unpaired")
+DATA_KINDS = ("pairs", "ranked", "unpaired", "prompts")
+ONLINE_KIND = "prompts"
+"""The data kind of the online methods: they sample their own images and read the ``reward:`` block."""
 
 
 def method_spec(name: str) -> MethodSpec:

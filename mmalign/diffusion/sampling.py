@@ -88,14 +88,16 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(pipe, prompts: str | Sequence[str], *, output_type: str = "pil",
+def generate(pipe, prompts: str | Sequence[str] | None, *, output_type: str = "pil",
              autocast: Callable[[], Any] = nullcontext, **pipe_kwargs) -> Any:
     """``pipe(prompts, **pipe_kwargs)`` with explicit dtypes (module docstring); returns the images as
     ``output_type`` (``pil``: list of PIL images, ``np``: float array (N, H, W, 3) in [0, 1], ``pt``: tensor
-    (N, 3, H, W) in [0, 1], ``latent``: the final latents, FLUX's unpacked to (N, C, h, w))."""
-    prompts = prompts if isinstance(prompts, str) else list(prompts)
+    (N, 3, H, W) in [0, 1], ``latent``: the final latents, FLUX's unpacked to (N, C, h, w)). ``prompts=None``:
+    the conditioning comes as ``prompt_embeds=`` etc. in ``pipe_kwargs`` (cached embeddings; rollouts)."""
+    if prompts is not None:
+        pipe_kwargs["prompt"] = prompts if isinstance(prompts, str) else list(prompts)
     with inputs_cast_to_module_dtype(denoiser(pipe)), autocast():
-        latents = pipe(prompts, output_type="latent", **pipe_kwargs).images
+        latents = pipe(output_type="latent", **pipe_kwargs).images
     if latents.dim() == 3 and hasattr(pipe, "_unpack_latents"):  # FLUX returns packed (N, h*w/4, 4C) latents
         size = pipe.default_sample_size * pipe.vae_scale_factor
         latents = pipe._unpack_latents(latents, pipe_kwargs.get("height") or size, pipe_kwargs.get("width") or size,

@@ -5,6 +5,16 @@ error) for diffusion models; see :mod:`mmalign.objectives.pairwise`. Every loss 
 per-example losses (batch loss = ``losses.mean()``) and detached scalar metrics named as TRL logs them.
 """
 
+from mmalign.objectives.grpo import (
+    DPOPairs,
+    GroupAdvantages,
+    clip_advantages,
+    group_advantages,
+    grpo_loss,
+    online_dpo_pairs,
+    ppo_clip_loss,
+    sde_mean_kl,
+)
 from mmalign.objectives.kto import kto_loss, kto_z0
 from mmalign.objectives.mapo import mapo_link, mapo_loss
 from mmalign.objectives.pairwise import (
@@ -20,20 +30,28 @@ from mmalign.objectives.rrpo import rrpo_defaults, rrpo_loss, token_kl
 from mmalign.objectives.smoothed import smpo_kappa
 
 __all__ = [
+    "DPOPairs",
+    "GroupAdvantages",
     "PREFERENCE_KINDS",
     "REFERENCE_FREE_KINDS",
     "REFERENCE_KINDS",
+    "clip_advantages",
+    "group_advantages",
+    "grpo_loss",
     "kto_loss",
     "kto_z0",
     "log1mexp",
     "mapo_link",
     "mapo_loss",
+    "online_dpo_pairs",
+    "ppo_clip_loss",
     "preference_loss",
     "rankdpo_loss",
     "rankdpo_pair_weights",
     "ranks_descending",
     "rrpo_defaults",
     "rrpo_loss",
+    "sde_mean_kl",
     "sft_term",
     "smpo_kappa",
     "token_kl",

@@ -44,6 +44,11 @@ def write_tiny_data(kind: str, out_dir: str | Path, n: int = 16, size: int = 64)
     from mmalign.data import write_pairs_jsonl, write_ranked_jsonl, write_unpaired_jsonl
 
     names = list(COLORS)
+    if kind == "prompts":  # the online methods' data: one prompt per line
+        path = Path(out_dir) / "prompts.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"a {names[i % 4]} square on the {('left', 'right')[i // 4 % 2]}\n" for i in range(n)))
+        return path
     rows = []
     for i in range(n):
         good, bad = names[i % 4], names[(i + 1 + i // 4) % 4 if (i + 1 + i // 4) % 4 != i % 4 else (i + 2) % 4]
@@ -61,7 +66,7 @@ def write_tiny_data(kind: str, out_dir: str | Path, n: int = 16, size: int = 64)
             rows.append({"prompt": prompt, "image": square_image(good, size, i), "label": True})
             rows.append({"prompt": prompt, "image": square_image(bad, size, 1000 + i), "label": False})
         else:
-            raise ValueError(f"data.path: unknown placeholder 'tiny:{kind}' (pairs, dual, ranked, unpaired)")
+            raise ValueError(f"data.path: unknown placeholder 'tiny:{kind}' (pairs, dual, ranked, unpaired, prompts)")
     path = Path(out_dir) / f"{kind}.jsonl"
     writer = {"pairs": write_pairs_jsonl, "dual": write_pairs_jsonl, "ranked": write_ranked_jsonl,
               "unpaired": write_unpaired_jsonl}[kind]

@@ -22,7 +22,7 @@ TOY = str(CONFIGS / "toy_dpo.yaml")
 def test_every_entry_is_complete_and_its_hooks_import():
     fields = {f.name: f for f in dataclasses.fields(MethodConfig)}
     for name, spec in REGISTRY.items():
-        assert spec.data in ("pairs", "ranked", "unpaired")
+        assert spec.data in ("pairs", "ranked", "unpaired", "prompts")
         if spec.options is not None:  # its options section is a typed field of MethodConfig
             assert fields[name].default_factory().__class__ is spec.options
         for hook in ("step", *DEFAULT_HOOKS, "prepare"):

@@ -124,9 +124,10 @@ def _video_rows(kind: str, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def data(tmp_path_factory) -> LazyDirs:
-    """Data files: ``diffusion:<pairs|dual|ranked|unpaired|per_user>``, ``vlm:pairs``,
+    """Data files: ``diffusion:<pairs|dual|ranked|unpaired|per_user|prompts>``, ``vlm:pairs``,
     ``video:<rrpo|dpo|sft>``."""
-    builders = {f"diffusion:{k}": partial(_diffusion_data, k) for k in ("pairs", "dual", "ranked", "unpaired", "per_user")}
+    builders = {f"diffusion:{k}": partial(_diffusion_data, k)
+                for k in ("pairs", "dual", "ranked", "unpaired", "per_user", "prompts")}
     builders["vlm:pairs"] = _vlm_pairs
     builders.update({f"video:{k}": partial(_video_rows, k) for k in ("rrpo", "dpo", "sft")})
     return LazyDirs(tmp_path_factory.mktemp("matrix_data"), builders)

@@ -23,6 +23,7 @@ autocast).
 
 from __future__ import annotations
 
+import json
 import math
 import runpy
 from pathlib import Path
@@ -99,6 +100,7 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
     method = cfg["method"]["name"]
     out = [f"output_dir={tmp / 'out'}", f"data.cache_dir={tmp / 'cache'}", "train.max_steps=1",
            "train.batch_size=2", "train.grad_accum=1", "train.progress_bar=false", "validation.num_inference_steps=2"]
+    out += online_overrides(cfg, models)
     pretrained = cfg["model"]["pretrained"]
     if pretrained.startswith("assets/"):  # the toy world: its own shipped model and data, fewer of them
         limit = ["data.max_rows=12" if method == "ppd" else "data.max_rows=4"]  # PPD: one user, 4 shots + 8 pairs
@@ -117,6 +119,30 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
         if ppd.get("embedding") == "vlm":
             assert ppd["vlm"] in TINY_PPD_VLM, f"add a tiny stand-in for {ppd['vlm']!r} to TINY_PPD_VLM"
             out.append(f"method.ppd.vlm={models[TINY_PPD_VLM[ppd['vlm']]]}")
+    return out
+
+
+ONLINE_METHODS = ("grpo", "online_dpo")
+
+
+def online_overrides(cfg: dict, models) -> list[str]:
+    """The online methods (issue 24): two prompts x two images per epoch, two sampler steps, and each reward
+    scorer's tiny checkpoint in its official layout (the toy scorer is the shipped one)."""
+    method = cfg["method"]["name"]
+    if method not in ONLINE_METHODS:
+        return []
+    out = [f"method.{method}.{k}={v}" for k, v in (("prompts_per_epoch", 2), ("group_size", 2), ("num_steps", 2),
+                                                    ("eval_steps", 2), ("rollout_batch_size", 4))]
+    if (cfg["method"].get(method) or {}).get("sde_window_size"):
+        out.append(f"method.{method}.sde_window_size=1")
+        out.append(f"method.{method}.sde_window_range=[0,1]")
+    for name in cfg["reward"]["scorers"]:
+        if name == "toy":
+            continue
+        kwargs = json.loads((Path(models["scorers"]) / "kwargs.json").read_text())[name]
+        out.append(f"reward.checkpoints.{name}={kwargs.pop('checkpoint')}")
+        for key, value in kwargs.items():
+            out.append(f"reward.scorer_args.{name}.{key}={value if isinstance(value, str) else json.dumps(value)}")
     return out
 
 

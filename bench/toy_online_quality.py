@@ -1,0 +1,238 @@
+"""Online alignment in the toy world (issue 24 item 7): GRPO and online Diffusion-DPO, rewarded by the toy scorer,
+against offline Diffusion-DPO, judged by the toy judge (which is not the reward) on held-out captions.
+
+    python bench/toy_online_quality.py [--methods dpo,online_dpo,grpo,grpo_sd3] [--seeds 0,1,2] [--jobs 2]
+                                       [--eval-seeds 0] [--sd3 /path/to/toy_sd3]
+
+For every (method, training seed): the real recipe (``recipes/diffusion.py``, subprocess, one thread) on its
+shipped toy config — ``toy_dpo.yaml`` (offline: the shipped judge-labelled pairs), ``toy_online_dpo.yaml``,
+``toy_grpo.yaml``, and ``toy_grpo.yaml`` on the toy SD3 pipeline (``mmalign.toy.flow_pipeline``, flow_grpo's SDE)
+for ``grpo_sd3`` — with ``train.seed`` set and the budget below; then the toy evaluation's judge scoring
+(:func:`mmalign.toy.evaluate.evaluate_pipeline`, what ``mmalign/toy/diffusion_eval.py`` runs) of base and
+base + LoRA on the 108 held-out captions x ``--eval-seeds``, base evaluated once per pipeline. Reported per method:
+judge gain and win rate over training seeds; the same images scored by the **reward** (toy scorer), so the
+reward-hacking check reads directly: the judge must rise where the reward rises; the training reward per epoch
+(``summary.json["online_epochs"]``) as a PNG plot; the compute of each run (rollouts, optimizer steps, CPU-minutes
+of the training process).
+
+Prints one JSON line per run and a final JSON summary; ``--results`` writes the section ``toy_online_quality`` of
+bench/RESULTS.md. Each run's output stays in ``--out`` (an interrupted bench resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIGS = REPO / "recipes" / "configs" / "diffusion"
+SD3_TARGETS = "[attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_q_proj,attn.add_k_proj,attn.add_v_proj,attn.to_add_out]"
+ONLINE_BUDGET = ["prompts_per_epoch=8", "group_size=4"]
+"""Every online run: 4 epochs of 8 prompts x 4 images = 128 rollouts (10 sampler steps each)."""
+RUNS = {
+    # name: (config, overrides) — offline DPO at toy_dpo.yaml's own budget (120 steps x 16 shipped pairs)
+    "dpo": ("toy_dpo.yaml", []),
+    "online_dpo": ("toy_online_dpo.yaml", [f"method.online_dpo.{o}" for o in ONLINE_BUDGET]
+                   + ["method.online_dpo.timesteps_per_pair=8", "train.max_steps=16"]),  # 4 steps x 16 pairs / epoch
+    "grpo": ("toy_grpo.yaml", [f"method.grpo.{o}" for o in ONLINE_BUDGET]  # 32 x 5 transitions / (16 x 2) = 5
+             + ["method.grpo.timestep_fraction=0.5", "train.grad_accum=2", "train.max_steps=20"]),
+    "grpo_sd3": ("toy_grpo.yaml", [f"method.grpo.{o}" for o in ONLINE_BUDGET]
+                 + ["method.grpo.sde=flow_grpo", "method.grpo.noise_level=0.7", "method.grpo.timestep_fraction=0.5",
+                    "train.grad_accum=2", "train.max_steps=20", f"lora.target_modules={SD3_TARGETS}"]),
+}
+
+
+def pipeline_of(method: str, args) -> str:
+    return args.sd3 if method == "grpo_sd3" else str(REPO / "assets" / "toy" / "pipeline")
+
+
+def train(method: str, seed: int, args) -> dict:
+    out = Path(args.out) / f"{method}_seed{seed}"
+    done = out / "run.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if (out / "summary.json").is_file() and (out / "pytorch_lora_weights.safetensors").is_file():
+        return _record(method, seed, out, None, None)  # finished by an earlier, interrupted bench
+    config, overrides = RUNS[method]
+    cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / config), *overrides,
+           f"model.pretrained={pipeline_of(method, args)}", f"train.seed={seed}", f"output_dir={out}",
+           "eval.enabled=false", "train.progress_bar=false", "train.checkpoint_every=0",
+           f"data.cache_dir={Path(args.out) / 'cache'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(out / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{method} seed {seed} failed: see {out / 'log.txt'}")
+    return _record(method, seed, out, time.time() - t0, (usage.ru_utime + usage.ru_stime) / 60)
+
+
+def _record(method: str, seed: int, out: Path, wall_s: float | None, cpu_min: float | None) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    epochs = summary.get("online_epochs", [])
+    o = RUNS[method][1]
+    record = {"method": method, "seed": seed, "wall_s": None if wall_s is None else round(wall_s, 1),
+              "cpu_min": None if cpu_min is None else round(cpu_min, 2), "steps": summary["steps"],
+              "train_seconds": round(summary["train_seconds"], 1), "epochs": len(epochs),
+              "reward_per_epoch": [e["reward/mean"] for e in epochs],
+              "zero_std_per_epoch": [e["zero_std_fraction"] for e in epochs],
+              "rollout_seconds": round(sum(e["rollout_seconds"] for e in epochs), 1)}
+    if epochs:
+        group = next(int(x.split("=")[1]) for x in o if x.split("=")[0].endswith("group_size"))
+        prompts = next(int(x.split("=")[1]) for x in o if x.split("=")[0].endswith("prompts_per_epoch"))
+        record["rollout_images"] = len(epochs) * group * prompts
+    (out / "run.json").write_text(json.dumps(record))
+    return record
+
+
+def evaluate(pipeline: str, lora: Path | None, args, cache: Path) -> dict:
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    import torch
+    from diffusers import DiffusionPipeline
+
+    import scorers
+    from mmalign.toy.captions import heldout_captions
+    from mmalign.toy.evaluate import evaluate_pipeline
+
+    torch.set_num_threads(1)
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if "sd3" in str(pipeline) else {}
+    pipe = DiffusionPipeline.from_pretrained(pipeline, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    captions = heldout_captions()[:: args.eval_stride]
+    result = evaluate_pipeline(pipe, captions, args.eval_seeds, num_inference_steps=10, return_images=True,
+                               desc=None)
+    reward = scorers.load_scorer("toy")
+    texts = [c for c in captions for _ in args.eval_seeds]
+    images = torch.from_numpy(np.ascontiguousarray(result.pop("images"))).permute(0, 3, 1, 2).float() / 255
+    result["reward_scores"] = reward.score(images, texts).tolist()
+    kept = {k: result[k] for k in ("mean", "scores", "captions", "seeds", "reward_scores")}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(kept))
+    return kept
+
+
+def judge(method: str, seed: int, args) -> dict:
+    from mmalign.toy.evaluate import compare
+
+    pipeline = pipeline_of(method, args)
+    base = evaluate(pipeline, None, args, Path(args.out) / "eval" / f"base_{Path(pipeline).name}.json")
+    out = Path(args.out) / f"{method}_seed{seed}"
+    aligned = evaluate(pipeline, out, args, out / "eval.json")
+    row = compare(base, aligned)
+    row["reward_gain"] = float(np.mean(aligned["reward_scores"]) - np.mean(base["reward_scores"]))
+    return row
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in records if r["reward_per_epoch"]):
+        curves = [r["reward_per_epoch"] for r in records if r["method"] == method]
+        n = min(len(c) for c in curves)
+        arr = np.array([c[:n] for c in curves])
+        ax.plot(range(n), arr.mean(0), marker="o", label=f"{method} (mean of {len(curves)} seeds)")
+        ax.fill_between(range(n), arr.min(0), arr.max(0), alpha=0.2)
+    ax.set_xlabel("epoch (rollout phase)")
+    ax.set_ylabel("training reward (toy scorer, mean over rollouts)")
+    ax.set_title("Online alignment in the toy world: reward per epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="dpo,online_dpo,grpo")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--eval-seeds", default="0")
+    parser.add_argument("--eval-stride", type=int, default=1, help="every n-th of the 108 held-out captions")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--sd3", default="outputs/toy_sd3/pipeline", help="toy SD3 pipeline (build_toy_sd3)")
+    parser.add_argument("--out", default="outputs/bench_toy_online")
+    parser.add_argument("--plot", default=str(REPO / "bench" / "toy_online_reward.png"))
+    parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
+    parser.add_argument("--only-done", action="store_true", help="report the finished runs only (train none)")
+    args = parser.parse_args(argv)
+    args.eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    jobs = [(m, s) for s in seeds for m in methods]  # seed-major: every method has a seed early
+    from diffusers import DiffusionPipeline  # noqa: F401  (once here: diffusers' lazy imports race in threads)
+
+    def run(job: tuple[str, int]) -> dict | None:
+        out = Path(args.out) / f"{job[0]}_seed{job[1]}"
+        if args.only_done and not (out / "pytorch_lora_weights.safetensors").is_file():
+            return None
+        record = train(*job, args)
+        record.update(judge(record["method"], record["seed"], args))
+        print(json.dumps(record), flush=True)
+        return record
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        records = [r for r in pool.map(run, jobs) if r is not None]
+    summary = {}
+    for method in methods:
+        rows = [r for r in records if r["method"] == method]
+        if not rows:
+            continue
+        gains = np.array([r["mean_gain"] for r in rows])
+        summary[method] = {
+            "judge_gain_mean": float(gains.mean()), "judge_gain_std": float(gains.std(ddof=1)) if len(rows) > 1 else 0.0,
+            "win_rate_mean": float(np.mean([r["win_rate"] for r in rows])),
+            "reward_gain_mean": float(np.mean([r["reward_gain"] for r in rows])),
+            "judge_rises_with_reward": all((r["mean_gain"] > 0) or (r["reward_gain"] <= 0) for r in rows),
+            "cpu_min_mean": float(np.mean([r["cpu_min"] for r in rows if r["cpu_min"] is not None] or [np.nan])),
+            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])), "steps": rows[0]["steps"],
+            "rollout_images": rows[0].get("rollout_images", 0), "seeds": len(rows)}
+    plot(records, Path(args.plot))
+    result = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "date": datetime.date.today().isoformat(),
+              "eval": {"caption_stride": args.eval_stride, "seeds": args.eval_seeds}, "methods": summary}
+    print(json.dumps(result, indent=1))
+    if args.results:
+        from bench.results_section import replace_section
+
+        lines = ["| method | steps | rollouts | CPU-min (train s) | judge gain (mean +- std, seeds) | win rate | reward gain "
+                 "| judge rises with reward |", "|---|---|---|---|---|---|---|---|"]
+        for m, s in summary.items():
+            lines.append(f"| {m} | {s['steps']} | {s['rollout_images']} | {s['cpu_min_mean']:.1f} ({s['train_seconds_mean']:.0f}) | "
+                         f"{s['judge_gain_mean']:+.4f} +- {s['judge_gain_std']:.4f} ({s['seeds']}) | "
+                         f"{s['win_rate_mean']:.1%} | {s['reward_gain_mean']:+.2f} | {s['judge_rises_with_reward']} |")
+        lines += ["", "| run | judge gain +- paired SE | win rate (W/T/L) | reward gain (held-out) | training reward per "
+                  "epoch | zero-std fraction per epoch |", "|---|---|---|---|---|---|"]
+        for r in records:
+            lines.append(f"| {r['method']} seed {r['seed']} | {r['mean_gain']:+.4f} +- {r['gain_standard_error']:.4f} | "
+                         f"{r['win_rate']:.1%} ({r['wins']}/{r['ties']}/{r['losses']}) | {r['reward_gain']:+.2f} | "
+                         f"{', '.join(f'{v:.1f}' for v in r['reward_per_epoch']) or '-'} | "
+                         f"{', '.join(f'{v:.2f}' for v in r['zero_std_per_epoch']) or '-'} |")
+        body = (f"Machine: {result['machine']}, {result['date']}; `python bench/toy_online_quality.py "
+                f"--methods {args.methods} --seeds {args.seeds} --eval-stride {args.eval_stride}`; judge on "
+                f"{len(range(0, 108, args.eval_stride))} held-out captions x "
+                f"seeds {args.eval_seeds}; reward plot: bench/toy_online_reward.png.\n\n" + "\n".join(lines))
+        replace_section(REPO / "bench" / "RESULTS.md", "toy_online_quality", body,
+                        title="Online alignment in the toy world (issue 24)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

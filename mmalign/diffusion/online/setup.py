@@ -1,0 +1,50 @@
+"""The ``training_set`` hook of the online methods: the reward, the engine and the epoch's slots."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mmalign.diffusion.adapter import DiffusionParts, apply_model_options
+from mmalign.diffusion.online.engine import EpochSlots, OnlineEngine
+from mmalign.diffusion.registry import method_spec
+
+
+def load_reward_model(reward_cfg, device) -> Any:
+    """The ``reward:`` block as a :class:`scorers.reward.Reward` on its own device (``auto``: the training
+    device) and dtype."""
+    from scorers.reward import load_reward, parse_reward_spec
+
+    target = str(device) if reward_cfg.device == "auto" else reward_cfg.device
+    return load_reward(parse_reward_spec(dict(reward_cfg.scorers)), checkpoints=dict(reward_cfg.checkpoints),
+                       scorer_args={k: dict(v) for k, v in reward_cfg.scorer_args.items()},
+                       device=target, dtype=reward_cfg.dtype, normalize=reward_cfg.normalize,
+                       batch_size=reward_cfg.batch_size)
+
+
+def slots_per_epoch(cfg) -> int:
+    """Micro-batch items per loop epoch: GRPO ``inner_epochs x samples x trained transitions``; online DPO
+    ``pairs x timesteps_per_pair`` (pairs: one per prompt)."""
+    o = getattr(cfg.method, cfg.method.name)
+    if cfg.method.name == "grpo":
+        from mmalign.diffusion.online.grpo_step import trained_steps
+
+        return o.inner_epochs * o.prompts_per_epoch * o.group_size * trained_steps(o)
+    return o.prompts_per_epoch * o.timesteps_per_pair
+
+
+def online_training_set(cfg, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple:
+    """``(slots, collate, None, stats)`` for the loop (package docstring); the engine is registered for
+    checkpointing, so the epoch's rollouts are saved with every checkpoint and restored by ``train.resume``."""
+    apply_model_options(parts, cfg.model)
+    spec = method_spec(cfg.method.name)
+    collect = importlib.import_module(spec.step.split(":")[0]).collect
+    reward = load_reward_model(cfg.reward, accelerator.device)
+    engine = OnlineEngine(cfg=cfg, parts=parts, options=getattr(cfg.method, cfg.method.name),
+                          prompts=dataset.prompts, reward=reward, accelerator=accelerator, collect=collect,
+                          output_dir=cfg.output_dir)
+    accelerator.register_for_checkpointing(engine)
+    slots = EpochSlots(engine, slots_per_epoch(cfg))
+    stats = {"online": True, "train_prompts": len(dataset), "slots_per_epoch": len(slots),
+             "reward": dict(cfg.reward.scorers)}
+    return slots, slots.collate, None, stats
