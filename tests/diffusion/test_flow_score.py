@@ -174,7 +174,7 @@ def test_sd3_sft_equals_the_diffusers_dreambooth_formula(tiny_model_dirs, monkey
     ``compute_loss_weighting_for_sd3`` (1 for logit_normal)."""
     from diffusers.training_utils import compute_loss_weighting_for_sd3
 
-    from mmalign.diffusion import methods
+    from mmalign.diffusion import step_context as methods
     from mmalign.diffusion.registry import SftOptions
     from mmalign.diffusion.steps.sft import sft_step
 

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from mmalign.diffusion.adapter import constant_time_ids
-from mmalign.diffusion.methods import Metrics, StepContext
 from mmalign.diffusion.online.engine import OnlineEngine, Rollouts
 from mmalign.diffusion.online.stats import reward_stats
 from mmalign.diffusion.sampling import denoiser, generate
+from mmalign.diffusion.step_context import Metrics, StepContext
 from mmalign.diffusion.steps.dpo import dpo_step
 from mmalign.unwrap import unwrap
 

@@ -28,17 +28,10 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.methods import Metrics, StepContext
 from mmalign.diffusion.online.engine import OnlineEngine, Rollouts
 from mmalign.diffusion.online.stats import reward_stats
+from mmalign.diffusion.step_context import Metrics, StepContext
 from mmalign.objectives import grpo as objective
-
-
-def trained_steps(options) -> int:
-    """Transitions trained per trajectory: int(K * timestep_fraction) of its K stochastic steps (K = num_steps,
-    or sde_window_size with the Flow-GRPO-Fast window)."""
-    stochastic = options.sde_window_size or options.num_steps
-    return max(1, int(stochastic * options.timestep_fraction))
 
 
 def sampler_name(engine: OnlineEngine) -> str:

@@ -73,6 +73,15 @@ class GrpoOptions(RolloutOptions):
     per_prompt_stats: bool = True
     """Per-prompt means (flow_grpo ``per_prompt_stat_tracking``); false: one mean / std over the batch."""
 
+    def trained_steps(self) -> int:
+        """Transitions trained per trajectory: int(K * timestep_fraction) of its K stochastic steps (K =
+        num_steps, or sde_window_size with the Flow-GRPO-Fast window)."""
+        return max(1, int((self.sde_window_size or self.num_steps) * self.timestep_fraction))
+
+    def slots_per_epoch(self) -> int:
+        """Micro-batch items per loop epoch: inner_epochs x samples x trained transitions."""
+        return self.inner_epochs * self.prompts_per_epoch * self.group_size * self.trained_steps()
+
 
 @dataclass
 class OnlineDpoOptions(RolloutOptions):
@@ -93,6 +102,10 @@ class OnlineDpoOptions(RolloutOptions):
     """As ``method.dpo.loss_type`` (the existing Diffusion-DPO step)."""
     label_smoothing: float = 0.0
     """As ``method.dpo.label_smoothing``."""
+
+    def slots_per_epoch(self) -> int:
+        """Micro-batch items per loop epoch: pairs (one per prompt) x timesteps_per_pair."""
+        return self.prompts_per_epoch * self.timesteps_per_pair
 
 
 @dataclass

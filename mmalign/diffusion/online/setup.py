@@ -23,14 +23,9 @@ def load_reward_model(reward_cfg, device) -> Any:
 
 
 def slots_per_epoch(cfg) -> int:
-    """Micro-batch items per loop epoch: GRPO ``inner_epochs x samples x trained transitions``; online DPO
-    ``pairs x timesteps_per_pair`` (pairs: one per prompt)."""
-    o = getattr(cfg.method, cfg.method.name)
-    if cfg.method.name == "grpo":
-        from mmalign.diffusion.online.grpo_step import trained_steps
-
-        return o.inner_epochs * o.prompts_per_epoch * o.group_size * trained_steps(o)
-    return o.prompts_per_epoch * o.timesteps_per_pair
+    """Micro-batch items per loop epoch (each method's options say: ``GrpoOptions.slots_per_epoch``,
+    ``OnlineDpoOptions.slots_per_epoch``)."""
+    return getattr(cfg.method, cfg.method.name).slots_per_epoch()
 
 
 def online_training_set(cfg, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple:
