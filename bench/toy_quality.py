@@ -55,7 +55,7 @@ def main_job_budget() -> dict:
     """``toy_dpo.yaml``'s training and evaluation budget: the defaults of every run of this bench."""
     cfg = yaml.safe_load((CONFIGS / "toy_dpo.yaml").read_text())
     return {"steps": cfg["train"]["max_steps"], "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
-            "rank": cfg["lora"]["rank"], "num_inference_steps": cfg["toy_eval"]["num_inference_steps"]}
+            "rank": cfg["lora"]["rank"], "num_inference_steps": cfg["eval"]["num_inference_steps"]}
 
 
 def method_block(method: str) -> dict:

@@ -33,7 +33,7 @@ def test_toy_quality_variants_and_budget():
     cfg = yaml.safe_load((REPO / "recipes/configs/diffusion/toy_dpo.yaml").read_text())
     assert tq.main_job_budget() == {"steps": cfg["train"]["max_steps"], "batch_size": cfg["train"]["batch_size"],
                                     "lr": cfg["train"]["lr"], "rank": cfg["lora"]["rank"],
-                                    "num_inference_steps": cfg["toy_eval"]["num_inference_steps"]}
+                                    "num_inference_steps": cfg["eval"]["num_inference_steps"]}
 
 
 def test_opposed_users_flip_every_decided_label_and_drop_ties():
