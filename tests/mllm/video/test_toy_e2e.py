@@ -57,7 +57,7 @@ def test_toy_sft_pairs_temple_curriculum(tmp_path, capsys, monkeypatch):
     if min(kept_per_stage) < cfg["train"]["batch_size"]:
         cfg["train"]["batch_size"] = max(1, min(kept_per_stage))
         cfg_path.write_text(yaml.safe_dump(cfg))
-    dpo = recipe(["--config", str(cfg_path), f"model.pretrained={tmp_path / 'sft' / 'model'}",
+    dpo = recipe(["--config", str(cfg_path), f"model.pretrained={tmp_path / 'sft'}",
                   f"output_dir={tmp_path / 'temple'}", "train.progress_bar=false"])
     for i, stage in enumerate(dpo["stages"]):
         hist = json.loads((tmp_path / "temple" / f"{i:02d}-{stage['stage']}" / "summary.json").read_text())["history"]
