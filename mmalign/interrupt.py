@@ -34,22 +34,17 @@ class TrainingInterrupted(SystemExit):
         return self.message
 
 
-class StopRequest:
-    """Context manager: ``with StopRequest() as stop: ... if stop.signal_name: ...``."""
+class _SignalScope:
+    """Installs ``self._handle`` for SIGINT / SIGTERM / SIGHUP on enter (main thread only; an inherited ignored
+    SIGINT or SIGHUP stays ignored) and puts the previous handlers back on exit."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
     KEEP_IGNORED = (signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def __enter__(self) -> StopRequest:
+    def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be set from the main thread
         for sig in self.SIGNALS:
@@ -65,6 +60,22 @@ class StopRequest:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+
+class StopRequest(_SignalScope):
+    """Context manager: ``with StopRequest() as stop: ... if stop.signal_name: ...``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal_name: str | None = None
+        self._first_at = 0.0
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
@@ -95,29 +106,9 @@ class StopAfterTraining(BaseException):
         self.signal_name = signal_name
 
 
-class RaiseOnStop:
+class RaiseOnStop(_SignalScope):
     """Context manager: SIGINT / SIGTERM / SIGHUP raise :class:`StopAfterTraining` in the main thread (an inherited
     ignored SIGINT or SIGHUP stays ignored); the previous handlers come back on exit."""
-
-    def __init__(self) -> None:
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> RaiseOnStop:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for sig in StopRequest.SIGNALS:
-            previous = signal.getsignal(sig)
-            if sig in StopRequest.KEEP_IGNORED and previous == signal.SIG_IGN:
-                continue
-            self._previous[sig] = previous
-            signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
