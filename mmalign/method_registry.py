@@ -14,12 +14,17 @@ chosen method does not read is a :class:`~mmalign.config_error.ConfigError` nami
 of another method's section, a shared key outside ``uses``, any key of an ignored block. A saved run config holds
 only what its method reads (:func:`chosen_view`), so it loads again under the same policy.
 
+Old flat spellings of a method's options (``method.mapo_snr``, ``method.anchor_delta``, ``method.alpha``, ...) are
+renamed to the section of the run's method that reads them by :func:`renamed_option_key`, the one mechanism every
+family's ``renamed_key`` hook calls with its own table of old keys (a deprecation note is printed by
+:func:`mmalign.config.load_config`).
+
 This module imports no torch and no family code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -84,14 +89,46 @@ def check_given_keys(registry: Mapping[str, MethodSpecBase], name: str, given: s
             raise ConfigError(f"config key '{key}' does not apply to method '{name}' (read by: {readers})")
 
 
-def chosen_view(registry: Mapping[str, MethodSpecBase], config: dict[str, Any], shared: tuple[str, ...]) -> dict:
+def chosen_view(registry: Mapping[str, MethodSpecBase], config: dict[str, Any], shared: tuple[str, ...],
+                names: Sequence[str] | None = None) -> dict:
     """A plain config mapping (``method.name`` set) with only what its method reads: no other method's section, no
-    unread shared key, no ignored block — what a saved run config holds, so it loads again."""
+    unread shared key, no ignored block — what a saved run config holds, so it loads again. ``names``: the methods
+    of the run when there are several (a video curriculum: each stage's); what any of them reads is kept."""
     method = dict(config.get("method") or {})
-    spec = registry.get(str(method.get("name")))
-    if spec is None:
+    specs = [registry[n] for n in (names or [str(method.get("name"))]) if n in registry]
+    if not specs:
         return config
     own = sections(registry)
+    chosen = {s.name for s in specs}
+    read = {k for s in specs for k in s.uses}
     method = {k: v for k, v in method.items()
-              if not ((k in own and k != spec.name) or (k in shared and k not in spec.uses))}
-    return {k: v for k, v in {**config, "method": method}.items() if k not in spec.ignores}
+              if not ((k in own and k not in chosen) or (k in shared and k not in read))}
+    ignored = set.intersection(*(set(s.ignores) for s in specs))
+    return {k: v for k, v in {**config, "method": method}.items() if k not in ignored}
+
+
+def renamed_option_key(registry: Mapping[str, MethodSpecBase], legacy: Mapping[str, str], key: str,
+                       names: Sequence[str]) -> str | None:
+    """The new key of an old flat ``method.*`` key: ``method.<name>.<option>`` of the first of the run's methods
+    ``names`` (``method.name``; a curriculum: each stage's method) whose options have it.
+
+    ``legacy`` maps each old key to the option's name in the section (``method.rdpo_noisy`` → ``noisy``);
+    an old key ending in ``.`` is a prefix whose sub-keys move with it (``method.noise.`` → ``noise``:
+    ``method.noise.eta`` → ``method.smpo.noise.eta``). None for any other key, or when no method of ``names`` is
+    registered (the name check reports it); a ConfigError naming the key, the run's methods and the methods that
+    have the option when none of ``names`` reads it."""
+    prefix = next((old for old in legacy if old.endswith(".") and key.startswith(old)), None)
+    if key not in legacy and prefix is None:
+        return None
+    known = [n for n in dict.fromkeys(names) if n in registry]
+    if not known:
+        return None
+    option = legacy[prefix or key]
+    tail = key.removeprefix(prefix) if prefix else ""
+    for name in known:
+        if option in registry[name].option_names():
+            return f"method.{name}.{option}" + (f".{tail}" if tail else "")
+    readers = [s.name for s in registry.values() if option in s.option_names()]
+    where = f" nor to {', '.join(known[1:])}" if len(known) > 1 else ""
+    raise ConfigError(f"config key '{key}' does not apply to method '{known[0]}'{where} (it is an option of "
+                      f"{', '.join(readers)}: method.{readers[0]}.{option})")

@@ -31,7 +31,14 @@ from typing import Any
 from mmalign.config_error import ConfigError
 from mmalign.diffusion.online.options import GrpoOptions, OnlineDpoOptions
 from mmalign.diffusion.options import NoiseConfig, PpdConfig, SmpoConfig
-from mmalign.method_registry import MethodSpecBase, check_given_keys, chosen_view, method_spec_of, sections
+from mmalign.method_registry import (
+    MethodSpecBase,
+    check_given_keys,
+    chosen_view,
+    method_spec_of,
+    renamed_option_key,
+    sections,
+)
 from mmalign.validate import OneOf, Range, register, register_check
 
 SHARED_KEYS = ("beta", "timestep_weight", "empty_prompt_prob", "sdxl_time_ids")
@@ -271,7 +278,7 @@ def migrate_method_values(raw: dict) -> list[tuple[str, str]]:
 LEGACY_KEYS = {
     "method.loss_type": "loss_type", "method.mapo_snr": "snr", "method.rank_source": "rank_source",
     "method.kto_lambda_desirable": "lambda_desirable", "method.kto_lambda_undesirable": "lambda_undesirable",
-    "method.kto_positive_ratio": "positive_ratio",
+    "method.kto_positive_ratio": "positive_ratio", "method.noise.": "noise",
 }
 """Flat ``method.*`` keys of the one-block schema (before the registry) and their option name in the method's own
 section; ``method.noise.*`` moved to ``method.smpo.noise.*`` / ``method.inpo.noise.*``."""
@@ -279,21 +286,9 @@ section; ``method.noise.*`` moved to ``method.smpo.noise.*`` / ``method.inpo.noi
 
 def renamed_method_key(key: str, raw: dict) -> str | None:
     """The new key of a pre-registry ``method.*`` key (``method.loss_type`` → ``method.dpo.loss_type`` when
-    method.name is dpo); a ConfigError when the method has no such option; None for any other key."""
-    if key not in LEGACY_KEYS and not key.startswith("method.noise."):
-        return None
-    name = str((raw.get("method") or {}).get("name", "dpo"))
-    if name not in REGISTRY:
-        return None  # the unknown method is reported by the name check
-    option = "noise" if key.startswith("method.noise.") else LEGACY_KEYS[key]
-    options = REGISTRY[name].options
-    from dataclasses import fields
-
-    if options is None or option not in {f.name for f in fields(options)}:
-        readers = [m.name for m in REGISTRY.values() if m.options and option in {f.name for f in fields(m.options)}]
-        raise ConfigError(f"config key '{key}' does not apply to method '{name}' (it is an option of "
-                          f"{', '.join(readers)}: method.{readers[0]}.{option})")
-    return f"method.{name}.{option}{key.removeprefix('method.noise') if option == 'noise' else ''}"
+    method.name is dpo); a ConfigError when the method has no such option; None for any other key
+    (:func:`mmalign.method_registry.renamed_option_key`, the mechanism the VLM and video schemas share)."""
+    return renamed_option_key(REGISTRY, LEGACY_KEYS, key, [str((raw.get("method") or {}).get("name", "dpo"))])
 
 
 _FRACTION = Range(0, 1)
