@@ -61,7 +61,7 @@ class VLM:
         collate = VisionPreferenceCollator(
             built["processor"], max_length=cfg.data.max_length, on_overlong=cfg.data.on_overlong,
             extra=vlm_method(method.name).collator_extra(cfg.data.extra_image_field),
-            crop_scale=(method.crop_scale_min, method.crop_scale_max), seed=cfg.train.seed,
+            crop_scale=(method.mdpo.crop_scale_min, method.mdpo.crop_scale_max), seed=cfg.train.seed,
         )
         # one skip report: rows dropped at load (on_bad_row=skip) and images unreadable while training (counted)
         skips = SkipCounter(len(data), cfg.data.max_bad_fraction, what="rows")

@@ -138,7 +138,7 @@ def noisy_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch
 def noisy_token_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
     """Re-Align's ``_get_noisy_batch_logps`` (taco-group/Re-Align ``dpo_trainer.py``): at every completion
     position the log-prob of the model's top-1 token, or of its top-2 token when top-1 is the label — i.e. *not*
-    the label's log-prob. Only for reproducing the official rDPO code (``method.rdpo_noisy=true``)."""
+    the label's log-prob. Only for reproducing the official rDPO code (``method.rdpo.noisy=true``)."""
     shift = logits[:, :-1]
     top2 = shift.detach().topk(2, dim=-1).indices
     label = labels[:, 1:]

@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from mmalign.choices import ON_BAD_ROW
 from mmalign.config_blocks import DataConfig, ExportConfig, renamed_block_key
 from mmalign.lora_config import LoraConfig, migrate_lora_block, vlm_lora
 from mmalign.mllm.model_config import VLMModelConfig
-from mmalign.mllm.vlm.methods import check_method_keys
+from mmalign.mllm.vlm.methods import VLMMethodConfig, check_method_keys, chosen_sections, renamed_method_key
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
-
-
-@dataclass
-class VLMMethodConfig:
-    """The ``method:`` block: objective and its options."""
-
-    name: str = "dpo"
-    """dpo (any ``loss_type``) | mdpo (DPO + conditional + anchor terms) | rdpo (DPO + retrieved-image term)."""
-    loss_type: str = "sigmoid"
-    """A kind of :func:`mmalign.objectives.preference_loss`: sigmoid, cdpo, robust, hinge, ipo, bco_pair, simpo,
-    orpo. RPO = sigmoid with ``sft_weight`` > 0."""
-    beta: float = 0.1
-    """Inverse temperature (IPO's tau, ORPO's lambda)."""
-    label_smoothing: float = 0.0
-    """eps of cdpo / robust / simpo."""
-    gamma: float = 0.0
-    """SimPO target margin."""
-    sft_weight: float = 0.0
-    """Weight of the chosen NLL term (token mean over the batch, TRL ``sft``); RPO alpha, MM-DPO gamma (0.25)."""
-    anchor_delta: float = 0.0
-    """mDPO anchor delta in ``-logsig(beta rho_w - delta)`` (0 in the official code)."""
-    crop_scale_min: float = 0.01
-    """mDPO crop: smallest kept fraction of the image area."""
-    crop_scale_max: float = 0.2
-    """mDPO crop: largest kept fraction of the image area."""
-    rdpo_noisy: bool = False
-    """rDPO: score rejected and retrieved-image terms with the official code's top-1-non-label log-probs
-    (reproduction only; the paper uses label log-probs)."""
-    beta_mode: str = "fixed"
-    """fixed | per_sample (MM-RLHF paper: reward margins) | ls_factor (MM-RLHF code's per-row factor) |
-    batch_implicit (what the released MM-RLHF code computes: one beta per batch from the log-ratio margins)."""
-    beta_weight: float = 0.1
-    """MM-RLHF w."""
-    beta_k: float = 1.0
-    """MM-RLHF k in ``1 - exp(-k delta)``."""
-    share_vision_features: bool = True
-    """Encode each image once per step and reuse the features for chosen, rejected, extra and reference rows
-    (only when the vision tower and projector are frozen and carry no adapter)."""
 
 
 @dataclass
@@ -90,7 +52,8 @@ class VLMRecipeConfig:
     lora: LoraConfig = field(default_factory=vlm_lora)
     """The shared LoRA block (:mod:`mmalign.lora_config`); ``rank: 0`` = full fine-tuning (frozen reference copy)."""
     method: VLMMethodConfig = field(default_factory=VLMMethodConfig)
-    """Objective: DPO-family kind, mDPO / rDPO terms, beta mode."""
+    """Objective: DPO-family kind and beta mode (shared keys), mDPO's / rDPO's own sections
+    (:mod:`mmalign.mllm.vlm.methods`)."""
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
     """Preference rows and batching limits."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -98,10 +61,16 @@ class VLMRecipeConfig:
     export: VLMExportConfig = field(default_factory=VLMExportConfig)
     """What to write at the end."""
 
+    def as_dict(self) -> dict:
+        """A plain dict of the config with only the chosen method's section (the saved run config, which loads
+        again under the key policy)."""
+        return chosen_sections(asdict(self))
+
     @staticmethod
     def renamed_key(old: str, raw: dict) -> str | None:
-        """Keys renamed in the one-core release (read for one release)."""
-        return _RENAMED.get(old) or renamed_block_key(old)
+        """Keys renamed in the one-core release (read for one release); the flat mDPO / rDPO keys
+        (``method.anchor_delta`` → ``method.mdpo.anchor_delta``, ``method.rdpo_noisy`` → ``method.rdpo.noisy``)."""
+        return renamed_method_key(old, raw) or _RENAMED.get(old) or renamed_block_key(old)
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
@@ -112,8 +81,7 @@ class VLMRecipeConfig:
     @staticmethod
     def check_given(cfg: VLMRecipeConfig, given: set[str]) -> None:
         """A ``method.*`` key ``method.name`` does not read is a ConfigError (:mod:`mmalign.mllm.vlm.methods`)."""
-        shared = tuple(f.name for f in fields(VLMMethodConfig) if f.name != "name")
-        check_method_keys(cfg.method.name, given, shared)
+        check_method_keys(cfg.method.name, given)
 
 
 _RENAMED = {"lora.r": "lora.rank", "method.loss": "method.loss_type"}
@@ -130,12 +98,10 @@ def drop_adapter_dir(raw: dict) -> list[tuple[str, str]]:
     return [("export.adapter_dir", "output_dir (the adapter or model is written into the run folder itself)")]
 
 
-# Ranges and choices, checked by load_config before any model loads (mmalign.validate); method.name, method.loss_type
-# and method.beta_mode are checked by mmalign.mllm.vlm.objective.check_method.
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate; the method block's:
+# mmalign.mllm.vlm.methods); method.name, method.loss_type and method.beta_mode are checked by
+# mmalign.mllm.vlm.objective.check_method.
 _FRACTION = Range(0, 1)
-register(VLMMethodConfig, beta=Range(0, low_open=True), label_smoothing=Range(0, 0.5), gamma=Range(0),
-         sft_weight=Range(0), crop_scale_min=Range(0, 1, low_open=True), crop_scale_max=Range(0, 1, low_open=True),
-         beta_weight=Range(0), beta_k=Range(0, low_open=True))
 register(VLMDataConfig, max_length=Range(1), on_overlong=OneOf("error", "drop"), on_bad_row=OneOf(*ON_BAD_ROW),
          max_bad_fraction=_FRACTION, max_rows=Range(1))
 register_check(VLMRecipeConfig, lambda c: output_dir_problem(c.output_dir))

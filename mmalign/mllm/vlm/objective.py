@@ -10,10 +10,11 @@ No loss is written here; every term is the core objective applied to a different
 * **mDPO** (Wang et al. 2024, luka-group/mDPO ``mdpo_trainer.py``; code = paper):
   ``L = L_DPO + L_CoPO + L_AncPO`` with ``L_CoPO = -logsig(beta [rho(y_w|m) - rho(y_w|m')])`` (sigmoid core on
   the pair chosen-under-image vs chosen-under-corrupted-image) and ``L_AncPO = -logsig(beta rho(y_w|m) - delta)``
-  (sigmoid core with a constant rejected score ``delta / beta``), delta = 0 in the code. One shared beta.
+  (sigmoid core with a constant rejected score ``delta / beta``), delta = ``method.mdpo.anchor_delta`` (0 in the
+  code); the corrupted image is a random crop of ``method.mdpo.crop_scale_min..max`` of the area. One shared beta.
 * **rDPO** (Re-Align, Xing et al. 2025): ``L = L_DPO + L_vDPO``, ``L_vDPO = -logsig(beta [rho(y_w|v) -
   rho(y_w|v_retrieved)])`` (paper figure). Code difference: the official ``rDPOTrainer`` scores the rejected and
-  the retrieved-image terms with top-1-non-label log-probs; ``method.rdpo_noisy=true`` reproduces that.
+  the retrieved-image terms with top-1-non-label log-probs; ``method.rdpo.noisy=true`` reproduces that.
 * **MM-DPO per-sample beta** (MM-RLHF): ``beta`` becomes a detached ``[B]`` tensor from
   :mod:`mmalign.objectives.dynamic_beta`; with ``sft_weight=0.25`` this is the MM-DPO objective.
 """
@@ -46,9 +47,9 @@ class VLMMethod:
     """The second image the chosen answer is also scored under: ``none``; ``row`` (every row names one in
     ``data.extra_image_field``, required); ``row_or_crop`` (the row's when the field is set, else a random crop)."""
     anchor: bool = False
-    """Adds mDPO's anchor term ``-logsig(beta rho_w - delta)`` (``method.anchor_delta``)."""
+    """Adds mDPO's anchor term ``-logsig(beta rho_w - delta)`` (delta: ``method.mdpo.anchor_delta``)."""
     noisy_scoring: bool = False
-    """Reads ``method.rdpo_noisy`` (rDPO's official top-1-non-label scoring of the rejected / extra rows)."""
+    """Reads ``method.rdpo.noisy`` (rDPO's official top-1-non-label scoring of the rejected / extra rows)."""
 
     @property
     def requires_extra_image(self) -> bool:
@@ -70,7 +71,8 @@ METHODS: dict[str, VLMMethod] = {
     "mdpo": VLMMethod(extra_image="row_or_crop", anchor=True),  # L_CoPO on a corrupted (cropped) image, L_AncPO
     "rdpo": VLMMethod(extra_image="row", noisy_scoring=True),  # L_vDPO on the row's retrieved image
 }
-"""The VLM methods; a new one is an entry here, its terms in :func:`preference_step`, a YAML and a test."""
+"""The VLM methods; a new one is an entry here (and its key spec, with its options section, in
+:mod:`mmalign.mllm.vlm.methods`), its terms in :func:`preference_step`, a YAML and a test."""
 
 
 def vlm_method(name: str) -> VLMMethod:
@@ -94,8 +96,6 @@ def check_method(method: VLMMethodConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if method.beta_mode != "fixed" and method.loss_type not in ("sigmoid", "cdpo", "robust", "hinge", "bco_pair"):
         raise ConfigError(f"method.beta_mode={method.beta_mode!r} needs a beta-scaled reference loss, not {method.loss_type!r}")
-    if not 0.0 < method.crop_scale_min <= method.crop_scale_max <= 1.0:
-        raise ConfigError("method.crop_scale_min / crop_scale_max must satisfy 0 < min <= max <= 1")
 
 
 def needs_reference(method: VLMMethodConfig) -> bool:
@@ -116,7 +116,7 @@ def _scores(model, text, vision, features, *, times, noisy_from: int | None = No
 
 
 def _all_scores(model, batch, method, features, extra_features) -> dict[str, torch.Tensor]:
-    noisy = METHODS[method.name].noisy_scoring and method.rdpo_noisy
+    noisy = METHODS[method.name].noisy_scoring and method.rdpo.noisy
     n_pairs = len(batch["row_ids"])
     scores, n_tokens = _scores(model, batch["pair"], batch["vision"], features, times=2,
                                noisy_from=n_pairs if noisy else None)
@@ -180,7 +180,7 @@ def preference_step(
         metrics[f"{method.name}/conditional_loss"] = conditional.detach().mean()
         losses = losses + conditional
         if METHODS[method.name].anchor:
-            offset = torch.full_like(policy["chosen"], method.anchor_delta) / torch.as_tensor(beta)
+            offset = torch.full_like(policy["chosen"], method.mdpo.anchor_delta) / torch.as_tensor(beta)
             anchor, _ = preference_loss(
                 "sigmoid", chosen=policy["chosen"], rejected=offset.detach(),
                 ref_chosen=ref["chosen"], ref_rejected=torch.zeros_like(offset), beta=beta,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mmalign.mllm.forward import forward_logits
 from mmalign.mllm.vlm.batch import VisionPreferenceCollator
 from mmalign.mllm.vlm.config import VLMMethodConfig
+from mmalign.mllm.vlm.methods import RdpoOptions
 from mmalign.mllm.vlm.objective import preference_step
 from mmalign.objectives.dynamic_beta import per_sample_beta
 
@@ -66,7 +67,7 @@ def test_rdpo_noisy_code_path_equals_re_align(make_policy, vlm_rows):
     batch = VisionPreferenceCollator(processor, extra="row")(vlm_rows)
     beta = 0.3
     with torch.no_grad():
-        loss, _ = preference_step(policy, batch, VLMMethodConfig(name="rdpo", beta=beta, rdpo_noisy=True))
+        loss, _ = preference_step(policy, batch, VLMMethodConfig(name="rdpo", beta=beta, rdpo=RdpoOptions(noisy=True)))
 
         def official_scores():
             pair = forward_logits(policy, batch["pair"], batch["vision"], times=2).float()

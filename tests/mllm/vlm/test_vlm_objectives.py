@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmalign.mllm.forward import score_rows
 from mmalign.mllm.vlm.batch import VisionPreferenceCollator, mdpo_crop
 from mmalign.mllm.vlm.config import VLMMethodConfig
+from mmalign.mllm.vlm.methods import MdpoOptions, RdpoOptions
 from mmalign.mllm.vlm.objective import preference_step
 from mmalign.objectives.dynamic_beta import per_sample_beta
 
@@ -37,7 +38,7 @@ def test_mdpo_is_dpo_plus_conditional_plus_anchor(qwen_policy, vlm_rows):
     batch = VisionPreferenceCollator(processor, extra="crop", seed=1)(vlm_rows)
     beta, delta = 0.5, 0.2
     with torch.no_grad():
-        loss, metrics = preference_step(policy, batch, VLMMethodConfig(name="mdpo", beta=beta, anchor_delta=delta))
+        loss, metrics = preference_step(policy, batch, VLMMethodConfig(name="mdpo", beta=beta, mdpo=MdpoOptions(anchor_delta=delta)))
     pw, pl, pe, rw, rl, re = _scores(policy, batch)
     rho_w, rho_l, rho_e = pw - rw, pl - rl, pe - re
     dpo = -F.logsigmoid(beta * (rho_w - rho_l))
@@ -64,7 +65,7 @@ def test_rdpo_paper_formula_and_noisy_flag(qwen_policy, vlm_rows):
     beta = 0.3
     with torch.no_grad():
         loss, _ = preference_step(policy, batch, VLMMethodConfig(name="rdpo", beta=beta))
-        noisy, _ = preference_step(policy, batch, VLMMethodConfig(name="rdpo", beta=beta, rdpo_noisy=True))
+        noisy, _ = preference_step(policy, batch, VLMMethodConfig(name="rdpo", beta=beta, rdpo=RdpoOptions(noisy=True)))
     pw, pl, pe, rw, rl, re = _scores(policy, batch)
     expected = -F.logsigmoid(beta * ((pw - rw) - (pl - rl))) - F.logsigmoid(beta * ((pw - rw) - (pe - re)))
     assert float(loss) == pytest.approx(float(expected.mean()), abs=1e-5)
