@@ -45,12 +45,14 @@ def load_video_llm(cfg: VideoModelConfig) -> tuple[torch.nn.Module, Any]:
 
 def build_dataset(cfg: VideoRecipeConfig, method: str, path: str, processor: Any,
                   records: list | None = None) -> VideoPreferenceDataset:
-    """The data set of ``method`` on the rows of ``path`` (``records``: those rows, already read)."""
+    """The data set of ``method`` on the rows of ``path`` (``records``: those rows, already read); a VDPO item
+    perturbs its video as ``method.vdpo.*`` says (the other items ignore those options)."""
+    vdpo = cfg.method.vdpo
     records = read_records(path, cfg.data.media_root) if records is None else records
     records = records[:cfg.data.max_rows] if cfg.data.max_rows else records
     return VideoPreferenceDataset(
-        records, method, cfg.video, tokenizer=processor.tokenizer, perturbations=cfg.method.perturbations,
-        magnitude=cfg.method.magnitude, frames_per_clip=cfg.method.frames_per_clip, seed=cfg.train.seed,
+        records, method, cfg.video, tokenizer=processor.tokenizer, perturbations=vdpo.perturbations,
+        magnitude=vdpo.magnitude, frames_per_clip=vdpo.frames_per_clip, seed=cfg.train.seed,
         skips=SkipCounter(len(records), cfg.data.max_bad_fraction, cfg.data.on_bad_row, what="rows"),
     )
 
@@ -66,10 +68,13 @@ def pair_builder(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> S
 
 
 def rrpo_builder(cfg: VideoRecipeConfig, ref_model: torch.nn.Module | None) -> StepFn:
+    """RRPO with ``method.beta`` (the shared temperature) and ``method.rrpo.alpha`` / ``kl_chunk_size``; a value
+    left null is the official run script's default for ``model.family``."""
     defaults = rrpo_defaults(cfg.model.family)
     beta = cfg.method.beta if cfg.method.beta is not None else defaults["beta"]
-    alpha = cfg.method.alpha if cfg.method.alpha is not None else defaults["alpha"]
-    return make_rrpo_step(beta, alpha, ref_model, cfg.method.kl_chunk_size)
+    rrpo = cfg.method.rrpo
+    alpha = rrpo.alpha if rrpo.alpha is not None else defaults["alpha"]
+    return make_rrpo_step(beta, alpha, ref_model, rrpo.kl_chunk_size)
 
 
 def build_step(cfg: VideoRecipeConfig, method: str, ref_model: torch.nn.Module | None) -> StepFn:

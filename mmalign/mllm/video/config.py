@@ -3,9 +3,8 @@ curriculum + SFT), VDPO and plain SFT on video LLMs. Ranges and choices are chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
-from mmalign.choices import PREFERENCE_KINDS
 from mmalign.config import MISSING
 from mmalign.config_blocks import (
     DataConfig,
@@ -17,8 +16,13 @@ from mmalign.config_blocks import (
 from mmalign.data.video_io import VideoSampling
 from mmalign.lora_config import LoraConfig, is_false, migrate_lora_block, video_lora
 from mmalign.mllm.model_config import VLMModelConfig
-from mmalign.mllm.video.methods import METHODS, check_method_keys
-from mmalign.mllm.video.temporal import KINDS
+from mmalign.mllm.video.methods import (
+    METHODS,
+    MethodConfig,
+    check_method_keys,
+    chosen_sections,
+    renamed_method_key,
+)
 from mmalign.train_config import TrainConfig
 from mmalign.validate import OneOf, Range, output_dir_problem, register, register_check
 
@@ -32,32 +36,6 @@ class VideoModelConfig(VLMModelConfig):
 
     family: str = "qwen25vl"
     """Model family for RRPO's per-model alpha/beta defaults: llava_video, longvu, videochat2 (others: default)."""
-
-
-@dataclass
-class MethodConfig:
-    name: str = "dpo"
-    """rrpo | dpo (TEMPLE stages) | vdpo | sft."""
-    beta: float | None = None
-    """Inverse temperature; None = RRPO per-model default, else 0.1."""
-    alpha: float | None = None
-    """RRPO token-KL weight; None = per-model default."""
-    loss_type: str = "sigmoid"
-    """Preference loss of ``dpo``/``vdpo`` (any kind of ``mmalign.objectives.preference_loss``)."""
-    sft_weight: float = 0.0
-    """Weight of the token-mean NLL of chosen rows added to dpo/vdpo (TEMPLE's ms-swift rpo_alpha = 1.0)."""
-    label_smoothing: float = 0.0
-    """dpo/vdpo: eps of loss_type cdpo / robust / simpo (main could not set it: they ran with 0)."""
-    gamma: float = 0.0
-    """dpo/vdpo: SimPO target margin (loss_type simpo)."""
-    perturbations: list[str] = field(default_factory=lambda: ["reverse", "shuffle"])
-    """VDPO: temporal perturbations drawn per example for the rejected video."""
-    magnitude: int = 16
-    """VDPO: perturbation magnitude (16, 8, 4, 2)."""
-    frames_per_clip: int = 2
-    """Frames per perturbation unit (2 keeps Qwen-VL temporal patches intact)."""
-    kl_chunk_size: int = 256
-    """RRPO: token positions per chunk of the KL computation."""
 
 
 @dataclass
@@ -112,6 +90,8 @@ class VideoRecipeConfig:
     """The shared LoRA block (:mod:`mmalign.lora_config`); ``rank: 0`` = full fine-tuning (frozen reference copy).
     Curriculum stages always train LoRA adapters."""
     method: MethodConfig = field(default_factory=MethodConfig)
+    """The method (a curriculum: each stage names its own), the shared DPO-family keys and the sections
+    ``method.vdpo.*`` / ``method.rrpo.*`` (:mod:`mmalign.mllm.video.methods`); every stage reads the same block."""
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     video: VideoSampling = field(default_factory=VideoSampling)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -122,13 +102,19 @@ class VideoRecipeConfig:
     """The adapter (LoRA), the full model (full fine-tuning) or a curriculum's merged stages, with the processor,
     written into ``output_dir``: a folder loadable as ``model.pretrained``."""
 
+    def as_dict(self) -> dict:
+        """A plain dict of the config with only the sections of the run's methods (the saved run config, which
+        loads again under the key policy)."""
+        return chosen_sections(asdict(self))
+
     @staticmethod
     def renamed_key(old: str, raw: dict) -> str | None:
-        """Keys renamed in the one-core release (read for one release)."""
+        """Keys renamed in the one-core release (read for one release); the flat VDPO / RRPO keys
+        (``method.magnitude`` → ``method.vdpo.magnitude``, ``method.alpha`` → ``method.rrpo.alpha``, ...)."""
         parts = old.split(".")
         if len(parts) == 3 and parts[0] == "stages" and parts[2] == "lora_r":
             return f"stages.{parts[1]}.lora_rank"
-        return _RENAMED.get(old) or renamed_block_key(old)
+        return renamed_method_key(old, raw) or _RENAMED.get(old) or renamed_block_key(old)
 
     @staticmethod
     def migrate(raw: dict) -> list[tuple[str, str]]:
@@ -140,8 +126,7 @@ class VideoRecipeConfig:
     @staticmethod
     def check_given(cfg: VideoRecipeConfig, given: set[str]) -> None:
         """A ``method.*`` key no method of the run reads is a ConfigError (:mod:`mmalign.mllm.video.methods`)."""
-        shared = tuple(f.name for f in fields(MethodConfig) if f.name != "name")
-        check_method_keys([s.method for s in cfg.stages] or [cfg.method.name], given, shared)
+        check_method_keys([s.method for s in cfg.stages] or [cfg.method.name], given)
 
 
 _RENAMED = {"model.lora_r": "lora.rank", "model.lora_alpha": "lora.alpha", "model.lora_dropout": "lora.dropout",
@@ -170,11 +155,8 @@ def _migrate_video(raw: dict) -> list[tuple[str, str]]:
 
 
 
-# Ranges and choices, checked by load_config before any model loads (mmalign.validate).
-register(MethodConfig, name=OneOf(*METHODS), beta=Range(0, low_open=True), alpha=Range(0),
-         loss_type=OneOf(*PREFERENCE_KINDS), sft_weight=Range(0), label_smoothing=Range(0, 0.5), gamma=Range(0),
-         perturbations=OneOf(*KINDS), magnitude=Range(1),
-         frames_per_clip=Range(1), kl_chunk_size=Range(1))
+# Ranges and choices, checked by load_config before any model loads (mmalign.validate; the method block's:
+# mmalign.mllm.video.methods).
 register(VideoDataConfig, max_length=Range(1))
 register(StageConfig, method=OneOf(*METHODS), epochs=Range(0, low_open=True), max_steps=Range(0),
          lr=Range(0, low_open=True), lora_rank=Range(1), lora_alpha=Range(0, low_open=True))
