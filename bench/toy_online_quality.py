@@ -39,23 +39,38 @@ sys.path.insert(0, str(REPO))
 
 CONFIGS = REPO / "recipes" / "configs" / "diffusion"
 SD3_TARGETS = "[attn.to_q,attn.to_k,attn.to_v,attn.to_out.0,attn.add_q_proj,attn.add_k_proj,attn.add_v_proj,attn.to_add_out]"
-ONLINE_BUDGET = ["prompts_per_epoch=8", "group_size=4"]
-"""Every online run: 4 epochs of 8 prompts x 4 images = 128 rollouts (10 sampler steps each)."""
+LABEL = ["--per-prompt", "4", "--pairs", "all", "--scorer", "toy", "--normalize", "none", "--steps", "10",
+         "--guidance-scale", "3.0", "--prompts-per-batch", "8", "--device", "cpu"]
+"""``dpo_reward``'s data: ``mmalign label`` on the 72 train captions x 4 base samples, every pair (432, the shipped
+set's size) ordered by the reward (toy scorer) instead of the judge; its CPU time is part of the run's budget."""
 RUNS = {
-    # name: (config, overrides) — offline DPO at toy_dpo.yaml's own budget (120 steps x 16 shipped pairs)
-    "dpo": ("toy_dpo.yaml", []),
-    "online_dpo": ("toy_online_dpo.yaml", [f"method.online_dpo.{o}" for o in ONLINE_BUDGET]
-                   + ["method.online_dpo.timesteps_per_pair=8", "train.max_steps=16"]),  # 4 steps x 16 pairs / epoch
-    "grpo": ("toy_grpo.yaml", [f"method.grpo.{o}" for o in ONLINE_BUDGET]  # 32 x 5 transitions / (16 x 2) = 5
-             + ["method.grpo.timestep_fraction=0.5", "train.grad_accum=2", "train.max_steps=20"]),
-    "grpo_sd3": ("toy_grpo.yaml", [f"method.grpo.{o}" for o in ONLINE_BUDGET]
-                 + ["method.grpo.sde=flow_grpo", "method.grpo.noise_level=0.7", "method.grpo.timestep_fraction=0.5",
-                    "train.grad_accum=2", "train.max_steps=20", f"lora.target_modules={SD3_TARGETS}"]),
+    # name: (config, overrides, labelled by the reward first). Every run at about offline toy_dpo.yaml's CPU time;
+    # the online budgets are the shipped toy configs' own (toy_grpo.yaml: 50 steps / 320 rollouts,
+    # toy_online_dpo.yaml: 56 steps / 448 rollouts).
+    "dpo": ("toy_dpo.yaml", [], False),  # the shipped 432 judge-labelled pairs: the judge trained it
+    "dpo_reward": ("toy_dpo.yaml", ["train.max_steps=72"], True),  # labelling ~1.45 CPU-min = 48 DPO steps
+    "online_dpo": ("toy_online_dpo.yaml", [], False),
+    "grpo": ("toy_grpo.yaml", [], False),
+    "dpo_sd3": ("toy_dpo.yaml", ["method.beta=1250", f"lora.target_modules={SD3_TARGETS}"], False),
+    "grpo_sd3": ("toy_grpo.yaml", ["method.grpo.sde=flow_grpo", "method.grpo.noise_level=0.7",
+                                   f"lora.target_modules={SD3_TARGETS}"], False),
 }
 
 
 def pipeline_of(method: str, args) -> str:
-    return args.sd3 if method == "grpo_sd3" else str(REPO / "assets" / "toy" / "pipeline")
+    return args.sd3 if method.endswith("_sd3") else str(REPO / "assets" / "toy" / "pipeline")
+
+
+def _run(cmd: list[str], log_path: Path) -> float:
+    """Run one subprocess (one thread); its CPU minutes (user + system)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: see {log_path}")
+    return (usage.ru_utime + usage.ru_stime) / 60
 
 
 def train(method: str, seed: int, args) -> dict:
@@ -63,29 +78,29 @@ def train(method: str, seed: int, args) -> dict:
     done = out / "run.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if (out / "summary.json").is_file() and (out / "pytorch_lora_weights.safetensors").is_file():
-        return _record(method, seed, out, None, None)  # finished by an earlier, interrupted bench
-    config, overrides = RUNS[method]
+    config, overrides, labelled = RUNS[method]
+    out.mkdir(parents=True, exist_ok=True)
+    t0, cpu_min = time.time(), 0.0
+    if labelled:  # offline pairs of base samples ordered by the reward (seeded by the training seed)
+        labels = out / "labels"
+        if not (labels / "pairs.parquet").is_file():
+            cpu_min += _run([sys.executable, "-m", "mmalign", "label", "--pipeline", pipeline_of(method, args),
+                             "--prompts", str(REPO / "assets" / "toy" / "captions" / "train.txt"), *LABEL,
+                             "--seed", str(1000 * seed), "--out", str(labels)], out / "label_log.txt")
+        overrides = [*overrides, f"data.path={labels / 'pairs.parquet'}", f"data.cache_dir={out / 'cache'}"]
+    else:
+        overrides = [f"data.cache_dir={Path(args.out) / ('cache_sd3' if method.endswith('_sd3') else 'cache')}",
+                     *overrides]
     cmd = [sys.executable, str(REPO / "recipes" / "diffusion.py"), "--config", str(CONFIGS / config), *overrides,
            f"model.pretrained={pipeline_of(method, args)}", f"train.seed={seed}", f"output_dir={out}",
-           "eval.enabled=false", "train.progress_bar=false", "train.checkpoint_every=0",
-           f"data.cache_dir={Path(args.out) / 'cache'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(out / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{method} seed {seed} failed: see {out / 'log.txt'}")
-    return _record(method, seed, out, time.time() - t0, (usage.ru_utime + usage.ru_stime) / 60)
+           "eval.enabled=false", "train.progress_bar=false", "train.checkpoint_every=0"]
+    cpu_min += _run(cmd, out / "log.txt")
+    return _record(method, seed, out, time.time() - t0, cpu_min)
 
 
 def _record(method: str, seed: int, out: Path, wall_s: float | None, cpu_min: float | None) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     epochs = summary.get("online_epochs", [])
-    o = RUNS[method][1]
     record = {"method": method, "seed": seed, "wall_s": None if wall_s is None else round(wall_s, 1),
               "cpu_min": None if cpu_min is None else round(cpu_min, 2), "steps": summary["steps"],
               "train_seconds": round(summary["train_seconds"], 1), "epochs": len(epochs),
@@ -93,9 +108,12 @@ def _record(method: str, seed: int, out: Path, wall_s: float | None, cpu_min: fl
               "zero_std_per_epoch": [e["zero_std_fraction"] for e in epochs],
               "rollout_seconds": round(sum(e["rollout_seconds"] for e in epochs), 1)}
     if epochs:
-        group = next(int(x.split("=")[1]) for x in o if x.split("=")[0].endswith("group_size"))
-        prompts = next(int(x.split("=")[1]) for x in o if x.split("=")[0].endswith("prompts_per_epoch"))
-        record["rollout_images"] = len(epochs) * group * prompts
+        import yaml
+
+        options = yaml.safe_load((out / "mmalign_config.yaml").read_text())["method"][summary["method"]]
+        record["rollout_images"] = len(epochs) * options["group_size"] * options["prompts_per_epoch"]
+    elif RUNS[method][2]:
+        record["rollout_images"] = 72 * 4  # the labelled base samples
     (out / "run.json").write_text(json.dumps(record))
     return record
 
