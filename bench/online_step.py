@@ -10,7 +10,7 @@ timestep_fraction 0.99, batch and LoRA (r 8 on the attention projections), in fl
   settings, for exactly one epoch (rollout phase +
   optimisation phase inside the shared loop): rollout seconds from ``summary.json["online_epochs"]``, the
   optimisation seconds the rest of the loop's ``train_seconds``;
-* **flow_grpo transcription** — written here from yifan123/flow_grpo @ 31c71b9 ``flow_grpo/diffusers_patch/
+* **flow_grpo transcription** — written here from yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd ``flow_grpo/diffusers_patch/
   sd3_pipeline_with_logprob.py`` (the denoising loop: CFG on ``[uncond; cond]`` in one batch, the transformer, the
   guided velocity, ``sde_step_with_logprob`` of ``sd3_sde_with_logprob.py`` in float32, every latent and log-prob
   kept) and ``scripts/train_sd3.py`` ``train`` (per sample batch and per trained timestep: the transformer on

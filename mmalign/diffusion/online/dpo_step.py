@@ -1,6 +1,6 @@
 """Online Diffusion-DPO: best vs worst of each prompt's rollouts, trained with the existing Diffusion-DPO step.
 
-Source: yifan123/flow_grpo @ 31c71b9 ``scripts/train_sd3_dpo.py`` (and D3PO's online rounds). Per epoch:
+Source: yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd ``scripts/train_sd3_dpo.py`` (and D3PO's online rounds). Per epoch:
 
 * ``collect`` — ``group_size`` images per prompt from the **current policy** on the one sampling path
   (:func:`mmalign.diffusion.sampling.generate`, the pipeline's own scheduler: the ODE sampler, or DDIM with

@@ -1,6 +1,6 @@
 """GRPO on the one loop: Flow-GRPO (SD3 / FLUX), DanceGRPO's SDE, DDPO-style DDIM with eta (SD1.x / SDXL).
 
-Sources: yifan123/flow_grpo @ 31c71b9 ``scripts/train_sd3.py`` (sampling, advantages, the train loop) and
+Sources: yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd ``scripts/train_sd3.py`` (sampling, advantages, the train loop) and
 kvablack/ddpo-pytorch ``scripts/train.py``; the formulas are in :mod:`mmalign.objectives.grpo` (pure) and the
 sampler steps in :mod:`mmalign.diffusion.sde_steps`. Per epoch:
 

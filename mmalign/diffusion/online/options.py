@@ -1,7 +1,7 @@
 """Options of the online methods (``method.grpo.*``, ``method.online_dpo.*``) and the ``reward:`` block.
 
 Light (no torch): the config schema imports this module. Defaults are flow_grpo's ``config/grpo.py``
-``pickscore_sd3`` (yifan123/flow_grpo @ 31c71b9) unless noted; ``mmalign/diffusion/online/__init__.py`` says how an
+``pickscore_sd3`` (yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd) unless noted; ``mmalign/diffusion/online/__init__.py`` says how an
 epoch runs.
 """
 
