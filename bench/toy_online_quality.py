@@ -151,7 +151,8 @@ def judge(method: str, seed: int, args) -> dict:
     from mmalign.toy.evaluate import compare
 
     pipeline = pipeline_of(method, args)
-    base = evaluate(pipeline, None, args, Path(args.out) / "eval" / f"base_{Path(pipeline).name}.json")
+    name = f"{Path(pipeline).parent.name}_{Path(pipeline).name}"  # toy_pipeline, toy_sd3_pipeline
+    base = evaluate(pipeline, None, args, Path(args.out) / "eval" / f"base_{name}.json")
     out = Path(args.out) / f"{method}_seed{seed}"
     aligned = evaluate(pipeline, out, args, out / "eval.json")
     row = compare(base, aligned)

@@ -72,6 +72,10 @@ def check_config(cfg: DiffusionRecipeConfig) -> str:
     if cfg.export.ema and cfg.lora.rank > 0:
         raise ConfigError("config key 'export.ema' is for full fine-tuning (lora.rank=0)")
     require_paths(**{"model.pretrained": cfg.model.pretrained, "data.path": cfg.data.path})
+    if cfg.reward.scorers:
+        from mmalign.diffusion.online.setup import check_reward_checkpoints
+
+        check_reward_checkpoints(cfg.reward)
     check_family_options(cfg, local_family(cfg.model.pretrained))
     return kind
 

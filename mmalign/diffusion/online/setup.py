@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
+from mmalign.config_error import ConfigError
 from mmalign.diffusion.adapter import DiffusionParts, apply_model_options
 from mmalign.diffusion.online.engine import EpochSlots, OnlineEngine
 from mmalign.diffusion.registry import method_spec
+
+
+def check_reward_checkpoints(reward_cfg) -> None:
+    """Before any model loads: every reward term has a checkpoint (``reward.checkpoints.<name>``, or its card's
+    default) and each local one (and a ``backbone_checkpoint`` given in ``reward.scorer_args``) exists; a
+    ConfigError names the key. Hub references (``org/repo`` or ``org/repo/file``) pass: fetched at load when online
+    (:func:`scorers.checkpoints.resolve_checkpoint`), as ``model.pretrained``'s hub ids do."""
+    from scorers.cards import load_card
+    from scorers.checkpoints import card_default
+
+    for name in reward_cfg.scorers:
+        args = dict(reward_cfg.scorer_args.get(name, {}))
+        card = load_card(name)
+        key, ref = f"reward.checkpoints.{name}", reward_cfg.checkpoints.get(name)
+        if not ref and args.get("checkpoint"):
+            key, ref = f"reward.scorer_args.{name}.checkpoint", args["checkpoint"]
+        ref = ref or card_default(card.default_checkpoint)
+        if not ref:
+            raise ConfigError(f"config key '{key}' is required: the '{name}' scorer card has no default checkpoint "
+                              "(set a local file or folder)")
+        _require_checkpoint(key, str(ref))
+        backbone = args.get("backbone_checkpoint")
+        if backbone:
+            _require_checkpoint(f"reward.scorer_args.{name}.backbone_checkpoint", str(backbone))
+
+
+def _require_checkpoint(key: str, ref: str) -> None:
+    if Path(ref).expanduser().exists():
+        return
+    parts = ref.split("/")
+    if 2 <= len(parts) <= 3 and all(parts) and not ref.startswith((".", "/", "~")):
+        return  # a hub reference
+    raise ConfigError(f"config key '{key}' points to a path that does not exist: {ref}")
 
 
 def load_reward_model(reward_cfg, device) -> Any:

@@ -77,13 +77,42 @@ def test_reward_keys_are_errors_for_offline_methods():
 def test_bad_value_stops_the_recipe_before_any_model_loads(monkeypatch, tmp_path):
     import runpy
 
+    import mmalign.diffusion.adapter
+
     recipe = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))
     loaded = []
-    monkeypatch.setitem(recipe["main"].__globals__, "load_parts", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(mmalign.diffusion.adapter, "load_parts", lambda *a, **k: loaded.append(a))
     with pytest.raises(ConfigError, match="group_size"):
         recipe["main"](["--config", str(CONFIGS / "toy_online_dpo.yaml"), f"output_dir={tmp_path / 'out'}",
                         "method.online_dpo.group_size=1"])
     with pytest.raises(ConfigError, match="unknown reward scorer"):
         recipe["main"](["--config", str(CONFIGS / "toy_online_dpo.yaml"), f"output_dir={tmp_path / 'out'}",
                         "reward.scorers={pickscor: 1.0}"])
+    assert loaded == []
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["reward.checkpoints.toy=/no/such/toy.pt"],
+     "config key 'reward.checkpoints.toy' points to a path that does not exist: /no/such/toy.pt"),
+    (["reward.scorers={aesthetic: 1.0}"],
+     "config key 'reward.checkpoints.aesthetic' is required: the 'aesthetic' scorer card has no default"),
+    (["reward.scorer_args.toy.checkpoint=/no/such/toy.pt"],
+     "config key 'reward.scorer_args.toy.checkpoint' points to a path that does not exist"),
+    (["reward.scorers={aesthetic: 1.0}", "reward.checkpoints.aesthetic=assets/toy/scorer/HPS_toy_compressed.pt",
+      "reward.scorer_args.aesthetic.backbone_checkpoint=/no/such/clip"],
+     "config key 'reward.scorer_args.aesthetic.backbone_checkpoint' points to a path that does not exist"),
+])
+def test_missing_reward_checkpoint_stops_the_recipe_before_any_model_loads(monkeypatch, tmp_path, overrides,
+                                                                           message):
+    """main reported a missing reward checkpoint only after the pipeline had loaded (in the training-set hook)."""
+    import runpy
+
+    import mmalign.diffusion.adapter
+
+    recipe = runpy.run_path(str(REPO / "recipes" / "diffusion.py"))
+    loaded = []
+    monkeypatch.setattr(mmalign.diffusion.adapter, "load_parts", lambda *a, **k: loaded.append(a))
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=message.replace(".", "\\.")):
+        recipe["main"](["--config", str(CONFIGS / "toy_grpo.yaml"), f"output_dir={tmp_path / 'out'}", *overrides])
     assert loaded == []
