@@ -2,11 +2,11 @@
 
 Discovered by glob: a new YAML under ``recipes/configs/<family>/`` is a new case, and it fails until its model id
 has a tiny stand-in below. Each case runs the real recipe in-process with only model/data paths and sizes
-replaced (training and sampler steps, batch, accumulation, resolution, frames, caption/seed counts, generated
-tokens) on tiny
-random-weight models saved in the released layout of the architecture the config names (real schedulers, SD2.1
-v-prediction, SDXL's two text encoders, each VLM's processor and chat template). Validation prompts are rendered
-(reference grid before training and the final grid) and checked to be finite, non-constant images.
+replaced (training, sampler and inversion steps, batch, accumulation, resolution, frames, caption / seed /
+validation-prompt counts, generated tokens) on tiny random-weight models saved in the released layout of the
+architecture the config names (real schedulers, SD2.1 v-prediction, SDXL's two text encoders, each VLM's processor
+and chat template). Validation prompts are rendered (reference grid before training and the final grid) and
+checked to be finite, non-constant images.
 
 Modes (``train.mixed_precision`` / ``train.autocast``):
 
@@ -101,6 +101,11 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
     out = [f"output_dir={tmp / 'out'}", f"data.cache_dir={tmp / 'cache'}", "train.max_steps=1",
            "train.batch_size=2", "train.grad_accum=1", "train.progress_bar=false", "validation.num_inference_steps=2"]
     out += online_overrides(cfg, models)
+    prompts = (cfg.get("validation") or {}).get("prompts")
+    if prompts:  # the first shipped prompt: the grid code is the same for one prompt or several
+        out.append(f"validation.prompts={json.dumps(prompts[:1])}")
+    if method in INVERSION_METHODS:  # sampler steps of the DDIM / ReNoise inversion (the official grid needs >= 2)
+        out.append(f"method.{method}.noise.inversion_steps=2")
     pretrained = cfg["model"]["pretrained"]
     if pretrained.startswith("assets/"):  # the toy world: its own shipped model and data, fewer of them
         limit = ["data.max_rows=12" if method == "ppd" else "data.max_rows=4"]  # PPD: one user, 4 shots + 8 pairs
@@ -123,6 +128,7 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
 
 
 ONLINE_METHODS = ("grpo", "online_dpo")
+INVERSION_METHODS = ("smpo", "inpo")
 
 
 def online_overrides(cfg: dict, models) -> list[str]:
