@@ -48,10 +48,11 @@ TINY_DIFFUSION = {
 }
 TINY_VLM = {"Qwen/Qwen2-VL-2B-Instruct": "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct": "qwen25vl",
             "llava-hf/llava-1.5-7b-hf": "llava"}
-TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "tiny:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "tiny:llavaov",
+TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "video:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "video:llavaov",
               "tiny:qwen2vl-toy": "tiny:qwen2vl-toy", "runs/toy_sft": "video:qwen2vl-toy"}
-"""Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder, another value
-a saved folder from the ``models`` fixture."""
+"""Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder (as toy_sft.yaml
+ships it), another value a saved folder from the ``models`` fixture (built once per session; the recipe's
+``tiny:qwen25vl`` / ``tiny:llavaov`` builders on these configs: tests/mllm/video/test_recipe_configs.py)."""
 TINY_PPD_VLM = {"llava-hf/llava-onevision-qwen2-7b-ov-chat-hf": "video:llavaov"}
 DIFFUSION_DATA_VARIANTS = {"dcpo": "dual", "ppd": "per_user"}
 """Diffusion methods whose data is a variant of their registry kind (per-side captions, user ids); every other
