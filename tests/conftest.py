@@ -24,9 +24,11 @@ def clip_tokenizer_dir(tmp_path_factory):
 
 
 TESTS = Path(__file__).resolve().parent
-SINGLE_THREAD_AREAS = {"diffusion", "diffusion/inversion", "diffusion/ppd", "objectives", "toy/main_job", "mllm/vlm"}
+SINGLE_THREAD_AREAS = {"diffusion", "diffusion/inversion", "diffusion/ppd", "objectives", "recipes", "toy/main_job",
+                       "mllm/vlm"}
 """Test folders (under ``tests/``) whose tiny models run fastest single-threaded (thread hand-offs dominate on the
-shared 2-core CI machine); the other folders keep the suite-wide two threads. Paths, not folder names: the names
+shared 2-core CI machine; ``recipes``: the shipped-config matrix, every recipe on tiny models); the other folders
+keep the suite-wide two threads. Paths, not folder names: the names
 ``diffusion_inversion`` / ``diffusion_ppd`` / ``toy_main_job`` of the flat layout matched nothing once the tests
 mirrored the package tree (``tests/diffusion/inversion``, ...)."""
 
