@@ -129,14 +129,27 @@ class Reward:
                                  f"({n} images, group_size {group_size})")
         terms = {name: scorer.score(images, prompts, batch_size=self.batch_size).float().cpu()
                  for name, scorer in self.scorers.items()}
+        return RewardOutput(total=self.combine(terms, group_size=group_size).float(), terms=terms)
+
+    def combine(self, terms: Mapping[str, torch.Tensor], *, group_size: int | None = None) -> torch.Tensor:
+        """The total (float64 ``[B]``) of raw per-scorer scores ``terms`` (``{name: [B]}``, every scorer of this
+        reward): what ``__call__`` returns as ``total`` (in float32), for scores computed earlier (``mmalign label``
+        combines the raw scores it saved as it went)."""
+        if set(terms) != set(self.scorers):
+            raise ValueError(f"reward: terms {sorted(terms)} are not the scorers {sorted(self.scorers)}")
+        n = len(next(iter(terms.values())))
+        if self.normalize != "none" and (not group_size or group_size < 1 or n % group_size):
+            raise ValueError(f"reward: normalize={self.normalize!r} needs group_size dividing the batch "
+                             f"({n} images, group_size {group_size})")
         total = torch.zeros(n, dtype=torch.float64)
-        for name, values in terms.items():
+        for name in self.scorers:
+            values = terms[name]
             if values.shape != (n,):
                 raise ValueError(f"reward: scorer {name!r} returned shape {tuple(values.shape)}, expected ({n},)")
             if self.normalize != "none":
                 values = normalize_within_prompt(values.view(-1, group_size), self.normalize).view(-1)
             total += self.weights[name] * values.double()
-        return RewardOutput(total=total.float(), terms=terms)
+        return total
 
     def __repr__(self) -> str:
         return f"Reward({self.weights}, normalize={self.normalize!r})"

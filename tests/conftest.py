@@ -1,6 +1,7 @@
 """Suite-wide test settings: offline, deterministic, small thread pools (CI has 2 cores)."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -22,14 +23,26 @@ def clip_tokenizer_dir(tmp_path_factory):
     return write_clip_tokenizer_files(tmp_path_factory.mktemp("clip_tokenizer"))
 
 
-SINGLE_THREAD_AREAS = {"diffusion", "diffusion_inversion", "diffusion_ppd", "objectives", "toy_main_job", "vlm"}
-"""Test folders whose tiny models run fastest single-threaded (thread hand-offs dominate on the shared 2-core CI
-machine); the other folders keep the suite-wide two threads."""
+TESTS = Path(__file__).resolve().parent
+SINGLE_THREAD_AREAS = {"diffusion", "diffusion/inversion", "diffusion/ppd", "objectives", "recipes", "toy/main_job",
+                       "mllm/vlm"}
+"""Test folders (under ``tests/``) whose tiny models run fastest single-threaded (thread hand-offs dominate on the
+shared 2-core CI machine; ``recipes``: the shipped-config matrix, every recipe on tiny models); the other folders
+keep the suite-wide two threads. Paths, not folder names: the names
+``diffusion_inversion`` / ``diffusion_ppd`` / ``toy_main_job`` of the flat layout matched nothing once the tests
+mirrored the package tree (``tests/diffusion/inversion``, ...)."""
+
+
+def _area(path: Path) -> str:
+    try:
+        return path.resolve().parent.relative_to(TESTS).as_posix()
+    except ValueError:
+        return ""
 
 
 @pytest.fixture(autouse=True)
 def _one_thread_for_tiny_models(request):
-    if request.path.parent.name not in SINGLE_THREAD_AREAS:
+    if _area(Path(request.path)) not in SINGLE_THREAD_AREAS:
         yield
         return
     before = torch.get_num_threads()

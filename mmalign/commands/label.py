@@ -178,13 +178,16 @@ def run(args: argparse.Namespace) -> int:
     from diffusers import DiffusionPipeline
 
     from mmalign.data import write_pickapic_parquet, write_ranked_jsonl
-    from scorers.ensemble import ensemble_scores
     from scorers.options import load_scorers_from_args
+    from scorers.reward import Reward
 
     if args.per_prompt < 2:
         raise ValueError("--per-prompt must be at least 2 to form preferences")
     prompts = read_prompt_file(args.prompts)
     scorer_map = load_scorers_from_args(args)  # fail on scorer options before the (slow) generation
+    # the ensemble: each scorer normalised within a prompt's K candidates (--normalize), weights 1/n
+    reward = Reward(scorer_map, {name: 1 / len(scorer_map) for name in scorer_map}, normalize=args.normalize,
+                    batch_size=args.batch_size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         with open(progress_path, "a", encoding="utf-8") as fh:
             try:
                 for start in tqdm(todo, desc="label", unit="batch"):  # the batches of an uninterrupted run
-                    _label_batch(pipe, prompts, start, step, k, args, scorer_map, image_dir, out_dir, done, fh)
+                    _label_batch(pipe, prompts, start, step, k, args, reward, image_dir, out_dir, done, fh)
             except KeyboardInterrupt:
                 print(f"mmalign label: interrupted after {len(done)}/{len(prompts)} prompts; their images and rows "
                       f"are kept in {progress_path}: run the same command again to continue", file=sys.stderr)
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [done[i] for i in range(len(prompts))]
     per_scorer = {name: torch.tensor([row["scorer_scores"][name] for row in rows], dtype=torch.float32)
                   for name in scorer_map}
-    ensemble = ensemble_scores(per_scorer, args.normalize)
+    ensemble = reward.combine({n: v.view(-1) for n, v in per_scorer.items()}, group_size=k).view(len(rows), k)
     ranked_rows, pair_rows = [], []
     for p, row in enumerate(rows):
         scores = [float(x) for x in ensemble[p]]
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label_batch(pipe, prompts: list[str], start: int, step: int, k: int, args, scorer_map: dict, image_dir: Path,
+def _label_batch(pipe, prompts: list[str], start: int, step: int, k: int, args, reward, image_dir: Path,
                  out_dir: Path, done: dict[int, dict], fh) -> None:
     """Generate and score one batch of prompts; write its images, then append one row per prompt (fsync'ed)."""
     import os
@@ -257,9 +260,8 @@ def _label_batch(pipe, prompts: list[str], start: int, step: int, k: int, args, 
     images = generate(pipe, chunk, k, args, offset=start)  # one pipeline call: len(chunk) <= prompts_per_batch
     flat = [im for group in images for im in group]
     texts = [p for p in chunk for _ in range(k)]
-    scores = {name: scorer.score(flat, texts if scorer.needs_text else None,
-                                 batch_size=args.batch_size).view(len(chunk), k).tolist()
-              for name, scorer in scorer_map.items()}
+    scores = {name: values.view(len(chunk), k).tolist()  # raw per-scorer scores; combined at the end
+              for name, values in reward(flat, texts, group_size=k).terms.items()}
     for j, prompt in enumerate(chunk):
         index = start + j
         row = {"index": index, "prompt": prompt, "seed": args.seed + index,

@@ -18,7 +18,8 @@ from tests.helpers import REPO
 
 TOY_CKPT = REPO / "assets" / "toy" / "scorer" / "HPS_toy_compressed.pt"
 TOY_VIDEOS = REPO / "assets" / "videos" / "toy"
-MODEL_COMMANDS = ("score", "eval-scorer", "label", "ppd-sample", "cache", "smpo-labels", "temple make-pairs")
+MODEL_COMMANDS = ("score", "eval-scorer", "label", "evaluate", "ppd-sample", "cache", "smpo-labels",
+                  "temple make-pairs")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,10 @@ def _bad_cases(tmp: Path, images: dict[str, Path]) -> dict[str, list[str]]:
                                   "--out", str(tmp / "x")],
         "label-missing-prompts": ["label", "--pipeline", missing, "--prompts", missing, "--per-prompt", "2",
                                   "--scorer", "toy", "--out", str(tmp / "x")],
+        "evaluate-missing-aligned": ["evaluate", missing, "--scorer", "toy", "--prompts", "toy-heldout",
+                                     "--out", str(tmp / "x")],
+        "evaluate-bad-seeds": ["evaluate", missing, "--scorer", "toy", "--prompts", "toy-heldout", "--seeds", "a",
+                               "--out", str(tmp / "x")],
         "ppd-sample-missing-adapter": ["ppd-sample", missing, missing, "--user", "a", "--prompts", "x",
                                        "--out", str(tmp / "x.png"), "--device", "cpu"],
     }

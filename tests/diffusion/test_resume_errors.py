@@ -1,4 +1,5 @@
-"""Issue 26: the resume and export error paths as a user meets them (real subprocesses). Each is one line on stderr
+"""Issue 26: the resume and export error paths as a user meets them (a real subprocess for the recipe and for
+``mmalign export``, the other cases the same entry points in this process). Each is one line on stderr
 naming the file or config key, exit code 2, before any model loads (the base model's weights are destroyed after
 the first run, so loading it would fail differently), and nothing in the run folder changes."""
 
@@ -57,11 +58,37 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _resume(trained, run: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """What ``_run(args)`` runs (``recipes/diffusion.py ...`` under :func:`mmalign.recipe_entry.run_recipe`, or
+    ``-m mmalign ...``: :func:`mmalign.cli.main`), in this process: the exit code and what it wrote to stderr. One
+    real process per command stays (the first resume test, the diffusion export test); the rest run here."""
+    import contextlib
+    import io
+    import runpy
+
+    from mmalign.recipe_entry import reset_accelerate_state, run_recipe
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        if args[:2] == ["-m", "mmalign"]:
+            from mmalign.cli import main
+
+            code = main(args[2:])
+        else:
+            reset_accelerate_state()
+            try:
+                code = run_recipe(runpy.run_path(str(REPO / args[0]))["main"], args[1:])
+            finally:
+                reset_accelerate_state()
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
+def _resume(trained, run: Path, *overrides: str, process: bool = False) -> subprocess.CompletedProcess:
     model, _, data, cache = trained
-    return _run(["recipes/diffusion.py", "--config", str(CONFIG), *SMALL_DIFFUSION_RUN, f"model.pretrained={model}",
-                 f"data.path={data}", f"output_dir={run}", f"data.cache_dir={cache}", "train.max_steps=4",
-                 "export.enabled=false", *overrides])
+    return (_run if process else _in_process)(
+        ["recipes/diffusion.py", "--config", str(CONFIG), *SMALL_DIFFUSION_RUN, f"model.pretrained={model}",
+         f"data.path={data}", f"output_dir={run}", f"data.cache_dir={cache}", "train.max_steps=4",
+         "export.enabled=false", *overrides])
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -82,7 +109,7 @@ def run_copy(trained, tmp_path):
 def test_resume_from_a_path_that_does_not_exist(trained, run_copy, tmp_path):
     before = _snapshot(run_copy)
     missing = tmp_path / "no" / "checkpoint-7"
-    _one_line_error(_resume(trained, run_copy, f"train.resume={missing}"), f"train.resume: {missing}",
+    _one_line_error(_resume(trained, run_copy, f"train.resume={missing}", process=True), f"train.resume: {missing}",
                     "not a complete checkpoint")
     assert _snapshot(run_copy) == before
 
@@ -150,5 +177,5 @@ def test_export_of_a_vlm_adapter_that_is_not_safetensors(tmp_path):
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nowhere", "peft_type": "LORA"}')
     (adapter / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
-    proc = _run(["-m", "mmalign", "export", str(tmp_path / "run"), "--merge", "--out", str(tmp_path / "merged")])
+    proc = _in_process(["-m", "mmalign", "export", str(tmp_path / "run"), "--merge", "--out", str(tmp_path / "merged")])
     _one_line_error(proc, f"{adapter / 'adapter_model.safetensors'} is not a safetensors file")

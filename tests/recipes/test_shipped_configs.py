@@ -2,11 +2,11 @@
 
 Discovered by glob: a new YAML under ``recipes/configs/<family>/`` is a new case, and it fails until its model id
 has a tiny stand-in below. Each case runs the real recipe in-process with only model/data paths and sizes
-replaced (training and sampler steps, batch, accumulation, resolution, frames, caption/seed counts, generated
-tokens) on tiny
-random-weight models saved in the released layout of the architecture the config names (real schedulers, SD2.1
-v-prediction, SDXL's two text encoders, each VLM's processor and chat template). Validation prompts are rendered
-(reference grid before training and the final grid) and checked to be finite, non-constant images.
+replaced (training, sampler and inversion steps, batch, accumulation, resolution, frames, caption / seed /
+validation-prompt counts, generated tokens) on tiny random-weight models saved in the released layout of the
+architecture the config names (real schedulers, SD2.1 v-prediction, SDXL's two text encoders, each VLM's processor
+and chat template). Validation prompts are rendered (reference grid before training and the final grid) and
+checked to be finite, non-constant images.
 
 Modes (``train.mixed_precision`` / ``train.autocast``):
 
@@ -48,10 +48,11 @@ TINY_DIFFUSION = {
 }
 TINY_VLM = {"Qwen/Qwen2-VL-2B-Instruct": "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct": "qwen25vl",
             "llava-hf/llava-1.5-7b-hf": "llava"}
-TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "tiny:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "tiny:llavaov",
+TINY_VIDEO = {"Qwen/Qwen2.5-VL-7B-Instruct": "video:qwen25vl", "llava-hf/LLaVA-Video-7B-Qwen2-hf": "video:llavaov",
               "tiny:qwen2vl-toy": "tiny:qwen2vl-toy", "runs/toy_sft": "video:qwen2vl-toy"}
-"""Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder, another value
-a saved folder from the ``models`` fixture."""
+"""Released id (or shipped path) → stand-in: ``tiny:<family>`` is the recipe's in-process builder (as toy_sft.yaml
+ships it), another value a saved folder from the ``models`` fixture (built once per session; the recipe's
+``tiny:qwen25vl`` / ``tiny:llavaov`` builders on these configs: tests/mllm/video/test_recipe_configs.py)."""
 TINY_PPD_VLM = {"llava-hf/llava-onevision-qwen2-7b-ov-chat-hf": "video:llavaov"}
 DIFFUSION_DATA_VARIANTS = {"dcpo": "dual", "ppd": "per_user"}
 """Diffusion methods whose data is a variant of their registry kind (per-side captions, user ids); every other
@@ -101,6 +102,11 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
     out = [f"output_dir={tmp / 'out'}", f"data.cache_dir={tmp / 'cache'}", "train.max_steps=1",
            "train.batch_size=2", "train.grad_accum=1", "train.progress_bar=false", "validation.num_inference_steps=2"]
     out += online_overrides(cfg, models)
+    prompts = (cfg.get("validation") or {}).get("prompts")
+    if prompts:  # the first shipped prompt: the grid code is the same for one prompt or several
+        out.append(f"validation.prompts={json.dumps(prompts[:1])}")
+    if method in INVERSION_METHODS:  # sampler steps of the DDIM / ReNoise inversion (the official grid needs >= 2)
+        out.append(f"method.{method}.noise.inversion_steps=2")
     pretrained = cfg["model"]["pretrained"]
     if pretrained.startswith("assets/"):  # the toy world: its own shipped model and data, fewer of them
         limit = ["data.max_rows=12" if method == "ppd" else "data.max_rows=4"]  # PPD: one user, 4 shots + 8 pairs
@@ -123,6 +129,7 @@ def diffusion_overrides(cfg: dict, models, data, tmp: Path) -> list[str]:
 
 
 ONLINE_METHODS = ("grpo", "online_dpo")
+INVERSION_METHODS = ("smpo", "inpo")
 
 
 def online_overrides(cfg: dict, models) -> list[str]:

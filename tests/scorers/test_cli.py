@@ -128,8 +128,9 @@ def test_label_cli_writes_data_the_loader_reads(tiny, tmp_path, capsys):
     # recorded scores are what the scorers give on the saved (lossless PNG) images
     raw = [json.loads(line) for line in (out / "ranked.jsonl").read_text().splitlines()]
     per = {n: torch.tensor([r["scorer_scores"][n] for r in raw]) for n in ("hpsv2", "aesthetic")}
-    torch.testing.assert_close(ensemble_scores(per).float(), torch.tensor([r["scores"] for r in raw]),
-                               atol=1e-5, rtol=0)
+    # (the label writes Reward.combine with weights 1/2: the ensemble bit for bit)
+    assert torch.equal(ensemble_scores({n: v.view(2, 3) for n, v in per.items()}),
+                       torch.tensor([r["scores"] for r in raw], dtype=torch.float64))
     hps = scorers.load_scorer("hpsv2", **tiny["hpsv2"])
     saved = [Image.open(out / p) for p in raw[0]["images"]]
     torch.testing.assert_close(hps.score(saved, raw[0]["prompt"]), per["hpsv2"][0], atol=1e-4, rtol=0)
@@ -158,7 +159,8 @@ def test_label_cli_writes_data_the_loader_reads(tiny, tmp_path, capsys):
     config = recipe_path.parent / "configs" / "diffusion" / "toy_dpo.yaml"
     recipe.main(["--config", str(config), f"model.pretrained={pipe_dir}", f"data.path={out / 'pairs.parquet'}",
                  "data.resolution=32", f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=1",
-                 "train.batch_size=2", "validation.prompts=[]", f"output_dir={tmp_path / 'run'}"])
+                 "train.batch_size=2", "validation.prompts=[]", "eval.enabled=false",  # the toy judge's 648 images
+                 f"output_dir={tmp_path / 'run'}"])
     run_summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert run_summary["steps"] == 1 and np.isfinite(run_summary["final"]["loss"])
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()

@@ -71,6 +71,29 @@ def test_zscore_with_equal_weights_is_the_label_ensemble(tiny_args, batch):
         reward(images, prompts, group_size=4)
 
 
+def test_combine_of_saved_scores_is_the_label_ensemble():
+    """``Reward.combine`` (what ``mmalign label`` writes as ``scores``): with weights 1/2 exactly the ensemble of
+    :func:`scorers.ensemble.ensemble_scores` (bit for bit: halving is exact), with 1/3 equal to rounding."""
+    g = torch.Generator().manual_seed(3)
+    terms = {"a": torch.randn(8, generator=g) * 20 + 25, "b": torch.rand(8, generator=g),
+             "c": torch.tensor([1.0, 1.0, 2.0, 0.5, 3.0, 3.0, 3.0, 3.0])}  # ties, and a constant group
+    for how in ("zscore", "rank", "none"):
+        two = {n: terms[n] for n in ("a", "c")}
+        reward = Reward(dict.fromkeys(two), {n: 1 / 2 for n in two}, normalize=how)
+        total = reward.combine(two, group_size=4)
+        assert total.dtype == torch.float64
+        assert torch.equal(total.view(2, 4), ensemble_scores({n: v.view(2, 4) for n, v in two.items()}, how)), how
+        reward = Reward(dict.fromkeys(terms), {n: 1 / 3 for n in terms}, normalize=how)
+        torch.testing.assert_close(reward.combine(terms, group_size=4).view(2, 4),
+                                   ensemble_scores({n: v.view(2, 4) for n, v in terms.items()}, how),
+                                   rtol=1e-15, atol=1e-15)
+    reward = Reward(dict.fromkeys(terms), {n: 1 / 3 for n in terms}, normalize="zscore")
+    with pytest.raises(ValueError, match="are not the scorers"):
+        reward.combine({"a": terms["a"]}, group_size=4)
+    with pytest.raises(ValueError, match="group_size dividing"):
+        reward.combine(terms, group_size=3)
+
+
 def test_bad_reward_inputs(tiny_args, batch):
     images, prompts = batch
     with pytest.raises(ValueError, match="not in the reward"):

@@ -1,6 +1,6 @@
 """A shortened asset build (``python -m mmalign.toy build --quick``) runs, writes the full layout, and is
-deterministic: a second build from the same seeds writes byte-identical files (the report differs only in its
-timings)."""
+deterministic: a second build from the same seeds (in the test's own process, after the real command's) writes
+byte-identical files (the report differs only in its timings)."""
 
 import hashlib
 import json
@@ -23,6 +23,19 @@ LAYOUT = ("pipeline/model_index.json", "pipeline/unet/diffusion_pytorch_model.sa
 def quick_build(out):
     subprocess.run([sys.executable, "-m", "mmalign.toy", "build", "--quick", "--out", str(out)], check=True,
                    env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+
+
+def quick_build_in_process(out):
+    """What ``python -m mmalign.toy build --quick`` runs, in this process (its torch thread count restored)."""
+    import torch
+
+    from mmalign.toy.__main__ import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["build", "--quick", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def file_digests(root) -> dict[str, str]:
@@ -49,8 +62,8 @@ def test_quick_build_writes_every_asset_deterministically(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(out / paths.PIPELINE)
     assert pipe.tokenizer.model_max_length == 16 and pipe.unet.config.sample_size == 16
 
-    again = tmp_path / "again"
-    quick_build(again)
+    again = tmp_path / "again"  # the same seeds in another process (this one): the same bytes
+    quick_build_in_process(again)
     first, second = file_digests(out), file_digests(again)
     assert len(first) > len(LAYOUT) and first == second
     assert report_without_timings(out) == report_without_timings(again)
