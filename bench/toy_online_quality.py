@@ -160,6 +160,35 @@ def judge(method: str, seed: int, args) -> dict:
     return row
 
 
+def hacking_grid(method: str, seed: int, args, path: Path, captions: int = 24) -> dict:
+    """Where the reward and the judge part: base vs ``method`` seed ``seed`` on the first ``captions`` held-out
+    captions (eval seed 0): the judge's terms (color, shape, position, size), the judge and the reward, and a
+    side-by-side PNG (left base, right aligned)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    import scorers
+    from mmalign.toy.captions import heldout_captions
+    from mmalign.toy.evaluate import evaluate_pipeline, save_side_by_side_grid
+
+    torch.set_num_threads(1)
+    texts, pipeline, reward = heldout_captions()[:captions], pipeline_of(method, args), scorers.load_scorer("toy")
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if method.endswith("_sd3") else {}
+    report, images = {}, {}
+    for name, lora in (("base", None), (method, Path(args.out) / f"{method}_seed{seed}")):
+        pipe = DiffusionPipeline.from_pretrained(pipeline, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        if lora is not None:
+            pipe.load_lora_weights(str(lora))
+        result = evaluate_pipeline(pipe, texts, [0], num_inference_steps=10, return_images=True, desc=None)
+        images[name] = result["images"]
+        pixels = torch.from_numpy(np.ascontiguousarray(result["images"])).permute(0, 3, 1, 2).float() / 255
+        report[name] = {"judge": result["mean"], **result["terms"],
+                        "reward": float(reward.score(pixels, texts).mean())}
+    save_side_by_side_grid(images["base"], images[method], path, captions=texts, columns=4, max_items=captions)
+    return report
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", default=str(REPO / "bench" / "toy_online_reward.png"))
     parser.add_argument("--results", action="store_true", help="write the section into bench/RESULTS.md")
     parser.add_argument("--only-done", action="store_true", help="report the finished runs only (train none)")
+    parser.add_argument("--grid", default=None, metavar="METHOD:SEED",
+                        help="also write the judge's terms and a base | aligned PNG of one run (bench/toy_online_<METHOD>.png)")
     args = parser.parse_args(argv)
     args.eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
@@ -225,8 +256,14 @@ def main(argv: list[str] | None = None) -> dict:
             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])), "steps": rows[0]["steps"],
             "rollout_images": rows[0].get("rollout_images", 0), "seeds": len(rows)}
     plot(records, Path(args.plot))
+    grid = None
+    if args.grid:
+        method, seed = args.grid.split(":")
+        png = REPO / "bench" / f"toy_online_{method}.png"
+        grid = {"run": args.grid, "png": str(png.relative_to(REPO)), "models": hacking_grid(method, int(seed), args, png)}
     result = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "date": datetime.date.today().isoformat(),
-              "eval": {"caption_stride": args.eval_stride, "seeds": args.eval_seeds}, "methods": summary}
+              "eval": {"caption_stride": args.eval_stride, "seeds": args.eval_seeds}, "methods": summary,
+              "grid": grid}
     print(json.dumps(result, indent=1))
     if args.results:
         from bench.results_section import replace_section
@@ -244,6 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{r['win_rate']:.1%} ({r['wins']}/{r['ties']}/{r['losses']}) | {r['reward_gain']:+.2f} | "
                          f"{', '.join(f'{v:.1f}' for v in r['reward_per_epoch']) or '-'} | "
                          f"{', '.join(f'{v:.2f}' for v in r['zero_std_per_epoch']) or '-'} |")
+        if grid:
+            terms = list(next(iter(grid["models"].values())))
+            lines += ["", f"Where reward and judge part ({grid['run']}, first 24 held-out captions, eval seed 0; "
+                      f"{grid['png']}: left base, right aligned):", "",
+                      "| model | " + " | ".join(terms) + " |", "|---" * (len(terms) + 1) + "|"]
+            lines += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in t.values()) + " |" for m, t in grid["models"].items()]
         body = (f"Machine: {result['machine']}, {result['date']}; `python bench/toy_online_quality.py "
                 f"--methods {args.methods} --seeds {args.seeds} --eval-stride {args.eval_stride}`; judge on "
                 f"{len(range(0, 108, args.eval_stride))} held-out captions x "
