@@ -233,7 +233,7 @@ class OnlineEngine:
         record = {"epoch": rollouts.epoch, **{k: round(float(v), 6) for k, v in rollouts.stats.items()}}
         self.history.append(record)
         if self.accelerator.is_main_process:
-            from mmalign.train import write_summary
+            from mmalign.training.metrics import write_summary
 
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_summary(self.output_dir, {"online_epochs": self.history})
