@@ -5,12 +5,12 @@ download) — or the tiny test pipelines with ``--tiny`` — and times **the rec
 is the recipe YAML (``recipes/configs/diffusion/<arch>_dpo[_full].yaml``, MaPO's method block from
 ``sdxl_mapo.yaml``) with the benchmark's overrides, the UNet is set up by ``mmalign.diffusion.build.prepare_unet``
 (LoRA / full fine-tuning, reference provider, dtypes, attention, checkpointing, channels-last, compile), the step
-is ``mmalign.diffusion.step_fn.make_step_fn(StepContext(...))`` and the optimizer is ``mmalign.train.build_optimizer``
+is ``mmalign.diffusion.step_fn.make_step_fn(StepContext(...))`` and the optimizer is ``mmalign.training.optimizer.build_optimizer``
 — the objects ``recipes/diffusion.py`` builds. Latents and text embeddings are given (the cached-latent path:
 ``CachedDataset`` examples collated by ``collate_members`` and moved to the device once), so neither the VAE nor
 the text encoders nor the data loader run in the timed region.
 
-One optimizer step = what ``mmalign.train.train`` does for one micro-batch with ``grad_accum=1``: ``step_fn`` →
+One optimizer step = what ``mmalign.training.loop.train`` does for one micro-batch with ``grad_accum=1``: ``step_fn`` →
 ``accelerator.backward`` of the NaN-guarded loss (``torch.where(isfinite)``) → ``clip_grad_norm_`` → ``optimizer.step``
 → ``zero_grad(set_to_none=True)``, *without* the loop's host-side metric bookkeeping (``float()`` of every metric;
 see bench/README.md), so the number is the step's, not the logger's.
@@ -251,7 +251,7 @@ class RecipeStep:
         from mmalign.diffusion.inputs import InputBuilder
         from mmalign.diffusion.step_context import StepContext
         from mmalign.diffusion.step_fn import make_step_fn
-        from mmalign.train import build_optimizer
+        from mmalign.training.optimizer import build_optimizer
 
         self.cfg, self.parts, self.accelerator = cfg, parts, accelerator
         unet, self.reference, self.applied = prepare_unet(cfg, parts, accelerator)
@@ -383,11 +383,11 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def make_accelerator(cfg, device: torch.device):
-    """The recipe's Accelerator (``mmalign.train.make_accelerator``: autocast in ``train.mixed_precision``); on a
+    """The recipe's Accelerator (``mmalign.training.distributed.make_accelerator``: autocast in ``train.mixed_precision``); on a
     machine with a GPU, ``--device cpu`` needs ``cpu=True``."""
     from accelerate import Accelerator
 
-    from mmalign.train import make_accelerator as recipe_accelerator
+    from mmalign.training.distributed import make_accelerator as recipe_accelerator
 
     if device.type == "cpu" and torch.cuda.is_available():
         return Accelerator(cpu=True, mixed_precision=cfg.train.mixed_precision)

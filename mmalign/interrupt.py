@@ -98,7 +98,7 @@ def say(text: str) -> None:
 
 class StopAfterTraining(BaseException):
     """A stop signal after the training loop (final validation, export): raised at once where the program is, so
-    that :mod:`mmalign.keep_weights` writes the trained weights. A ``BaseException``, as ``KeyboardInterrupt``: an
+    that :mod:`mmalign.training.keep_weights` writes the trained weights. A ``BaseException``, as ``KeyboardInterrupt``: an
     ``except Exception`` on the way does not swallow it."""
 
     def __init__(self, signal_name: str) -> None:

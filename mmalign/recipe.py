@@ -109,8 +109,8 @@ def parse(family: Family, argv: list[str] | None) -> Any:
 
 def train_job(cfg: Any, job: Job, accelerator: Any, output_dir: str | Path | None = None,
               train_cfg: Any = None) -> dict[str, Any]:
-    """The shared loop (:func:`mmalign.train.train`) over a :class:`Job`."""
-    from mmalign.train import train
+    """The shared loop (:func:`mmalign.training.loop.train`) over a :class:`Job`."""
+    from mmalign.training.loop import train
 
     return train(train_cfg or cfg.train, output_dir=Path(output_dir or cfg.output_dir), model=job.model,
                  dataset=job.dataset, step_fn=job.step_fn, collate_fn=job.collate_fn, accelerator=accelerator,
@@ -146,7 +146,8 @@ def run(family: Family, argv: list[str] | None = None) -> dict[str, Any]:
     from mmalign.resume_check import check_resume
     from mmalign.run_lock import lock_run_folder
     from mmalign.testing.placeholders import resolve_placeholders
-    from mmalign.train import make_accelerator, write_summary
+    from mmalign.training.distributed import make_accelerator
+    from mmalign.training.metrics import write_summary
     from mmalign.validate import check_batch_fits
 
     cfg = parse(family, argv)  # 1

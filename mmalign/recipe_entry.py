@@ -38,16 +38,16 @@ def explained_faults() -> tuple[type[BaseException], ...]:
     from mmalign.data.errors import TooManyBadSamplesError
     from mmalign.disk_errors import DiskFullError
     from mmalign.safe_export import ExportFailedError
-    from mmalign.train import NonFiniteLossError
+    from mmalign.training.loop import NonFiniteLossError
 
     return DiskFullError, ExportFailedError, TooManyBadSamplesError, NonFiniteLossError
 
 
 def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
     """Run ``main(argv)`` (default ``sys.argv[1:]``), then end the process group; return the exit code."""
-    from mmalign import keep_weights
     from mmalign.interrupt import StopAfterTraining
-    from mmalign.train import finish_distributed
+    from mmalign.training import keep_weights
+    from mmalign.training.distributed import finish_distributed
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -86,7 +86,7 @@ def run_recipe_file(recipe: str | os.PathLike, argv: list[str]) -> Any:
     follow each other; exceptions propagate (no exit codes: that is :func:`run_recipe`)."""
     import runpy
 
-    from mmalign import keep_weights
+    from mmalign.training import keep_weights
 
     main = runpy.run_path(str(recipe))["main"]
     reset_accelerate_state()

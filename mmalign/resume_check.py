@@ -11,7 +11,7 @@ written). It refuses, as a :class:`~mmalign.config.ConfigError`:
   never executed), an unusable RNG state (unless ``train.resume_require_rng_state=false``);
 * a config whose shape-defining keys (:data:`SHAPE_KEYS`: model, method, LoRA rank / alpha / targets, full vs LoRA,
   which vision side trains) differ from the run config the checkpoint records (``run_config.json``, written with
-  every checkpoint by :func:`mmalign.train.train`; older diffusion checkpoints: the run's ``mmalign_config.yaml``).
+  every checkpoint by :func:`mmalign.training.loop.train`; older diffusion checkpoints: the run's ``mmalign_config.yaml``).
 
 Reading the state files costs no model: tensors are memory-mapped (``mmap=True``), not read.
 """

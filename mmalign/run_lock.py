@@ -6,7 +6,7 @@ OS file locks, so a process that dies (even by SIGKILL) releases them: the next 
 whose stale lock it replaced. Locking the folder's own descriptor means deleting ``.mmalign.lock`` does not let a
 second run in (a new file of that name is a new inode with no lock on it; the folder is the same one); the record
 file is locked too, for holders that lock only it. Locks are per process and re-entrant (a recipe locks the folder
-before writing anything, and :func:`mmalign.train.train` locks it again); they are released when the process ends,
+before writing anything, and :func:`mmalign.training.loop.train` locks it again); they are released when the process ends,
 or by :func:`release_run_folder`.
 
 Only the main process of a distributed run locks. A process counts as a non-main rank only inside a launcher's

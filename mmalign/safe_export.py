@@ -4,8 +4,8 @@
 
 Without periodic checkpoints (the default ``train.checkpoint_every: 0``) the weights exist only in memory after
 training; a full disk, a Ctrl-C (SIGINT / SIGTERM / SIGHUP raise at once during the export) or any other error while
-exporting would lose the run. On failure the weights of :func:`mmalign.train.train`'s last run are written by
-:mod:`mmalign.keep_weights` (the final step's checkpoint; when that does not fit, the trainable weights alone, in the
+exporting would lose the run. On failure the weights of :func:`mmalign.training.loop.train`'s last run are written by
+:mod:`mmalign.training.keep_weights` (the final step's checkpoint; when that does not fit, the trainable weights alone, in the
 output folder or on another filesystem) and :class:`ExportFailedError` (a full disk: ``DiskFullError``; a signal:
 ``TrainingInterrupted``, exit 130) names them and the ``mmalign export`` command that finishes the job.
 Single-process runs write the checkpoint (a checkpoint write is collective); in a distributed run the main process
@@ -19,18 +19,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mmalign import checkpoint as ckpt
-from mmalign import keep_weights
-from mmalign.disk_errors import DiskFullError
+from mmalign.training import keep_weights
+from mmalign.training.keep_weights import (  # raised where the weights are kept
+    ExportDiskFullError,
+    ExportFailedError,
+)
+
+__all__ = ["ExportDiskFullError", "ExportFailedError", "export_or_keep_checkpoint"]
 
 T = TypeVar("T")
-
-
-class ExportFailedError(RuntimeError):
-    """Exporting the trained model failed; the message names the checkpoint that keeps the weights."""
-
-
-class ExportDiskFullError(DiskFullError, ExportFailedError):
-    """The disk filled up during the export (both a full disk and a failed export)."""
 
 
 def export_or_keep_checkpoint(export: Callable[[], T], accelerator: Any, train_cfg: Any,

@@ -3,7 +3,7 @@
 A module of its own that imports no heavy library (no torch, transformers, accelerate), so the config schemas
 (:mod:`mmalign.mllm.vlm.config`, :mod:`mmalign.mllm.video.config`, :mod:`mmalign.diffusion.config`) load in a
 fraction of a second: ``mmalign <command> --help`` and config errors come before any model import.
-:mod:`mmalign.train` re-exports everything here.
+The loop that runs on it is :mod:`mmalign.training`.
 """
 
 from __future__ import annotations

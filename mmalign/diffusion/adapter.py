@@ -89,16 +89,6 @@ def apply_model_options(parts: DiffusionParts, model_cfg: Any) -> DiffusionParts
     return parts
 
 
-def check_flow_method(family: str, method: str) -> None:
-    """A ValueError for a method the flow families do not support (its registry entry's ``flow_matching``)."""
-    from mmalign.diffusion.registry import REGISTRY
-
-    if family in FLOW_FAMILIES and method in REGISTRY and not REGISTRY[method].flow_matching:
-        supported = ", ".join(m.name for m in REGISTRY.values() if m.flow_matching)
-        raise ValueError(f"method '{method}' is not supported for {family} (flow-matching) models: its noise "
-                         f"provider / user branch is written for DDPM UNets; use {supported}")
-
-
 def pipeline_load_kwargs(pretrained: str, revision: str | None = None) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for ``pretrained``: the revision, and ``text_encoder_3=None,
     tokenizer_3=None`` for an SD3 folder saved without T5 (model_index.json lists them as null; the pipeline then

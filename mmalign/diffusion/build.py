@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mmalign.config import ConfigError, require_paths
-from mmalign.diffusion.adapter import FLOW_FAMILIES, DiffusionParts, apply_model_options, check_flow_method
+from mmalign.diffusion.adapter import FLOW_FAMILIES, DiffusionParts, apply_model_options
 from mmalign.diffusion.batches import CachedDataset, PixelDataset, build_cache, collate_members
 from mmalign.diffusion.cache import LatentTextCache
 from mmalign.diffusion.caption_length import report_overlong
@@ -20,7 +20,7 @@ from mmalign.diffusion.flips import FLIP_MODES
 from mmalign.diffusion.kto_sampling import positive_ratio_weights, training_labels
 from mmalign.diffusion.lora import add_lora
 from mmalign.diffusion.reference import ReferenceProvider
-from mmalign.diffusion.registry import method_spec
+from mmalign.diffusion.registry import REGISTRY, method_spec
 from mmalign.diffusion.soft_labels import REWARD_RANGES
 from mmalign.diffusion.speed import apply_speed_options
 
@@ -104,6 +104,14 @@ def check_family_options(cfg: DiffusionRecipeConfig, family: str | None) -> None
     if cfg.method.timestep_weight != "none":
         raise ConfigError(f"config key 'method.timestep_weight': '{cfg.method.timestep_weight}' is for DDPM "
                           f"schedules; {family} models weight the loss by model.weighting_scheme")
+
+
+def check_flow_method(family: str, method: str) -> None:
+    """A ValueError for a method the flow families do not support (its registry entry's ``flow_matching``)."""
+    if family in FLOW_FAMILIES and method in REGISTRY and not REGISTRY[method].flow_matching:
+        supported = ", ".join(m.name for m in REGISTRY.values() if m.flow_matching)
+        raise ValueError(f"method '{method}' is not supported for {family} (flow-matching) models: its noise "
+                         f"provider / user branch is written for DDPM UNets; use {supported}")
 
 
 def load_data(cfg: DiffusionRecipeConfig, kind: str):

@@ -13,7 +13,7 @@ from mmalign.choices import ON_BAD_ROW
 from mmalign.config_blocks import DTYPES, DataConfig, EvalConfig, ExportConfig, ModelConfig, renamed_block_key
 from mmalign.config_error import ConfigError
 from mmalign.diffusion.flow_options import FlowOptions
-from mmalign.diffusion.online.options import RewardConfig
+from mmalign.diffusion.options import RewardConfig
 from mmalign.diffusion.registry import (
     DATA_KINDS,
     METHODS,

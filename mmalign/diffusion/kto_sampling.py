@@ -7,7 +7,7 @@ replacement), weights from ``make_weights_for_balanced_classes`` (l.724-741)::
     weight_per_class[c] = N / count[c];   weight_per_class[1] *= positive_ratio;   weight_per_class[0] *= 1 - positive_ratio
 
 so a draw is desirable with probability ``positive_ratio`` (argparse default 0.5 = balanced classes; the released
-example ``exps/example.sh`` uses ``--positive_ratio 0.8``). The weights go to :class:`mmalign.train.EpochSampler`,
+example ``exps/example.sh`` uses ``--positive_ratio 0.8``). The weights go to :class:`mmalign.training.sampler.EpochSampler`,
 which draws ``len(dataset)`` indices with replacement per epoch from a ``(seed, epoch)`` generator (resumable).
 """
 

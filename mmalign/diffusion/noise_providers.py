@@ -17,7 +17,7 @@ renoise    image-specific: ReNoise inversion with ``renoise_iters`` re-predictio
 Inversion runs without gradient with the **current policy** (official SmPO/InPO ``train.py`` call ``unet``) or,
 with ``inversion_model: reference``, with the reference model. The grid and the query level follow ``convention``
 (official: diffusers 0.20 as the SmPO/InPO code ran it; exact: ending exactly at ``t``):
-:mod:`mmalign.diffusion.inversion_plan`.
+:mod:`mmalign.diffusion.inversion.plan`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.inversion import implied_noise, invert
-from mmalign.diffusion.inversion_plan import CONVENTIONS
+from mmalign.diffusion.inversion.ddim import implied_noise, invert
+from mmalign.diffusion.inversion.plan import CONVENTIONS
 from mmalign.diffusion.options import NoiseConfig
 from mmalign.diffusion.reference import unwrap
 

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmalign.config_error import ConfigError
-from mmalign.diffusion.online.options import GrpoOptions, OnlineDpoOptions
-from mmalign.diffusion.options import NoiseConfig, PpdConfig, SmpoConfig
+from mmalign.diffusion.options import GrpoOptions, NoiseConfig, OnlineDpoOptions, PpdConfig, SmpoConfig
 from mmalign.method_registry import (
     MethodSpecBase,
     check_given_keys,

@@ -20,7 +20,7 @@ def _empty_step(policy) -> tuple[torch.Tensor, Metrics]:
 
 def make_step_fn(ctx: StepContext, skip_counter: Any | None = None
                  ) -> Callable[[Any, dict[str, Any]], tuple[torch.Tensor, Metrics]]:
-    """The ``step_fn(model, batch)`` for :func:`mmalign.train.train`: the registered step of ``ctx.method.name``;
+    """The ``step_fn(model, batch)`` for :func:`mmalign.training.loop.train`: the registered step of ``ctx.method.name``;
     ``skip_counter`` (a :class:`mmalign.data.SkipCounter`) counts the readers' skipped items carried in
     ``batch["skipped"]``."""
     method = method_spec(ctx.method.name).hook("step")

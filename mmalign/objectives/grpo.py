@@ -90,7 +90,7 @@ def _check(rewards: torch.Tensor, prompt_ids: torch.Tensor) -> tuple[torch.Tenso
 def group_advantages(rewards: torch.Tensor, prompt_ids: torch.Tensor, *, eps: float = 1e-4,
                      global_std: bool = False, unbiased: bool = False) -> GroupAdvantages:
     """Group-relative advantages (module docstring). ``rewards`` (N,); ``prompt_ids`` (N,) integer group labels
-    (e.g. :attr:`mmalign.diffusion.rollout.Rollout.prompt_ids`)."""
+    (e.g. :attr:`mmalign.diffusion.rollouts.rollout.Rollout.prompt_ids`)."""
     rewards, prompt_ids = _check(rewards, prompt_ids)
     r = rewards.detach().double().cpu()
     groups, index = torch.unique(prompt_ids.cpu(), sorted=True, return_inverse=True)
@@ -162,7 +162,7 @@ def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: to
     """flow_grpo's per-step GRPO loss: ``mean(ppo_clip) + beta * mean(sde_mean_kl)`` (a scalar) and metrics
     (:func:`ppo_clip_loss`'s plus ``policy_loss``, ``kl_loss`` when ``beta > 0``, ``loss``). ``mean`` /
     ``mean_ref`` / ``std_dev_t``: the policy's and the reference's step means and the policy's SDE coefficient
-    (:class:`mmalign.diffusion.sde_steps.StepOutput`), needed only when ``beta > 0``."""
+    (:class:`mmalign.diffusion.rollouts.sde_steps.StepOutput`), needed only when ``beta > 0``."""
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     losses, metrics = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range=clip_range,

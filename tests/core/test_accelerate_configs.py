@@ -95,7 +95,8 @@ def test_fsdp_config_builds_the_plugin():
 def test_sharded_launch_without_an_accelerator_is_refused(name, label, tmp_path):
     """Issue 14 item 5: accelerate 1.15 builds FSDP only for multi-GPU/XPU/NPU states (and DeepSpeed only with
     cpu=False); on CPU it silently trained with DDP. make_accelerator refuses instead."""
-    from mmalign.train import TrainConfig, make_accelerator
+    from mmalign.train_config import TrainConfig
+    from mmalign.training.distributed import make_accelerator
 
     _, _, env = _launch_env(CONFIG_DIR / name)
     with mock.patch.dict(os.environ, env), pytest.raises(RuntimeError, match=f"{label} was requested .* no GPU"):
@@ -103,7 +104,8 @@ def test_sharded_launch_without_an_accelerator_is_refused(name, label, tmp_path)
 
 
 def test_plain_launch_still_builds_an_accelerator(tmp_path):
-    from mmalign.train import TrainConfig, make_accelerator
+    from mmalign.train_config import TrainConfig
+    from mmalign.training.distributed import make_accelerator
 
     with mock.patch.dict(os.environ, {"ACCELERATE_USE_FSDP": "false"}):
         accelerator = make_accelerator(TrainConfig(autocast=False), tmp_path)

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import TrainConfig, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.loop import train
 
 RUN = dict(max_steps=6, batch_size=2, grad_accum=2, lr=0.05, checkpoint_every=2, keep_checkpoints=3, seed=5,
            progress_bar=False)

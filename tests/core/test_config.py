@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mmalign.config import MISSING, ConfigError, load_config, parse_overrides, require_paths, to_dict
-from mmalign.train import TrainConfig
+from mmalign.train_config import TrainConfig
 
 
 @dataclass
@@ -186,7 +186,7 @@ def test_bare_no_for_mixed_precision_and_bad_value_named():
     from dataclasses import dataclass, field
 
     from mmalign.config import ConfigError, load_config
-    from mmalign.train import TrainConfig
+    from mmalign.train_config import TrainConfig
 
     @dataclass
     class Recipe:

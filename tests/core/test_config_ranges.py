@@ -14,7 +14,8 @@ from mmalign.config import ConfigError, load_config
 from mmalign.diffusion.config import DiffusionRecipeConfig
 from mmalign.mllm.video.config import VideoRecipeConfig
 from mmalign.mllm.vlm.config import VLMRecipeConfig
-from mmalign.train import TrainConfig, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.loop import train
 from tests.helpers import REPO
 
 DIFFUSION = REPO / "recipes/configs/diffusion/toy_dpo.yaml"

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import TrainConfig, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.loop import train
 
 # checkpoint_every=0 (the default): before, an interrupt lost every step of the run.
 RUN = dict(max_steps=12, batch_size=2, grad_accum=2, lr=0.05, seed=5, progress_bar=False)

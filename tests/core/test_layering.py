@@ -17,7 +17,7 @@ MODEL_LIBRARIES = ("transformers", "diffusers", "peft", "accelerate", "open_clip
 RULES = [
     # (folder, forbidden import prefixes, why)
     ("objectives", ("mmalign.diffusion", "mmalign.mllm", "mmalign.data", "mmalign.testing", "mmalign.toy",
-                    "mmalign.train", *MODEL_LIBRARIES), "objectives/ holds pure losses on scores: no model code"),
+                    "mmalign.training", *MODEL_LIBRARIES), "objectives/ holds pure losses on scores: no model code"),
     ("diffusion", ("mmalign.testing",), "diffusion/ never imports the test builders (tiny: is resolved above it)"),
     ("mllm", ("mmalign.testing",), "mllm/ never imports the test builders (tiny: is resolved above it)"),
     ("data", ("mmalign.diffusion", "mmalign.mllm"), "data/ reads rows for every family and imports neither"),

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import NonFiniteLossError, TrainConfig, make_accelerator, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.distributed import make_accelerator
+from mmalign.training.loop import NonFiniteLossError, train
 
 
 def _cfg(**kw) -> TrainConfig:

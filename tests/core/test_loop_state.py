@@ -9,7 +9,8 @@ import json
 import pytest
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import TrainConfig, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.loop import train
 
 ON_DISK_KEYS = {"step", "micro_batches", "nonfinite_run", "skipped_steps", "loss_scale_skips", "micro_per_epoch",
                 "world_size"}

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import TrainConfig, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.loop import train
 
 
 class SimulatedCrash(RuntimeError):

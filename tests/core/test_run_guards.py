@@ -15,7 +15,9 @@ from mmalign import checkpoint as ckpt
 from mmalign import disk_errors
 from mmalign.config import ConfigError
 from mmalign.run_lock import LOCK_NAME, RunFolderLockedError, lock_run_folder, release_run_folder
-from mmalign.train import TrainConfig, make_accelerator, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.distributed import make_accelerator
+from mmalign.training.loop import train
 
 RUN = dict(max_steps=4, batch_size=2, lr=0.05, seed=3, checkpoint_every=2, keep_checkpoints=3, progress_bar=False)
 

@@ -1,4 +1,4 @@
-"""The loop's accelerate save/load pre-hooks (mmalign.train._save_hook / _load_hook).
+"""The loop's accelerate save/load pre-hooks (mmalign.training.checkpointing.save_hook / load_hook).
 
 Single process and DDP: accelerate hands the hooks the models' full state dicts (``weights``) / the models; the
 hooks replace that by the trainable parameters only (small LoRA checkpoints). FSDP and DeepSpeed: accelerate saves
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import _load_hook, _save_hook
+from mmalign.training.checkpointing import load_hook, save_hook
 
 
 def _model(seed: int) -> torch.nn.Module:
@@ -25,7 +25,7 @@ def _model(seed: int) -> torch.nn.Module:
 def test_unsharded_save_keeps_only_trainable_parameters_and_load_restores_them(tmp_path):
     model = _model(0)
     weights = [model.state_dict()]
-    _save_hook(model, weights, str(tmp_path))
+    save_hook(model, weights, str(tmp_path))
     assert weights == []  # accelerate must not also write the full model
     saved = (tmp_path / ckpt.TRAINABLE_FILE)
     from safetensors.torch import load_file
@@ -33,7 +33,7 @@ def test_unsharded_save_keeps_only_trainable_parameters_and_load_restores_them(t
     assert sorted(load_file(str(saved))) == ["1.bias", "1.weight"]
     other = _model(1)
     models = [other]
-    _load_hook(other, models, str(tmp_path))
+    load_hook(other, models, str(tmp_path))
     assert models == [] and torch.equal(other[1].weight, model[1].weight)
     assert not torch.equal(other[0].weight, model[0].weight)  # frozen layers are not part of the checkpoint
 
@@ -41,7 +41,7 @@ def test_unsharded_save_keeps_only_trainable_parameters_and_load_restores_them(t
 def test_sharded_paths_write_and_read_nothing(tmp_path):
     model = _model(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _save_hook(model, [], str(tmp_path))  # FSDP / DeepSpeed: accelerate saved the shards itself
+    save_hook(model, [], str(tmp_path))  # FSDP / DeepSpeed: accelerate saved the shards itself
     assert not any(tmp_path.iterdir())
-    _load_hook(model, [], str(tmp_path))  # ... and loads them itself
+    load_hook(model, [], str(tmp_path))  # ... and loads them itself
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -20,7 +20,8 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from mmalign.train import TrainConfig, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.loop import train
 from tests.helpers import REPO
 
 RUN = dict(max_steps=8, grad_accum=2, lr=0.05, lr_scheduler="linear", seed=11, progress_bar=False,

@@ -1,4 +1,4 @@
-"""A tiny regression problem run through the shared loop (:func:`mmalign.train.train`).
+"""A tiny regression problem run through the shared loop (:func:`mmalign.training.loop.train`).
 
 Imported by the tests in this folder (through ``conftest.py``) and run as a script by the
 subprocess tests (kill during a checkpoint write; two processes under ``torchrun``)::
@@ -35,7 +35,9 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from mmalign import checkpoint as ckpt
-from mmalign.train import TrainConfig, make_accelerator, train
+from mmalign.train_config import TrainConfig
+from mmalign.training.distributed import make_accelerator
+from mmalign.training.loop import train
 
 IN_FEATURES = 4
 

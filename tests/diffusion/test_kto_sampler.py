@@ -8,7 +8,7 @@ import torch
 
 from mmalign.config import ConfigError
 from mmalign.diffusion.kto_sampling import positive_ratio_weights
-from mmalign.train import EpochSampler
+from mmalign.training.sampler import EpochSampler
 from tests.helpers import REPO
 
 CONFIGS = REPO / "recipes" / "configs" / "diffusion"

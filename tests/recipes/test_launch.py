@@ -38,8 +38,8 @@ def test_video_full_fine_tuning_reference_is_on_the_accelerators_device(tmp_path
                                                                          monkeypatch):
     """Issue 14 item 6: the frozen copy was never moved to accelerator.device (invisible on CPU, a device
     mismatch on any GPU). The recipe must build it with frozen_copy(model, accelerator.device)."""
-    from mmalign import train as train_module
     from mmalign.mllm.video import build as video_build
+    from mmalign.training import distributed as train_module
 
     main = runpy.run_path(str(REPO / "recipes" / "video.py"))["main"]
     seen: dict[str, object] = {}

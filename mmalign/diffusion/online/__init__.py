@@ -3,7 +3,7 @@
 An online method is a registry entry (:mod:`mmalign.diffusion.registry`: data kind ``prompts``) whose
 ``training_set`` hook (:func:`mmalign.diffusion.online.setup.online_training_set`) returns, instead of a data set of
 images, the epoch's *slots* (:class:`~mmalign.diffusion.online.engine.EpochSlots`): units of optimisation work on
-rollouts that do not exist yet. The shared loop (:func:`mmalign.train.train`) runs unchanged:
+rollouts that do not exist yet. The shared loop (:func:`mmalign.training.loop.train`) runs unchanged:
 
 1. **rollout phase** — the first micro-batch of loop epoch ``e`` finds no rollouts for ``e`` and makes them
    (:class:`~mmalign.diffusion.online.engine.OnlineEngine`): ``prompts_per_epoch`` prompts (a permutation of the

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mmalign.diffusion.adapter import constant_time_ids
-from mmalign.diffusion.online.engine import OnlineEngine, Rollouts
+from mmalign.diffusion.online.engine import OnlineEngine, Rollouts, sampler_kwargs
 from mmalign.diffusion.online.stats import reward_stats
 from mmalign.diffusion.sampling import denoiser, generate
 from mmalign.diffusion.step_context import Metrics, StepContext
@@ -44,17 +44,6 @@ def best_worst(total: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torc
 
     pairs = online_dpo_pairs(total, torch.arange(len(total) // group_size).repeat_interleave(group_size))
     return pairs.chosen, pairs.rejected, ~pairs.tied
-
-
-def sampler_kwargs(engine: OnlineEngine, steps: int) -> dict[str, Any]:
-    """The pipeline call's settings: size, steps, guidance, DDIM eta where the pipeline takes it."""
-    import inspect
-
-    o, size = engine.options, engine.cfg.data.resolution
-    kwargs: dict[str, Any] = dict(height=size, width=size, num_inference_steps=steps, guidance_scale=o.guidance_scale)
-    if "eta" in inspect.signature(type(engine.parts.pipeline).__call__).parameters and not engine.parts.is_flow:
-        kwargs["eta"] = o.eta if o.sde in ("auto", "ddim") else 0.0
-    return kwargs
 
 
 def sample_final_latents(engine: OnlineEngine, prompts: list[str], epoch: int) -> torch.Tensor:

@@ -200,7 +200,6 @@ class OnlineEngine:
             return
         import numpy as np
 
-        from mmalign.diffusion.online.dpo_step import sampler_kwargs
         from mmalign.diffusion.sampling import generate
         from mmalign.diffusion.validation import image_grid
 
@@ -217,8 +216,6 @@ class OnlineEngine:
 
     @property
     def steps_per_epoch(self) -> int:
-        from mmalign.diffusion.online.setup import slots_per_epoch
-
         cfg = self.cfg
         return slots_per_epoch(cfg) // (cfg.train.batch_size * self.accelerator.num_processes * cfg.train.grad_accum)
 
@@ -233,7 +230,7 @@ class OnlineEngine:
         record = {"epoch": rollouts.epoch, **{k: round(float(v), 6) for k, v in rollouts.stats.items()}}
         self.history.append(record)
         if self.accelerator.is_main_process:
-            from mmalign.train import write_summary
+            from mmalign.training.metrics import write_summary
 
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_summary(self.output_dir, {"online_epochs": self.history})
@@ -261,3 +258,20 @@ class OnlineEngine:
                                                         r["stats"])
         self.history = list(state.get("history", []))
         self.extra_state = dict(state.get("extra", {}))
+
+
+def slots_per_epoch(cfg) -> int:
+    """Micro-batch items per loop epoch (each method's options say: ``GrpoOptions.slots_per_epoch``,
+    ``OnlineDpoOptions.slots_per_epoch``)."""
+    return getattr(cfg.method, cfg.method.name).slots_per_epoch()
+
+
+def sampler_kwargs(engine: OnlineEngine, steps: int) -> dict[str, Any]:
+    """The pipeline call's settings: size, steps, guidance, DDIM eta where the pipeline takes it."""
+    import inspect
+
+    o, size = engine.options, engine.cfg.data.resolution
+    kwargs: dict[str, Any] = dict(height=size, width=size, num_inference_steps=steps, guidance_scale=o.guidance_scale)
+    if "eta" in inspect.signature(type(engine.parts.pipeline).__call__).parameters and not engine.parts.is_flow:
+        kwargs["eta"] = o.eta if o.sde in ("auto", "ddim") else 0.0
+    return kwargs

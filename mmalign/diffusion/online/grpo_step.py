@@ -2,10 +2,10 @@
 
 Sources: yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd ``scripts/train_sd3.py`` (sampling, advantages, the train loop) and
 kvablack/ddpo-pytorch ``scripts/train.py``; the formulas are in :mod:`mmalign.objectives.grpo` (pure) and the
-sampler steps in :mod:`mmalign.diffusion.sde_steps`. Per epoch:
+sampler steps in :mod:`mmalign.diffusion.rollouts.sde_steps`. Per epoch:
 
 * ``collect`` — ``group_size`` trajectories per prompt from the current policy with per-step log-probs on the one
-  sampling path (:func:`mmalign.diffusion.rollout.rollout`: CFG with the empty prompt as the negative, prompt
+  sampling path (:func:`mmalign.diffusion.rollouts.rollout.rollout`: CFG with the empty prompt as the negative, prompt
   embeddings encoded once per prompt, ``num_steps`` training-rollout steps, the SDE window of Flow-GRPO-Fast when
   ``sde_window_size`` > 0), decoded and scored in batches by the reward; group-relative advantages per prompt
   (``global_std``: the std over the whole epoch, flow_grpo's ``sample.global_std``); samples of groups whose
@@ -13,7 +13,7 @@ sampler steps in :mod:`mmalign.diffusion.sde_steps`. Per epoch:
 * ``grpo_step`` — slot = (inner epoch, sample, trained transition) in the loop's shuffled order (DDPO shuffles the
   time axis per sample; flow_grpo visits the steps in order; the applied gradient is the mean over the
   accumulated (micro-batch, transition) terms either way): the transition's log-prob recomputed under the policy
-  (:func:`mmalign.diffusion.rollout.step_log_prob`; flow families detach the CFG unconditional branch as
+  (:func:`mmalign.diffusion.rollouts.rollout.step_log_prob`; flow families detach the CFG unconditional branch as
   flow_grpo, UNets keep it as DDPO), the PPO-clip loss on the ratio to the rollout's log-prob, and, when
   ``kl_beta`` > 0, the KL of the SDE means to the reference (LoRA: adapters off; full fine-tuning: the frozen copy)
   — the reference forward runs only then.
@@ -56,7 +56,7 @@ def _window(options) -> tuple[int | None, tuple[int, int] | None]:
 
 def sample_rollouts(engine: OnlineEngine, prompts: list[str], epoch: int):
     """``group_size`` trajectories per prompt (prompt-major), ``rollout_batch_size`` images per pipeline call."""
-    from mmalign.diffusion.rollout import Rollout, rollout
+    from mmalign.diffusion.rollouts.rollout import Rollout, rollout
 
     o, pipe = engine.options, engine.parts.pipeline
     pipe.set_progress_bar_config(disable=True)
@@ -110,7 +110,7 @@ def grpo_step(ctx: StepContext, policy, batch: dict[str, Any]) -> tuple[torch.Te
     engine: OnlineEngine = batch["online"]
     o = engine.options
     rollouts = engine.ensure(batch["epoch"], policy)
-    from mmalign.diffusion.rollout import step_log_prob
+    from mmalign.diffusion.rollouts.rollout import step_log_prob
 
     data, advantages = rollouts.tensors["rollout"], rollouts.tensors["advantages"]
     k = data.train_steps.shape[1]

@@ -8,7 +8,7 @@ from typing import Any
 
 from mmalign.config_error import ConfigError
 from mmalign.diffusion.adapter import DiffusionParts, apply_model_options
-from mmalign.diffusion.online.engine import EpochSlots, OnlineEngine
+from mmalign.diffusion.online.engine import EpochSlots, OnlineEngine, slots_per_epoch
 from mmalign.diffusion.registry import method_spec
 
 
@@ -55,12 +55,6 @@ def load_reward_model(reward_cfg, device) -> Any:
                        scorer_args={k: dict(v) for k, v in reward_cfg.scorer_args.items()},
                        device=target, dtype=reward_cfg.dtype, normalize=reward_cfg.normalize,
                        batch_size=reward_cfg.batch_size)
-
-
-def slots_per_epoch(cfg) -> int:
-    """Micro-batch items per loop epoch (each method's options say: ``GrpoOptions.slots_per_epoch``,
-    ``OnlineDpoOptions.slots_per_epoch``)."""
-    return getattr(cfg.method, cfg.method.name).slots_per_epoch()
 
 
 def online_training_set(cfg, kind: str, dataset, parts: DiffusionParts, accelerator) -> tuple:

@@ -12,7 +12,7 @@ i.e. :func:`mmalign.objectives.preference_loss` ``("sigmoid")`` on scores ``-e/2
 with the forward noise replaced by the ``ddim`` noise provider (:mod:`mmalign.diffusion.noise_providers`).
 The inversion follows ``method.<smpo|inpo>.noise.convention`` (default ``official``: diffusers 0.20's ``DDIMInverseScheduler``
 grid and query level, as the official code ran; ``exact``: a grid ending exactly at ``t``;
-:mod:`mmalign.diffusion.inversion_plan`). Difference from the official code: any per-device batch size works, each
+:mod:`mmalign.diffusion.inversion.plan`). Difference from the official code: any per-device batch size works, each
 pair with its own ``t`` (official: 1).
 
 Logged: the Diffusion-DPO metrics (``implicit_acc``, ``model_mse``, ``ref_mse``, ``e_w`` ...) plus

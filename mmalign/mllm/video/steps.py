@@ -1,4 +1,4 @@
-"""Training steps for video LLMs: ``step_fn(model, batch) -> (loss, metrics)`` for :func:`mmalign.train.train`.
+"""Training steps for video LLMs: ``step_fn(model, batch) -> (loss, metrics)`` for :func:`mmalign.training.loop.train`.
 
 Each step runs the policy forward on a batch built by :class:`mmalign.mllm.video.batch.VideoRowCollator`
 (rows ``[first ; second]``), the reference forward under ``no_grad``, and one objective:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmalign.diffusion.inversion import ddim_denoise, implied_noise, invert
-from mmalign.diffusion.inversion_plan import inversion_grid
+from mmalign.diffusion.inversion.ddim import ddim_denoise, implied_noise, invert
+from mmalign.diffusion.inversion.plan import inversion_grid
 from mmalign.diffusion.noise_providers import inversion_noise
 
 T = torch.tensor([400, 150, 37])

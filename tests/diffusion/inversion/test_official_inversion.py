@@ -9,8 +9,8 @@ import io
 import pytest
 import torch
 
-from mmalign.diffusion.inversion import invert
-from mmalign.diffusion.inversion_plan import inversion_plan, official_timesteps
+from mmalign.diffusion.inversion.ddim import invert
+from mmalign.diffusion.inversion.plan import inversion_plan, official_timesteps
 from mmalign.diffusion.noise_providers import NoiseConfig, checked, inversion_noise
 
 from .official_ddim020 import (

@@ -19,7 +19,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from mmalign.diffusion.sde_steps import ddim_alphas, ddim_step, flow_sde_step, gaussian_log_prob
+from mmalign.diffusion.rollouts.sde_steps import ddim_alphas, ddim_step, flow_sde_step, gaussian_log_prob
 from mmalign.testing.tiny_flow import SD3_SCHEDULER
 
 

@@ -1,4 +1,4 @@
-"""Schedulers that take the stochastic step of :mod:`mmalign.diffusion.sde_steps` and record it, so that a rollout
+"""Schedulers that take the stochastic step of :mod:`mmalign.diffusion.rollouts.sde_steps` and record it, so that a rollout
 runs on the pipeline's own denoising loop (``mmalign.diffusion.sampling.generate``; no second sampler).
 
 :func:`rollout_scheduler` builds one from the pipeline's scheduler config — :class:`RolloutFlowScheduler`
@@ -22,7 +22,13 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 
-from mmalign.diffusion.sde_steps import FLOW_SDE_KINDS, SAMPLERS, ddim_alphas, step_from_params, step_options
+from mmalign.diffusion.rollouts.sde_steps import (
+    FLOW_SDE_KINDS,
+    SAMPLERS,
+    ddim_alphas,
+    step_from_params,
+    step_options,
+)
 
 
 @dataclass

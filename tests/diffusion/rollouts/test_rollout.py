@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmalign.diffusion.rollout import Rollout, reference_step_log_prob, rollout, step_log_prob
+from mmalign.diffusion.rollouts.rollout import Rollout, reference_step_log_prob, rollout, step_log_prob
 from mmalign.diffusion.sampling import denoiser, generate
 from tests.helpers import perturb_lora
 

@@ -4,7 +4,7 @@ Used by SmPO (ReNoise inversion) and InPO (DDIM inversion with a small stochasti
 point ``x_t`` the model itself assigns to a preference image (spec ``diffusion_objectives.md`` §3, §4).
 
 Which levels the steps go through and where the model is queried is the *convention*
-(:mod:`mmalign.diffusion.inversion_plan`): ``official`` = diffusers 0.20's ``DDIMInverseScheduler`` as the SmPO /
+(:mod:`mmalign.diffusion.inversion.plan`): ``official`` = diffusers 0.20's ``DDIMInverseScheduler`` as the SmPO /
 InPO code ran it (rolled "leading" grid, model queried at the level of its input latent, ending at the next grid
 level >= t); ``exact`` = a per-sample grid from the clean latent to exactly ``t``, queried at the target level.
 Samples of one batch may have different ``t`` (per-device batch size > 1; the official code supports 1): each
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.inversion_plan import Step, inversion_plan
+from mmalign.diffusion.inversion.plan import Step, inversion_plan
 
 
 def predict_eps(
@@ -84,7 +84,7 @@ def invert(
 ) -> torch.Tensor:
     """Invert clean latents ``x0`` (N, C, H, W) to their own timesteps ``t`` (N,) with ``unet``; returns the
     inverted latents (under ``convention="official"`` at the grid level the official loop reaches, see
-    :mod:`mmalign.diffusion.inversion_plan`; ``"exact"``: at ``t``).
+    :mod:`mmalign.diffusion.inversion.plan`; ``"exact"``: at ``t``).
 
     ``renoise_iters=0, eta=0``: plain DDIM inversion; ``renoise_iters=R``: ReNoise; ``eta>0``: InPO's stochastic
     term. ``cond``: ``prompt_embeds`` (N, L, D) and, for SDXL, ``pooled`` and ``time_ids``.

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from mmalign.diffusion.rollout import rollout
-from tests.diffusion.test_rollout import PROMPTS, _embeds, _pipe
-from tests.diffusion.test_sde_steps import _ddpo_ddim_step, _flow_grpo_sde_step
+from mmalign.diffusion.rollouts.rollout import rollout
+from tests.diffusion.rollouts.test_rollout import PROMPTS, _embeds, _pipe
+from tests.diffusion.rollouts.test_sde_steps import _ddpo_ddim_step, _flow_grpo_sde_step
 
 
 def _flow_grpo_loop(pipe, embeds, neg, steps, guidance, noise_level, generator, n):
@@ -100,7 +100,7 @@ def _flow_grpo_compute_log_prob(transformer, scheduler, sample, j, embeds, poole
 
 
 def test_sd3_recomputation_equals_flow_grpo_compute_log_prob():
-    from mmalign.diffusion.rollout import step_log_prob
+    from mmalign.diffusion.rollouts.rollout import step_log_prob
 
     pipe = _pipe("sd3")
     embeds, neg = _embeds(pipe, "sd3", PROMPTS), _embeds(pipe, "sd3", [""])

@@ -13,13 +13,13 @@ stops the run, in decreasing size until one write succeeds:
 
 The message names what was written and where, and how to export or resume from it. What triggers a write:
 
-* a full disk anywhere in :func:`mmalign.train.train` (the TensorBoard flush of a log step, a periodic checkpoint,
+* a full disk anywhere in :func:`mmalign.training.loop.train` (the TensorBoard flush of a log step, a periodic checkpoint,
   a validation grid, ``summary.json``) or in the export;
 * a stop signal (SIGINT, SIGTERM, SIGHUP) after the loop: during the final validation grid and the export the
   handlers raise at once (:class:`~mmalign.interrupt.RaiseOnStop`), and the write itself defers further signals;
 * any other error after the loop (the weights are written, the error keeps its traceback with a note saying where).
 
-:func:`mmalign.train.train` registers the weights of the run it finished (:func:`pending`); the export
+:func:`mmalign.training.loop.train` registers the weights of the run it finished (:func:`pending`); the export
 (:func:`mmalign.safe_export.export_or_keep_checkpoint`) and the recipes' entry point
 (:func:`mmalign.recipe_entry.run_recipe`, for an interrupt between the two) use it; a finished export forgets it.
 """
@@ -46,8 +46,16 @@ RUN_CONFIG = "mmalign_config.yaml"
 _pending: KeptWeights | None = None
 
 
+class ExportFailedError(RuntimeError):
+    """Exporting the trained model failed; the message names the checkpoint that keeps the weights."""
+
+
+class ExportDiskFullError(disk_errors.DiskFullError, ExportFailedError):
+    """The disk filled up during the export (both a full disk and a failed export)."""
+
+
 def pending() -> KeptWeights | None:
-    """The trained weights of the last finished :func:`mmalign.train.train` not yet exported, if any."""
+    """The trained weights of the last finished :func:`mmalign.training.loop.train` not yet exported, if any."""
     return _pending
 
 
@@ -107,15 +115,11 @@ class KeptWeights:
             if what is None and _raised_in(exc, "tensorboard"):
                 what = f"the TensorBoard logs ({self.output_dir / 'logs'})"
             where = f"while writing {what}" if what else f"({type(exc).__name__}: {_first_line(exc)})"
-            error_class = disk_errors.DiskFullError
-            if phase == "the export":
-                from mmalign.safe_export import ExportDiskFullError as error_class  # type: ignore[assignment]
+            error_class = ExportDiskFullError if phase == "the export" else disk_errors.DiskFullError
             error = error_class(28, f"{disk_errors.reason(exc)} {where} during {phase}; {kept}")
             error.path = what
             return error
         if phase == "the export":
-            from mmalign.safe_export import ExportFailedError
-
             return ExportFailedError(f"export to {self.output_dir} failed ({type(exc).__name__}: "
                                      f"{_first_line(exc)}); {kept}")
         exc.add_note(f"mmalign: {kept}")
@@ -133,7 +137,7 @@ class KeptWeights:
                     self.written = final
                     return self._describe(final)
                 try:
-                    from mmalign.train import save_final_checkpoint
+                    from mmalign.training.checkpointing import save_final_checkpoint
 
                     save_final_checkpoint(self.accelerator, self.train_cfg, self.output_dir,
                                           {"steps": self.state.step, "trainer_state": self.state.to_dict()})

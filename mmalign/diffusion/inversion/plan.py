@@ -26,7 +26,7 @@ With diffusers 0.20.0 (``huggingface/diffusers`` @ e3380c0 = tag v0.20.0,
   takes every grid step ``tau < t`` and ends at the next grid level at or above ``t`` (up to ``T/K - 1`` levels
   noisier), capped at the last grid level + ``T // K`` (901 for K = 10, 801 for K = 5: less noisy than a
   ``t`` above it). The training step then uses ``abar_t`` of the sampled ``t`` for the implied noise (InPO
-  l.1012-1014), i.e. ``mmalign.diffusion.inversion.implied_noise`` at ``t``.
+  l.1012-1014), i.e. ``mmalign.diffusion.inversion.ddim.implied_noise`` at ``t``.
 
 Reproduced here with today's diffusers (whose ``DDIMInverseScheduler`` changed both the grid and the query level
 in 0.22): the scheduler's own config gives ``num_train_timesteps``, ``steps_offset``, ``timestep_spacing``,

@@ -27,7 +27,7 @@ Typical GRPO use (:mod:`mmalign.objectives.grpo`)::
                                   adv_clip_max=5, beta=beta, mean=new.mean, mean_ref=ref.mean if ref else None,
                                   std_dev_t=new.std_dev_t)
 
-How: :func:`rollout` swaps a recording scheduler (:mod:`mmalign.diffusion.rollout_schedulers`) into the diffusers
+How: :func:`rollout` swaps a recording scheduler (:mod:`mmalign.diffusion.rollouts.schedulers`) into the diffusers
 pipeline and calls :func:`mmalign.diffusion.sampling.generate` with cached prompt embeddings (the pipeline's own
 denoising loop: CFG, SDXL micro-conditioning, FLUX packing / guidance embedding / ids). For the call, a forward
 pre-hook on the denoiser records the conditioning it receives (every keyword but the latents and the timestep,
@@ -42,7 +42,7 @@ composition (tested in fp32 and bf16, no autocast).
 
 Samplers (``sampler``): ``flow_grpo`` (default for SD3 / FLUX; ``noise_level`` default 0.7), ``dance`` (DanceGRPO's
 constant ``eta``, default 0.3) and ``ddim`` (SD / SDXL; ``eta`` default 1.0) — formulas and sources in
-:mod:`mmalign.diffusion.sde_steps`. ``noise_level=0`` is the plain ODE / DDIM sampler (the pipeline's own output).
+:mod:`mmalign.diffusion.rollouts.sde_steps`. ``noise_level=0`` is the plain ODE / DDIM sampler (the pipeline's own output).
 Differences from the official samplers, on purpose: the sigma grid is the pipeline's (``set_timesteps``; flow_grpo
 uses the same, DanceGRPO its own ``sd3_time_shift(linspace(1, 0, N+1))`` and ``int(sigma*1000)/1000`` timesteps);
 CFG in float32.
@@ -72,9 +72,9 @@ from typing import Any
 
 import torch
 
-from mmalign.diffusion.rollout_data import DenoiserCall, Rollout
+from mmalign.diffusion.rollouts.record import DenoiserCall, Rollout
+from mmalign.diffusion.rollouts.sde_steps import SAMPLERS, StepOutput, step_from_params, step_options
 from mmalign.diffusion.sampling import _cast_floats, decode_latents, denoiser, generate
-from mmalign.diffusion.sde_steps import SAMPLERS, StepOutput, step_from_params, step_options
 from mmalign.reference import adapters_disabled
 from mmalign.unwrap import unwrap
 
@@ -205,7 +205,7 @@ def rollout(pipe: Any, embeds: dict[str, torch.Tensor], *, group_size: int, num_
     latents = _initial_latents(pipe, prompts if same_noise_per_group else batch, height, width, device, generator)
     if same_noise_per_group:
         latents = latents.repeat_interleave(group_size, dim=0)
-    from mmalign.diffusion.rollout_schedulers import rollout_scheduler, swapped_scheduler
+    from mmalign.diffusion.rollouts.schedulers import rollout_scheduler, swapped_scheduler
 
     scheduler = rollout_scheduler(pipe, sampler)
     scheduler.start_recording(sampler, _noise_plan(batch, num_inference_steps, level, sde_window, sde_window_range,
@@ -275,7 +275,7 @@ def step_log_prob(model: torch.nn.Module, rollout: Rollout, samples: torch.Tenso
     ``noise_pred_uncond.detach()``, ``scripts/train_sd3.py`` line 190; DDPO keeps it; ``cfg=False``: the
     conditional branch alone, flow_grpo / DDPO ``train.cfg = False`` — then the ratio is not 1 for a CFG rollout)
     and step coefficients.
-    Returns :class:`~mmalign.diffusion.sde_steps.StepOutput` (``log_prob`` (n,), ``mean`` and ``std_dev_t`` for the
+    Returns :class:`~mmalign.diffusion.rollouts.sde_steps.StepOutput` (``log_prob`` (n,), ``mean`` and ``std_dev_t`` for the
     KL). A rollout made under ``autocast`` must be recomputed under the same autocast (then the ratio is 1; tiny
     SD3 / FLUX without it: |delta log p| ~ 5e-4)."""
     device = rollout.latents.device

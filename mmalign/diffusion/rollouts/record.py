@@ -1,6 +1,6 @@
 """The rollout record: :class:`Rollout` (trajectories, log-probs, step coefficients, images) and
 :class:`DenoiserCall` (the conditioning the pipeline passed to its denoiser), with ``select`` / ``cat``. Made by
-:func:`mmalign.diffusion.rollout.rollout`, consumed by :func:`mmalign.diffusion.rollout.step_log_prob` (see that
+:func:`mmalign.diffusion.rollouts.rollout.rollout`, consumed by :func:`mmalign.diffusion.rollouts.rollout.step_log_prob` (see that
 module for the API)."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Rollout:
     model_timesteps: torch.Tensor
     """(T,) the timestep the denoiser received (FLUX: ``t / 1000``)."""
     step_params: dict[str, torch.Tensor]
-    """name -> (B, T) float32 step coefficients (:class:`mmalign.diffusion.rollout_schedulers.StepRecord`)."""
+    """name -> (B, T) float32 step coefficients (:class:`mmalign.diffusion.rollouts.schedulers.StepRecord`)."""
     stochastic: torch.Tensor
     """(B, T) bool: steps that drew noise (the SDE window)."""
     train_steps: torch.Tensor
