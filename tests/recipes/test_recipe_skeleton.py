@@ -109,10 +109,13 @@ class Recorder:
 
 def _run_recorded(name: str, argv: list[str], monkeypatch) -> tuple[dict, list[str]]:
     """Run ``recipes/<name>.py``'s family through :func:`mmalign.recipe.run` recording the order of the steps."""
-    from mmalign import run_lock, train
+    from mmalign import run_lock
     from mmalign.recipe import run
     from mmalign.recipe_entry import reset_accelerate_state
     from mmalign.testing import placeholders
+    from mmalign.training import distributed, loop, metrics
+
+    assert loop.prepare_run  # imported before the spies: the loop's own (re-entrant) lock call is not a recipe step
 
     calls: list[str] = []
 
@@ -123,16 +126,16 @@ def _run_recorded(name: str, argv: list[str], monkeypatch) -> tuple[dict, list[s
         return call
 
     monkeypatch.setattr(run_lock, "lock_run_folder", spy("lock", run_lock.lock_run_folder))
-    monkeypatch.setattr(train, "make_accelerator", spy("accelerator", train.make_accelerator))
+    monkeypatch.setattr(distributed, "make_accelerator", spy("accelerator", distributed.make_accelerator))
     monkeypatch.setattr(placeholders, "resolve_placeholders", spy("tiny", placeholders.resolve_placeholders))
-    real_summary = train.write_summary
+    real_summary = metrics.write_summary
 
     def write_summary(output_dir, summary):  # the loop writes its own part too; the recipe's is the last
         if sys._getframe(1).f_globals["__name__"] == "mmalign.recipe":
             calls.append("summary")
         return real_summary(output_dir, summary)
 
-    monkeypatch.setattr(train, "write_summary", write_summary)
+    monkeypatch.setattr(metrics, "write_summary", write_summary)
     family = runpy.run_path(str(REPO / "recipes" / f"{name}.py"))["main"].__closure__[0].cell_contents
     reset_accelerate_state()
     try:
