@@ -189,6 +189,33 @@ def hacking_grid(method: str, seed: int, args, path: Path, captions: int = 24) -
     return report
 
 
+def reward_judge_agreement() -> dict:
+    """How well the reward (toy scorer) ranks like the judge on base samples of the toy UNet pipeline: 24 train
+    captions (every third) x 6 seeds (200-205); among same-caption pairs, the fraction ordered alike, and the judge
+    gap between the reward's best and worst image of each caption against the judge's own best - worst."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    import scorers
+    from mmalign.toy.captions import train_captions
+    from mmalign.toy.evaluate import evaluate_pipeline
+
+    torch.set_num_threads(1)
+    pipe = DiffusionPipeline.from_pretrained(str(REPO / "assets" / "toy" / "pipeline"))
+    pipe.set_progress_bar_config(disable=True)
+    texts, seeds = train_captions()[::3], list(range(200, 206))
+    result = evaluate_pipeline(pipe, texts, seeds, num_inference_steps=10, return_images=True, desc=None)
+    pixels = torch.from_numpy(np.ascontiguousarray(result["images"])).permute(0, 3, 1, 2).float() / 255
+    reward = scorers.load_scorer("toy").score(pixels, [t for t in texts for _ in seeds]).numpy().reshape(len(texts), -1)
+    judge = np.array(result["scores"]).reshape(len(texts), -1)
+    same = [(r[a] > r[b]) == (j[a] > j[b]) for r, j in zip(reward, judge) for a in range(len(seeds))
+            for b in range(a + 1, len(seeds)) if r[a] != r[b] and j[a] != j[b]]
+    return {"pairs": len(same), "agreement": float(np.mean(same)),
+            "judge_gap_best_vs_worst_by_reward": float(np.mean(judge[np.arange(len(texts)), reward.argmax(1)]
+                                                               - judge[np.arange(len(texts)), reward.argmin(1)])),
+            "judge_gap_oracle": float(np.mean(judge.max(1) - judge.min(1)))}
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -224,7 +251,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only-done", action="store_true", help="report the finished runs only (train none)")
     parser.add_argument("--grid", default=None, metavar="METHOD:SEED",
                         help="also write the judge's terms and a base | aligned PNG of one run (bench/toy_online_<METHOD>.png)")
+    parser.add_argument("--agreement", action="store_true",
+                        help="only print how well the reward ranks like the judge on base samples")
     args = parser.parse_args(argv)
+    if args.agreement:
+        result = reward_judge_agreement()
+        print(json.dumps(result))
+        return result
     args.eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     jobs = [(m, s) for s in seeds for m in methods]  # seed-major: every method has a seed early
