@@ -35,6 +35,12 @@ def card_default(ref: str | None) -> str | None:
     return str(shipped) if shipped.exists() else ref
 
 
+def is_hub_reference(ref: str) -> bool:
+    """``org/repo`` (a hub folder) or ``org/repo/file`` (one file of a hub repo), not a local-looking path."""
+    parts = ref.split("/")
+    return 2 <= len(parts) <= 3 and all(parts) and not ref.startswith((".", "/", "~"))
+
+
 def resolve_checkpoint(ref: str | os.PathLike | None, what: str = "checkpoint") -> Path:
     """A local path for ``ref``: the path itself if it exists, else a hub download (clear error when offline)."""
     if ref is None:
@@ -44,8 +50,7 @@ def resolve_checkpoint(ref: str | os.PathLike | None, what: str = "checkpoint") 
         return path
     text = str(ref)
     parts = text.split("/")
-    looks_like_hub = 2 <= len(parts) <= 3 and all(parts) and not text.startswith((".", "/", "~"))
-    if looks_like_hub:
+    if is_hub_reference(text):
         try:
             if len(parts) == 2:
                 from huggingface_hub import snapshot_download

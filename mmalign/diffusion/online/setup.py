@@ -18,7 +18,7 @@ def check_reward_checkpoints(reward_cfg) -> None:
     ConfigError names the key. Hub references (``org/repo`` or ``org/repo/file``) pass: fetched at load when online
     (:func:`scorers.checkpoints.resolve_checkpoint`), as ``model.pretrained``'s hub ids do."""
     from scorers.cards import load_card
-    from scorers.checkpoints import card_default
+    from scorers.checkpoints import card_default, is_hub_reference
 
     for name in reward_cfg.scorers:
         args = dict(reward_cfg.scorer_args.get(name, {}))
@@ -30,19 +30,12 @@ def check_reward_checkpoints(reward_cfg) -> None:
         if not ref:
             raise ConfigError(f"config key '{key}' is required: the '{name}' scorer card has no default checkpoint "
                               "(set a local file or folder)")
-        _require_checkpoint(key, str(ref))
-        backbone = args.get("backbone_checkpoint")
-        if backbone:
-            _require_checkpoint(f"reward.scorer_args.{name}.backbone_checkpoint", str(backbone))
-
-
-def _require_checkpoint(key: str, ref: str) -> None:
-    if Path(ref).expanduser().exists():
-        return
-    parts = ref.split("/")
-    if 2 <= len(parts) <= 3 and all(parts) and not ref.startswith((".", "/", "~")):
-        return  # a hub reference
-    raise ConfigError(f"config key '{key}' points to a path that does not exist: {ref}")
+        checks = [(key, str(ref))]
+        if args.get("backbone_checkpoint"):
+            checks.append((f"reward.scorer_args.{name}.backbone_checkpoint", str(args["backbone_checkpoint"])))
+        for what, path in checks:
+            if not (Path(path).expanduser().exists() or is_hub_reference(path)):
+                raise ConfigError(f"config key '{what}' points to a path that does not exist: {path}")
 
 
 def load_reward_model(reward_cfg, device) -> Any:
