@@ -118,29 +118,41 @@ def _record(method: str, seed: int, out: Path, wall_s: float | None, cpu_min: fl
     return record
 
 
-def evaluate(pipeline: str, lora: Path | None, args, cache: Path) -> dict:
-    if cache.is_file():
-        return json.loads(cache.read_text())
+def _pipeline(path: str, lora: Path | None = None):
+    """The toy pipeline (SD3 without T5) with ``lora`` loaded, one thread, no progress bar."""
     import torch
     from diffusers import DiffusionPipeline
 
-    import scorers
-    from mmalign.toy.captions import heldout_captions
-    from mmalign.toy.evaluate import evaluate_pipeline
-
     torch.set_num_threads(1)
-    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if "sd3" in str(pipeline) else {}
-    pipe = DiffusionPipeline.from_pretrained(pipeline, **kwargs)
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if "sd3" in str(path) else {}
+    pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         pipe.load_lora_weights(str(lora))
+    return pipe
+
+
+def _reward_scores(images: np.ndarray, texts: list[str]):
+    """The reward (toy scorer) of uint8 (N, H, W, 3) images: float32 tensor [N]."""
+    import torch
+
+    import scorers
+
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    return scorers.load_scorer("toy").score(pixels, texts)
+
+
+def evaluate(pipeline: str, lora: Path | None, args, cache: Path) -> dict:
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from mmalign.toy.captions import heldout_captions
+    from mmalign.toy.evaluate import evaluate_pipeline
+
     captions = heldout_captions()[:: args.eval_stride]
-    result = evaluate_pipeline(pipe, captions, args.eval_seeds, num_inference_steps=10, return_images=True,
-                               desc=None)
-    reward = scorers.load_scorer("toy")
+    result = evaluate_pipeline(_pipeline(pipeline, lora), captions, args.eval_seeds, num_inference_steps=10,
+                               return_images=True, desc=None)
     texts = [c for c in captions for _ in args.eval_seeds]
-    images = torch.from_numpy(np.ascontiguousarray(result.pop("images"))).permute(0, 3, 1, 2).float() / 255
-    result["reward_scores"] = reward.score(images, texts).tolist()
+    result["reward_scores"] = _reward_scores(result.pop("images"), texts).tolist()
     kept = {k: result[k] for k in ("mean", "scores", "captions", "seeds", "reward_scores")}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(kept))
@@ -164,27 +176,17 @@ def hacking_grid(method: str, seed: int, args, path: Path, captions: int = 24) -
     """Where the reward and the judge part: base vs ``method`` seed ``seed`` on the first ``captions`` held-out
     captions (eval seed 0): the judge's terms (color, shape, position, size), the judge and the reward, and a
     side-by-side PNG (left base, right aligned)."""
-    import torch
-    from diffusers import DiffusionPipeline
-
-    import scorers
     from mmalign.toy.captions import heldout_captions
     from mmalign.toy.evaluate import evaluate_pipeline, save_side_by_side_grid
 
-    torch.set_num_threads(1)
-    texts, pipeline, reward = heldout_captions()[:captions], pipeline_of(method, args), scorers.load_scorer("toy")
-    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if method.endswith("_sd3") else {}
+    texts, pipeline = heldout_captions()[:captions], pipeline_of(method, args)
     report, images = {}, {}
     for name, lora in (("base", None), (method, Path(args.out) / f"{method}_seed{seed}")):
-        pipe = DiffusionPipeline.from_pretrained(pipeline, **kwargs)
-        pipe.set_progress_bar_config(disable=True)
-        if lora is not None:
-            pipe.load_lora_weights(str(lora))
-        result = evaluate_pipeline(pipe, texts, [0], num_inference_steps=10, return_images=True, desc=None)
+        result = evaluate_pipeline(_pipeline(pipeline, lora), texts, [0], num_inference_steps=10, return_images=True,
+                                   desc=None)
         images[name] = result["images"]
-        pixels = torch.from_numpy(np.ascontiguousarray(result["images"])).permute(0, 3, 1, 2).float() / 255
         report[name] = {"judge": result["mean"], **result["terms"],
-                        "reward": float(reward.score(pixels, texts).mean())}
+                        "reward": float(_reward_scores(result["images"], texts).mean())}
     save_side_by_side_grid(images["base"], images[method], path, captions=texts, columns=4, max_items=captions)
     return report
 
@@ -193,20 +195,13 @@ def reward_judge_agreement() -> dict:
     """How well the reward (toy scorer) ranks like the judge on base samples of the toy UNet pipeline: 24 train
     captions (every third) x 6 seeds (200-205); among same-caption pairs, the fraction ordered alike, and the judge
     gap between the reward's best and worst image of each caption against the judge's own best - worst."""
-    import torch
-    from diffusers import DiffusionPipeline
-
-    import scorers
     from mmalign.toy.captions import train_captions
     from mmalign.toy.evaluate import evaluate_pipeline
 
-    torch.set_num_threads(1)
-    pipe = DiffusionPipeline.from_pretrained(str(REPO / "assets" / "toy" / "pipeline"))
-    pipe.set_progress_bar_config(disable=True)
     texts, seeds = train_captions()[::3], list(range(200, 206))
-    result = evaluate_pipeline(pipe, texts, seeds, num_inference_steps=10, return_images=True, desc=None)
-    pixels = torch.from_numpy(np.ascontiguousarray(result["images"])).permute(0, 3, 1, 2).float() / 255
-    reward = scorers.load_scorer("toy").score(pixels, [t for t in texts for _ in seeds]).numpy().reshape(len(texts), -1)
+    result = evaluate_pipeline(_pipeline(REPO / "assets" / "toy" / "pipeline"), texts, seeds, num_inference_steps=10,
+                               return_images=True, desc=None)
+    reward = _reward_scores(result["images"], [t for t in texts for _ in seeds]).numpy().reshape(len(texts), -1)
     judge = np.array(result["scores"]).reshape(len(texts), -1)
     same = [(r[a] > r[b]) == (j[a] > j[b]) for r, j in zip(reward, judge) for a in range(len(seeds))
             for b in range(a + 1, len(seeds)) if r[a] != r[b] and j[a] != j[b]]
